@@ -1,0 +1,36 @@
+"""Errors shared by every mmesh process.
+
+    MeshError                 root of everything mmesh raises on purpose
+      StoreUnavailable        the KV store (etcd) cannot be reached or timed out; transient
+      RecordConflict          a compare-and-swap lost against a concurrent writer
+      InvalidRecord           a stored value does not parse as the record it should be
+
+Process packages subclass MeshError in their own `errors.py`.
+"""
+
+from __future__ import annotations
+
+
+class MeshError(Exception):
+    """Root of mmesh's own errors."""
+
+
+class StoreUnavailable(MeshError):
+    """The KV store did not answer; retrying later may succeed."""
+
+
+class RecordConflict(MeshError):
+    """A conditional write lost: the key changed since it was read."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(f"concurrent update of {key}")
+        self.key = key
+
+
+class InvalidRecord(MeshError):
+    """A stored value is not a valid record."""
+
+    def __init__(self, key: str, reason: str) -> None:
+        super().__init__(f"invalid record at {key}: {reason}")
+        self.key = key
+        self.reason = reason

@@ -1,0 +1,6 @@
+pytest_plugins = [
+    "tests.fixtures.etcd",
+    "tests.fixtures.s3",
+    "tests.fixtures.mlserver",
+    "tests.fixtures.runtimes",
+]
