@@ -1,17 +1,18 @@
 """What the runtime adapter raises, and the gRPC status each error reaches the router with.
 
     AdapterError(MeshError)
-      InvalidModelRequest     malformed modelKey, empty id, path escaping the root -> INVALID_ARGUMENT
-      UnsupportedModelType    no model server implementation for the type          -> INVALID_ARGUMENT
-      StorageError            any failure to fetch model files                     -> UNKNOWN
-        UnknownStorageKey     the storage key names no entry in storage-config     -> INVALID_ARGUMENT
-        UnsupportedStorage    storage type with no provider, or bad storage params -> INVALID_ARGUMENT
-        StorageNotFound       bucket, object, prefix, file or URL does not exist   -> NOT_FOUND
-        StorageDenied         credentials rejected                                 -> PERMISSION_DENIED
-        StorageUnreachable    endpoint down, DNS, TLS failure, connection reset    -> UNAVAILABLE
+      InvalidModelRequest     bad modelKey, empty id, path escaping the root -> INVALID_ARGUMENT
+      UnsupportedModelType    no model server implementation for the type -> INVALID_ARGUMENT
+      StorageError            any failure to fetch model files -> UNKNOWN
+        UnknownStorageKey     the storage key names no entry in storage-config -> INVALID_ARGUMENT
+        UnsupportedStorage    unknown storage type or bad storage params -> INVALID_ARGUMENT
+        StorageNotFound       bucket, object, prefix, file or URL does not exist -> NOT_FOUND
+        StorageDenied         credentials rejected -> PERMISSION_DENIED
+        StorageUnreachable    endpoint down, DNS, TLS failure, connection reset -> UNAVAILABLE
       ModelLoadFailed         the model server refused or failed to load the files -> INTERNAL
-      LoadTimeout             the load did not finish within LOADTIME_TIMEOUT      -> DEADLINE_EXCEEDED
-      RuntimeUnavailable      the model server is not reachable                    -> UNAVAILABLE
+      LoadTimeout             the load did not finish within LOADTIME_TIMEOUT -> DEADLINE_EXCEEDED
+      RuntimeUnavailable      the model server is not reachable -> UNAVAILABLE
+      ModelNotLoaded          asked for the size of a model that is not loaded -> NOT_FOUND
 
 Each class names its status in `grpc_code` (a `grpc.StatusCode` member name) so this module
 needs no gRPC import; `servicer.py` turns it into the wire status once.
@@ -68,3 +69,7 @@ class LoadTimeout(AdapterError):
 
 class RuntimeUnavailable(AdapterError):
     grpc_code = "UNAVAILABLE"
+
+
+class ModelNotLoaded(AdapterError):
+    grpc_code = "NOT_FOUND"

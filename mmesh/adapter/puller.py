@@ -1,0 +1,90 @@
+"""Puller: brings a model's files from storage to `<ROOT_MODEL_DIR>/<modelId>/`.
+
+parse the modelKey -> read storage-config (on every pull, so secret updates apply) ->
+resolve the storage spec -> plan the local target -> download or link -> size on disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from mmesh.adapter.backends.files import disk_size_bytes, remove_tree
+from mmesh.adapter.errors import InvalidModelRequest
+from mmesh.adapter.layout import parse_schema
+from mmesh.adapter.storage.config import read_storage_configs
+from mmesh.adapter.storage.provider import StorageProvider, provider_for
+from mmesh.adapter.storage.spec import ModelKey, plan_local_target, resolve_storage
+
+logger = logging.getLogger(__name__)
+
+SCHEMA_FILE_NAME = "_schema.json"
+OWNED_MARKER = ".mmesh-models"
+"""Present in ROOT_MODEL_DIR once the adapter owns it; purge empties only an owned dir."""
+
+
+@dataclass(frozen=True, slots=True)
+class PulledModel:
+    local_path: Path
+    disk_size_bytes: int
+    schema: dict[str, Any] | None
+
+
+class Puller:
+    def __init__(
+        self, *, root_model_dir: Path, storage_config_dir: Path, pvc_mounts_dir: Path
+    ) -> None:
+        self.root_model_dir = root_model_dir
+        self._storage_config_dir = storage_config_dir
+        self._pvc_mounts_dir = pvc_mounts_dir
+
+    def model_dir(self, model_id: str) -> Path:
+        return Path(plan_local_target(PurePosixPath(self.root_model_dir), model_id, "").model_dir)
+
+    async def pull(self, model_id: str, model_path: str, key: ModelKey) -> PulledModel:
+        configs = await asyncio.to_thread(read_storage_configs, self._storage_config_dir)
+        spec = resolve_storage(key, configs)
+        target = plan_local_target(PurePosixPath(self.root_model_dir), model_id, model_path)
+        provider = provider_for(spec, pvc_mounts_dir=self._pvc_mounts_dir)
+        local = await provider.pull(spec, target.remote_path, Path(target.model_path))
+        schema = await self._pull_schema(provider, spec, model_id, key.schema_path)
+        size = await asyncio.to_thread(disk_size_bytes, local)
+        return PulledModel(local, size, schema)
+
+    async def _pull_schema(
+        self, provider: StorageProvider, spec: Any, model_id: str, schema_path: str | None
+    ) -> dict[str, Any] | None:
+        if not schema_path:
+            return None
+        root = PurePosixPath(self.root_model_dir)
+        target = plan_local_target(root, model_id, schema_path)
+        local = Path(target.model_dir) / SCHEMA_FILE_NAME
+        pulled = await provider.pull(spec, target.remote_path, local)
+        try:
+            text = await asyncio.to_thread(pulled.read_text)
+        except (OSError, UnicodeDecodeError) as exc:
+            raise InvalidModelRequest(f"cannot read model schema {schema_path}: {exc}") from exc
+        return parse_schema(text)
+
+    async def remove(self, model_id: str) -> None:
+        await asyncio.to_thread(remove_tree, self.model_dir(model_id))
+
+    async def purge(self) -> None:
+        """Remove every pulled model; `_`-prefixed entries belong to the backends."""
+        await asyncio.to_thread(self._purge_files)
+
+    def _purge_files(self) -> None:
+        root = self.root_model_dir
+        root.mkdir(parents=True, exist_ok=True)
+        marker = root / OWNED_MARKER
+        leftovers = [p for p in root.iterdir() if not p.name.startswith(("_", "."))]
+        if leftovers and not marker.exists():
+            logger.warning("not clearing %s: it holds files the adapter did not put there", root)
+            return
+        for path in leftovers:
+            logger.info("removing model files left from an earlier life: %s", path.name)
+            remove_tree(path)
+        marker.touch()

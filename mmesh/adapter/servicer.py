@@ -1,0 +1,125 @@
+"""gRPC face of the adapter: `mmesh.ModelRuntime`. Parse, delegate to ModelLoader, reply."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+import grpc
+
+from mmesh.adapter.backends.backend import Backend
+from mmesh.adapter.errors import AdapterError, ModelNotLoaded
+from mmesh.adapter.loading import ModelLoader
+from mmesh.core.proto import model_runtime_pb2 as rt
+from mmesh.core.proto import model_runtime_pb2_grpc as rt_grpc
+
+logger = logging.getLogger(__name__)
+
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
+Handler = Callable[["RuntimeServicer", Req, grpc.aio.ServicerContext], Awaitable[Resp]]
+
+ID_INJECTED_METHODS = (
+    "inference.GRPCInferenceService/ModelInfer",
+    "inference.GRPCInferenceService/ModelMetadata",
+)
+
+
+def grpc_errors(handler: Handler[Req, Resp]) -> Handler[Req, Resp]:
+    """Our errors become their status code with the message; anything else is INTERNAL."""
+
+    @functools.wraps(handler)
+    async def wrapper(
+        self: RuntimeServicer, request: Req, context: grpc.aio.ServicerContext
+    ) -> Resp:
+        try:
+            return await handler(self, request, context)
+        except AdapterError as exc:
+            logger.warning("%s failed: %s", handler.__name__, exc)
+            await context.abort(grpc.StatusCode[exc.grpc_code], str(exc))
+        except Exception as exc:
+            logger.exception("%s failed unexpectedly", handler.__name__)
+            await context.abort(
+                grpc.StatusCode.INTERNAL, f"{handler.__name__}: {type(exc).__name__}: {exc}"
+            )
+        raise AssertionError("context.abort returned")  # pragma: no cover
+
+    return wrapper
+
+
+@dataclass(frozen=True, slots=True)
+class RuntimeLimits:
+    capacity_bytes: int
+    loading_concurrency: int
+    load_timeout_ms: int
+    default_model_size_bytes: int
+    runtime_version: str
+    limit_model_concurrency: bool
+
+
+class RuntimeServicer(rt_grpc.ModelRuntimeServicer):
+    def __init__(self, loader: ModelLoader, backend: Backend, limits: RuntimeLimits) -> None:
+        self._loader = loader
+        self._backend = backend
+        self._limits = limits
+
+    @grpc_errors
+    async def runtimeStatus(
+        self, request: rt.RuntimeStatusRequest, context: grpc.aio.ServicerContext
+    ) -> rt.RuntimeStatusResponse:
+        version = await self._backend.ready_version()
+        if version is None:
+            return rt.RuntimeStatusResponse(status=rt.RuntimeStatusResponse.STARTING)
+        await self._loader.purge()
+        return self._ready_status(version)
+
+    @grpc_errors
+    async def loadModel(
+        self, request: rt.LoadModelRequest, context: grpc.aio.ServicerContext
+    ) -> rt.LoadModelResponse:
+        size = await self._loader.load(
+            request.modelId, request.modelType, request.modelPath, request.modelKey
+        )
+        return rt.LoadModelResponse(sizeInBytes=size)
+
+    @grpc_errors
+    async def unloadModel(
+        self, request: rt.UnloadModelRequest, context: grpc.aio.ServicerContext
+    ) -> rt.UnloadModelResponse:
+        await self._loader.unload(request.modelId)
+        return rt.UnloadModelResponse()
+
+    @grpc_errors
+    async def predictModelSize(
+        self, request: rt.PredictModelSizeRequest, context: grpc.aio.ServicerContext
+    ) -> rt.PredictModelSizeResponse:
+        return rt.PredictModelSizeResponse(
+            sizeInBytes=self._loader.predicted_size(request.modelKey)
+        )
+
+    @grpc_errors
+    async def modelSize(
+        self, request: rt.ModelSizeRequest, context: grpc.aio.ServicerContext
+    ) -> rt.ModelSizeResponse:
+        size = self._loader.loaded_size(request.modelId)
+        if size is None:
+            raise ModelNotLoaded(f"model {request.modelId} is not loaded here")
+        return rt.ModelSizeResponse(sizeInBytes=size)
+
+    def _ready_status(self, version: str) -> rt.RuntimeStatusResponse:
+        limits = self._limits
+        resp = rt.RuntimeStatusResponse(
+            status=rt.RuntimeStatusResponse.READY,
+            capacityInBytes=limits.capacity_bytes,
+            maxLoadingConcurrency=limits.loading_concurrency,
+            modelLoadingTimeoutMs=limits.load_timeout_ms,
+            defaultModelSizeInBytes=limits.default_model_size_bytes,
+            runtimeVersion=limits.runtime_version or version,
+            limitModelConcurrency=limits.limit_model_concurrency,
+        )
+        for method in ID_INJECTED_METHODS:
+            resp.methodInfos[method].idInjectionPath.append(1)
+        return resp

@@ -1,0 +1,275 @@
+"""A stand-in model runtime for router tests and benchmarks.
+
+One gRPC port serves both `mmesh.ModelRuntime` (what the router drives) and the V2
+`inference.GRPCInferenceService` data plane (what the router forwards to). Loads take a
+configurable time, report a configurable size, and fail on demand; inference echoes the
+inputs back as outputs and answers NOT_FOUND for models that are not loaded, as a real
+server does. A tiny HTTP endpoint reports counters so tests can assert on what happened.
+
+A model's modelKey may carry per-model overrides as JSON:
+`{"stub": {"size": 1000000, "delay_ms": 50, "fail": "message"}}`.
+
+It uses the synchronous gRPC server on purpose: the stub should cost as little CPU per
+request as a fast native runtime would, and the sync server is the cheaper one here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import re
+import signal
+import threading
+import time
+from collections import Counter
+from concurrent import futures
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import grpc
+
+from mmesh.core.proto import grpc_predict_v2_pb2 as v2
+from mmesh.core.proto import grpc_predict_v2_pb2_grpc as v2_grpc
+from mmesh.core.proto import model_runtime_pb2 as rt
+from mmesh.core.proto import model_runtime_pb2_grpc as rt_grpc
+
+logger = logging.getLogger("mmesh.stub_runtime")
+
+
+@dataclass
+class StubConfig:
+    capacity_bytes: int = 512 * 1024 * 1024
+    default_size_bytes: int = 1_000_000
+    size_bytes: int = 1_000_000
+    load_delay_ms: int = 0
+    loading_concurrency: int = 1
+    load_timeout_ms: int = 30_000
+    fail_pattern: str | None = None
+
+
+@dataclass
+class StubState:
+    """Everything the stub knows; guarded by `lock` (the sync server runs many threads)."""
+
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    loaded: dict[str, int] = field(default_factory=dict)
+    loads: Counter[str] = field(default_factory=Counter)
+    unloads: Counter[str] = field(default_factory=Counter)
+    infers: Counter[str] = field(default_factory=Counter)
+    failed_loads: Counter[str] = field(default_factory=Counter)
+    status_calls: int = 0
+
+    def snapshot(self) -> dict[str, Any]:
+        with self.lock:
+            return {
+                "loaded": dict(self.loaded),
+                "loads": dict(self.loads),
+                "unloads": dict(self.unloads),
+                "infers": dict(self.infers),
+                "failed_loads": dict(self.failed_loads),
+                "status_calls": self.status_calls,
+            }
+
+
+def _overrides(model_key: str) -> dict[str, Any]:
+    try:
+        key = json.loads(model_key) if model_key else {}
+    except json.JSONDecodeError:
+        return {}
+    stub = key.get("stub") if isinstance(key, dict) else None
+    return stub if isinstance(stub, dict) else {}
+
+
+class StubRuntime(rt_grpc.ModelRuntimeServicer):
+    def __init__(self, config: StubConfig, state: StubState) -> None:
+        self.config = config
+        self.state = state
+
+    def runtimeStatus(
+        self, request: rt.RuntimeStatusRequest, context: grpc.ServicerContext
+    ) -> rt.RuntimeStatusResponse:
+        with self.state.lock:
+            self.state.status_calls += 1
+            self.state.loaded.clear()
+        resp = rt.RuntimeStatusResponse(
+            status=rt.RuntimeStatusResponse.READY,
+            capacityInBytes=self.config.capacity_bytes,
+            maxLoadingConcurrency=self.config.loading_concurrency,
+            modelLoadingTimeoutMs=self.config.load_timeout_ms,
+            defaultModelSizeInBytes=self.config.default_size_bytes,
+            runtimeVersion="stub-1",
+        )
+        for method in ("ModelInfer", "ModelMetadata"):
+            resp.methodInfos[f"inference.GRPCInferenceService/{method}"].idInjectionPath.append(1)
+        return resp
+
+    def loadModel(
+        self, request: rt.LoadModelRequest, context: grpc.ServicerContext
+    ) -> rt.LoadModelResponse:
+        over = _overrides(request.modelKey)
+        with self.state.lock:
+            self.state.loads[request.modelId] += 1
+        time.sleep(float(over.get("delay_ms", self.config.load_delay_ms)) / 1000)
+        failure = over.get("fail") or self._pattern_failure(request.modelId)
+        if failure:
+            with self.state.lock:
+                self.state.failed_loads[request.modelId] += 1
+            context.abort(grpc.StatusCode.INTERNAL, str(failure))
+        size = int(over.get("size", self.config.size_bytes))
+        with self.state.lock:
+            self.state.loaded[request.modelId] = size
+        return rt.LoadModelResponse(sizeInBytes=size)
+
+    def _pattern_failure(self, model_id: str) -> str | None:
+        pattern = self.config.fail_pattern
+        if pattern and re.search(pattern, model_id):
+            return f"stub runtime refuses to load {model_id}"
+        return None
+
+    def unloadModel(
+        self, request: rt.UnloadModelRequest, context: grpc.ServicerContext
+    ) -> rt.UnloadModelResponse:
+        with self.state.lock:
+            self.state.unloads[request.modelId] += 1
+            self.state.loaded.pop(request.modelId, None)
+        return rt.UnloadModelResponse()
+
+    def predictModelSize(
+        self, request: rt.PredictModelSizeRequest, context: grpc.ServicerContext
+    ) -> rt.PredictModelSizeResponse:
+        size = int(_overrides(request.modelKey).get("size", self.config.size_bytes))
+        return rt.PredictModelSizeResponse(sizeInBytes=size)
+
+    def modelSize(
+        self, request: rt.ModelSizeRequest, context: grpc.ServicerContext
+    ) -> rt.ModelSizeResponse:
+        with self.state.lock:
+            size = self.state.loaded.get(request.modelId)
+        if size is None:
+            context.abort(grpc.StatusCode.NOT_FOUND, f"model {request.modelId} not loaded")
+        return rt.ModelSizeResponse(sizeInBytes=size)
+
+
+class StubInference(v2_grpc.GRPCInferenceServiceServicer):
+    def __init__(self, state: StubState) -> None:
+        self.state = state
+
+    def _require_loaded(self, name: str, context: grpc.ServicerContext) -> None:
+        with self.state.lock:
+            loaded = name in self.state.loaded
+            if loaded:
+                self.state.infers[name] += 1
+        if not loaded:
+            context.abort(grpc.StatusCode.NOT_FOUND, f"model {name} is not loaded")
+
+    def ServerLive(
+        self, request: v2.ServerLiveRequest, context: grpc.ServicerContext
+    ) -> v2.ServerLiveResponse:
+        return v2.ServerLiveResponse(live=True)
+
+    def ServerReady(
+        self, request: v2.ServerReadyRequest, context: grpc.ServicerContext
+    ) -> v2.ServerReadyResponse:
+        return v2.ServerReadyResponse(ready=True)
+
+    def ModelReady(
+        self, request: v2.ModelReadyRequest, context: grpc.ServicerContext
+    ) -> v2.ModelReadyResponse:
+        with self.state.lock:
+            return v2.ModelReadyResponse(ready=request.name in self.state.loaded)
+
+    def ModelMetadata(
+        self, request: v2.ModelMetadataRequest, context: grpc.ServicerContext
+    ) -> v2.ModelMetadataResponse:
+        self._require_loaded(request.name, context)
+        return v2.ModelMetadataResponse(name=request.name, platform="stub", versions=["1"])
+
+    def ModelInfer(
+        self, request: v2.ModelInferRequest, context: grpc.ServicerContext
+    ) -> v2.ModelInferResponse:
+        self._require_loaded(request.model_name, context)
+        resp = v2.ModelInferResponse(model_name=request.model_name, id=request.id)
+        for tensor in request.inputs:
+            resp.outputs.add(
+                name=tensor.name,
+                datatype=tensor.datatype,
+                shape=tensor.shape,
+                contents=tensor.contents,
+            )
+        resp.raw_output_contents.extend(request.raw_input_contents)
+        return resp
+
+
+def _stats_server(state: StubState, port: int) -> ThreadingHTTPServer:
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = json.dumps(state.snapshot()).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            return
+
+    server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def serve(config: StubConfig, *, port: int, stats_port: int | None, max_workers: int = 32) -> None:
+    state = StubState()
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=max_workers),
+        options=[
+            ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+            ("grpc.max_send_message_length", 64 * 1024 * 1024),
+        ],
+    )
+    rt_grpc.add_ModelRuntimeServicer_to_server(StubRuntime(config, state), server)
+    v2_grpc.add_GRPCInferenceServiceServicer_to_server(StubInference(state), server)
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    server.start()
+    stats = _stats_server(state, stats_port) if stats_port else None
+    logger.info("stub runtime on 127.0.0.1:%d", port)
+    done = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: done.set())
+    signal.signal(signal.SIGINT, lambda *_: done.set())
+    done.wait()
+    server.stop(1).wait()
+    if stats:
+        stats.shutdown()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--port", type=int, default=8085)
+    parser.add_argument("--stats-port", type=int, default=0)
+    parser.add_argument("--capacity-bytes", type=int, default=StubConfig.capacity_bytes)
+    parser.add_argument("--default-size-bytes", type=int, default=StubConfig.default_size_bytes)
+    parser.add_argument("--size-bytes", type=int, default=StubConfig.size_bytes)
+    parser.add_argument("--load-delay-ms", type=int, default=0)
+    parser.add_argument("--loading-concurrency", type=int, default=1)
+    parser.add_argument("--load-timeout-ms", type=int, default=30_000)
+    parser.add_argument(
+        "--fail-pattern", default=None, help="regular expression: loads of matching model ids fail"
+    )
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO)
+    config = StubConfig(
+        args.capacity_bytes,
+        args.default_size_bytes,
+        args.size_bytes,
+        args.load_delay_ms,
+        args.loading_concurrency,
+        args.load_timeout_ms,
+        args.fail_pattern,
+    )
+    serve(config, port=args.port, stats_port=args.stats_port or None)
+
+
+if __name__ == "__main__":
+    main()
