@@ -49,7 +49,7 @@ class Puller:
         spec = resolve_storage(key, configs)
         target = plan_local_target(PurePosixPath(self.root_model_dir), model_id, model_path)
         provider = provider_for(spec, pvc_mounts_dir=self._pvc_mounts_dir)
-        local = await provider.pull(spec, target.remote_path, Path(target.model_path))
+        local = await provider.pull(spec, target.remote_path, Path(target.local_path))
         schema = await self._pull_schema(provider, spec, model_id, key.schema_path)
         size = await asyncio.to_thread(disk_size_bytes, local)
         return PulledModel(local, size, schema)

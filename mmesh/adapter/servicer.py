@@ -6,7 +6,7 @@ import functools
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import grpc
 
@@ -18,9 +18,10 @@ from mmesh.core.proto import model_runtime_pb2_grpc as rt_grpc
 
 logger = logging.getLogger(__name__)
 
+Context = grpc.aio.ServicerContext[Any, Any]
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
-Handler = Callable[["RuntimeServicer", Req, grpc.aio.ServicerContext], Awaitable[Resp]]
+Handler = Callable[["RuntimeServicer", Req, Context], Awaitable[Resp]]
 
 ID_INJECTED_METHODS = (
     "inference.GRPCInferenceService/ModelInfer",
@@ -33,7 +34,7 @@ def grpc_errors(handler: Handler[Req, Resp]) -> Handler[Req, Resp]:
 
     @functools.wraps(handler)
     async def wrapper(
-        self: RuntimeServicer, request: Req, context: grpc.aio.ServicerContext
+        self: RuntimeServicer, request: Req, context: Context
     ) -> Resp:
         try:
             return await handler(self, request, context)
@@ -68,7 +69,7 @@ class RuntimeServicer(rt_grpc.ModelRuntimeServicer):
 
     @grpc_errors
     async def runtimeStatus(
-        self, request: rt.RuntimeStatusRequest, context: grpc.aio.ServicerContext
+        self, request: rt.RuntimeStatusRequest, context: Context
     ) -> rt.RuntimeStatusResponse:
         version = await self._backend.ready_version()
         if version is None:
@@ -78,7 +79,7 @@ class RuntimeServicer(rt_grpc.ModelRuntimeServicer):
 
     @grpc_errors
     async def loadModel(
-        self, request: rt.LoadModelRequest, context: grpc.aio.ServicerContext
+        self, request: rt.LoadModelRequest, context: Context
     ) -> rt.LoadModelResponse:
         size = await self._loader.load(
             request.modelId, request.modelType, request.modelPath, request.modelKey
@@ -87,14 +88,14 @@ class RuntimeServicer(rt_grpc.ModelRuntimeServicer):
 
     @grpc_errors
     async def unloadModel(
-        self, request: rt.UnloadModelRequest, context: grpc.aio.ServicerContext
+        self, request: rt.UnloadModelRequest, context: Context
     ) -> rt.UnloadModelResponse:
         await self._loader.unload(request.modelId)
         return rt.UnloadModelResponse()
 
     @grpc_errors
     async def predictModelSize(
-        self, request: rt.PredictModelSizeRequest, context: grpc.aio.ServicerContext
+        self, request: rt.PredictModelSizeRequest, context: Context
     ) -> rt.PredictModelSizeResponse:
         return rt.PredictModelSizeResponse(
             sizeInBytes=self._loader.predicted_size(request.modelKey)
@@ -102,7 +103,7 @@ class RuntimeServicer(rt_grpc.ModelRuntimeServicer):
 
     @grpc_errors
     async def modelSize(
-        self, request: rt.ModelSizeRequest, context: grpc.aio.ServicerContext
+        self, request: rt.ModelSizeRequest, context: Context
     ) -> rt.ModelSizeResponse:
         size = self._loader.loaded_size(request.modelId)
         if size is None:

@@ -4,6 +4,8 @@
       StoreUnavailable        the KV store (etcd) cannot be reached or timed out; transient
       RecordConflict          a compare-and-swap lost against a concurrent writer
       InvalidRecord           a stored value does not parse as the record it should be
+      LeaseExpired            a lease is gone (expired or revoked); its keys are deleted
+      RevisionCompacted       a watch asked for history the store has already compacted
 
 Process packages subclass MeshError in their own `errors.py`.
 """
@@ -34,3 +36,27 @@ class InvalidRecord(MeshError):
         super().__init__(f"invalid record at {key}: {reason}")
         self.key = key
         self.reason = reason
+
+
+class LeaseExpired(MeshError):
+    """A lease no longer exists: it expired or was revoked, and its keys are gone."""
+
+    def __init__(self, lease_id: int) -> None:
+        super().__init__(f"lease {lease_id:x} expired or was revoked")
+        self.lease_id = lease_id
+
+
+class RevisionCompacted(MeshError):
+    """A watch start revision is older than the store's compacted history.
+
+    The watcher must re-read the range and watch from the revision that read
+    returned.
+    """
+
+    def __init__(self, requested: int, compacted: int) -> None:
+        super().__init__(
+            f"revision {requested} is compacted (history starts at {compacted}); re-read and "
+            "watch again"
+        )
+        self.requested = requested
+        self.compacted = compacted

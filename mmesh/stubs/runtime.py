@@ -174,6 +174,26 @@ class StubInference(v2_grpc.GRPCInferenceServiceServicer):
     ) -> v2.ServerReadyResponse:
         return v2.ServerReadyResponse(ready=True)
 
+    def ServerMetadata(
+        self, request: v2.ServerMetadataRequest, context: grpc.ServicerContext
+    ) -> v2.ServerMetadataResponse:
+        return v2.ServerMetadataResponse(name="mmesh-stub-runtime", version="1")
+
+    def RepositoryIndex(
+        self, request: v2.RepositoryIndexRequest, context: grpc.ServicerContext
+    ) -> v2.RepositoryIndexResponse:
+        context.abort(grpc.StatusCode.UNIMPLEMENTED, "use mmesh.ModelRuntime")
+
+    def RepositoryModelLoad(
+        self, request: v2.RepositoryModelLoadRequest, context: grpc.ServicerContext
+    ) -> v2.RepositoryModelLoadResponse:
+        context.abort(grpc.StatusCode.UNIMPLEMENTED, "use mmesh.ModelRuntime")
+
+    def RepositoryModelUnload(
+        self, request: v2.RepositoryModelUnloadRequest, context: grpc.ServicerContext
+    ) -> v2.RepositoryModelUnloadResponse:
+        context.abort(grpc.StatusCode.UNIMPLEMENTED, "use mmesh.ModelRuntime")
+
     def ModelReady(
         self, request: v2.ModelReadyRequest, context: grpc.ServicerContext
     ) -> v2.ModelReadyResponse:

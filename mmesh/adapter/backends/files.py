@@ -42,3 +42,11 @@ def disk_size_bytes(path: Path) -> int:
             except OSError:
                 continue
     return total
+
+
+def remove_model_dirs(repository: Path) -> None:
+    """Empty a server's repository of model directories, keeping its own files."""
+    repository.mkdir(parents=True, exist_ok=True)
+    for entry in repository.iterdir():
+        if entry.is_dir() or entry.is_symlink():
+            remove_tree(entry)

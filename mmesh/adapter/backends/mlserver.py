@@ -10,7 +10,12 @@ import logging
 from pathlib import Path
 
 from mmesh.adapter.backends.backend import PreparedModel
-from mmesh.adapter.backends.files import read_json_object, remove_tree, write_text_atomic
+from mmesh.adapter.backends.files import (
+    read_json_object,
+    remove_model_dirs,
+    remove_tree,
+    write_text_atomic,
+)
 from mmesh.adapter.backends.repository import RepositoryClient
 from mmesh.adapter.errors import InvalidModelRequest
 from mmesh.adapter.layout import MLSERVER_SETTINGS_FILE, render_mlserver_settings
@@ -35,8 +40,7 @@ class MLServerBackend:
         for name in await self._client.model_names():
             logger.info("purging model %s left in mlserver from an earlier life", name)
             await self._client.unload(name)
-        await asyncio.to_thread(remove_tree, self.repository_dir)
-        await asyncio.to_thread(self.repository_dir.mkdir, parents=True, exist_ok=True)
+        await asyncio.to_thread(remove_model_dirs, self.repository_dir)
 
     async def load(self, model: PreparedModel) -> None:
         await asyncio.to_thread(self._write_settings, model)

@@ -79,7 +79,7 @@ class RepositoryClient:
             raise
 
     async def close(self) -> None:
-        await self._channel.close()
+        await self._channel.close(None)
 
 
 def _is_unknown_model(exc: grpc.aio.AioRpcError) -> bool:

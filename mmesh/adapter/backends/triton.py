@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 
 from mmesh.adapter.backends.backend import PreparedModel
-from mmesh.adapter.backends.files import remove_tree, write_text_atomic
+from mmesh.adapter.backends.files import remove_model_dirs, remove_tree, write_text_atomic
 from mmesh.adapter.backends.repository import RepositoryClient
 from mmesh.adapter.layout import TRITON_CONFIG_FILE, TritonLayout, plan_triton_layout
 
@@ -34,8 +34,7 @@ class TritonBackend:
         for name in await self._client.model_names():
             logger.info("purging model %s left in triton from an earlier life", name)
             await self._client.unload(name)
-        await asyncio.to_thread(remove_tree, self.repository_dir)
-        await asyncio.to_thread(self.repository_dir.mkdir, parents=True, exist_ok=True)
+        await asyncio.to_thread(remove_model_dirs, self.repository_dir)
 
     async def load(self, model: PreparedModel) -> None:
         await asyncio.to_thread(self._write_layout, model)
