@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from pathlib import Path
 from typing import Any, Literal, NoReturn, TypeVar
 
@@ -323,7 +323,9 @@ class EtcdKV:
         )
         return bool(succeeded)
 
-    async def watch_prefix(self, prefix: str, *, start_revision: int) -> AsyncIterator[WatchEvent]:
+    async def watch_prefix(
+        self, prefix: str, *, start_revision: int
+    ) -> AsyncGenerator[WatchEvent, None]:
         if start_revision < 1:
             raise ValueError(f"start_revision must be >= 1, got {start_revision}")
         next_revision = start_revision
@@ -467,6 +469,7 @@ class EtcdKV:
             if not _token_expired(exc):
                 self._unavailable(what, exc)
             first = exc
+        logger.info("etcd auth token at %s expired; logging in again", self.endpoint)
         try:
             await self._client.authenticate()
             return await thunk()

@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import itertools
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
@@ -108,7 +108,7 @@ class KVStore(Protocol):
         """Delete only if the key exists with mod revision `mod_revision` (> 0)."""
         ...
 
-    def watch_prefix(self, prefix: str, *, start_revision: int) -> AsyncIterator[WatchEvent]:
+    def watch_prefix(self, prefix: str, *, start_revision: int) -> AsyncGenerator[WatchEvent, None]:
         """Changes under `prefix` with revision >= `start_revision`, in order.
 
         Raises RevisionCompacted if that history is gone; ends when the store
@@ -295,7 +295,9 @@ class MemoryKV:
         self._remove(key, self._revision)
         return True
 
-    async def watch_prefix(self, prefix: str, *, start_revision: int) -> AsyncIterator[WatchEvent]:
+    async def watch_prefix(
+        self, prefix: str, *, start_revision: int
+    ) -> AsyncGenerator[WatchEvent, None]:
         if start_revision < 1:
             raise ValueError(f"start_revision must be >= 1, got {start_revision}")
         self._enter()

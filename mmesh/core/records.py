@@ -501,6 +501,9 @@ class InstanceRecord:
     labels: tuple[str, ...] = ()
     """`labels`: e.g. "mt:sklearn", "pv:grpc-v2", "rt:mlserver-1.x"."""
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "labels", tuple(self.labels))  # a list would stay mutable
+
     @property
     def free_units(self) -> int:
         """Unused capacity, never negative."""

@@ -7,6 +7,7 @@ they can stop, or one started with TLS or authentication.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
 import ssl
 import subprocess
@@ -20,7 +21,13 @@ from mmesh.core.errors import StoreUnavailable
 from mmesh.core.etcd import EtcdKV
 from mmesh.core.etcd_config import EtcdConnection, from_mapping
 from mmesh.core.kv import WatchEvent
-from tests.fixtures.etcd import ETCDCTL_BIN, make_data_dir, require_etcd, start_etcd
+from tests.fixtures.etcd import (
+    ETCDCTL_BIN,
+    EtcdServer,
+    make_data_dir,
+    require_etcd,
+    start_etcd,
+)
 from tests.fixtures.procs import free_port
 
 EVENT_TIMEOUT_S = 10.0
@@ -55,8 +62,12 @@ async def test_requests_fail_clearly_while_etcd_is_down_and_watch_resumes_after(
     tmp_path: Path, data_dir: Path
 ):
     cport, pport = free_port(), free_port()
-    ports = {"data_dir": data_dir, "client_port": cport, "peer_port": pport}
-    with start_etcd(tmp_path / "etcd-1.log", **ports) as server:
+
+    def etcd(log: str) -> contextlib.AbstractContextManager[EtcdServer]:
+        # the same data dir and ports each time: a restart of one member
+        return start_etcd(tmp_path / log, data_dir=data_dir, client_port=cport, peer_port=pport)
+
+    with etcd("etcd-1.log") as server:
         kv = await EtcdKV.connect(EtcdConnection.from_endpoint(server.endpoint), timeout_s=2)
         rev = await kv.put("/r/a", b"1")
         events = kv.watch_prefix("/r/", start_revision=rev)
@@ -64,8 +75,8 @@ async def test_requests_fail_clearly_while_etcd_is_down_and_watch_resumes_after(
     try:
         with pytest.raises(StoreUnavailable, match=f"etcd at {server.endpoint} failed on get"):
             await kv.get("/r/a")
-        pending = asyncio.create_task(anext(events))
-        with start_etcd(tmp_path / "etcd-2.log", **ports):
+        pending = asyncio.create_task(next_event(events))
+        with etcd("etcd-2.log"):
             rev_b = await put_when_back(kv, "/r/b", b"2")
             event = await asyncio.wait_for(pending, EVENT_TIMEOUT_S)
             # the watch went on from where it was: no replay of /r/a, nothing lost
@@ -161,7 +172,7 @@ async def test_ca_certificate_file_is_read_when_connecting(tmp_path: Path):
 
 
 def etcdctl(endpoint: str, *args: str) -> None:
-    subprocess.run(  # noqa: S603 - fixed test command
+    subprocess.run(
         [str(ETCDCTL_BIN), f"--endpoints={endpoint}", *args],
         check=True,
         capture_output=True,

@@ -33,6 +33,11 @@ class Store:
         return f"{self.prefix}/{name}"
 
 
+def both_implement_the_port(memory: MemoryKV, etcd: EtcdKV) -> list[KVStore]:
+    """Never called: mypy checks here that both classes satisfy KVStore."""
+    return [memory, etcd]
+
+
 @pytest.fixture
 async def memory_kv() -> AsyncIterator[MemoryKV]:
     kv = MemoryKV()

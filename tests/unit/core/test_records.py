@@ -354,6 +354,12 @@ def test_empty_instance_has_no_lru_time():
     assert InstanceRecord.from_json(b'{"lruTime":9223372036854775807}').lru_time_ms is None
 
 
+def test_labels_are_stored_as_a_tuple():
+    # a list is the wrong type on purpose: the record must coerce it
+    record = InstanceRecord(labels=["a", "b"])  # type: ignore[arg-type]
+    assert record.labels == ("a", "b")
+
+
 def test_free_units_never_negative():
     assert InstanceRecord(capacity_units=10, used_units=4).free_units == 6
     assert InstanceRecord(capacity_units=10, used_units=14).free_units == 0
