@@ -1,0 +1,26 @@
+"""`python -m mmesh.router`: the router (`mm` container) of one runtime pod."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+
+from pydantic import ValidationError
+
+from mmesh.core.logs import setup_logging
+from mmesh.router.app import serve
+from mmesh.router.settings import RouterSettings
+
+
+def main() -> None:
+    try:
+        settings = RouterSettings()  # type: ignore[call-arg]  # fields come from the env
+        settings.resolved_instance_id  # noqa: B018 - fail fast on a missing instance id
+    except (ValidationError, ValueError) as exc:
+        sys.exit(f"mmesh router: bad configuration:\n{exc}")
+    setup_logging(settings.log_level, json_format=settings.log_json)
+    asyncio.run(serve(settings))
+
+
+if __name__ == "__main__":
+    main()

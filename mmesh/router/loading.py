@@ -1,0 +1,282 @@
+"""This pod's copies: the LRU cache decisions plus the I/O that loads and unloads models.
+
+Concurrent requests for a model that is not loaded share one load. A load claims its copy
+in the registry (one CAS), waits for a loading slot (the runtime's maxLoadingConcurrency),
+loads with the runtime's timeout, then records the copy as loaded (a second CAS). Models the
+cache evicts to make room are unloaded in the background; their space stays taken until
+the runtime confirms the unload.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Coroutine, Iterable
+from typing import Any
+
+from mmesh.core.ids import InstanceId, ModelId
+from mmesh.core.records import ModelRecord, bytes_to_units, units_to_bytes
+from mmesh.router.cache import CacheEntry, EntryState, EvictionPolicy, LocalCache
+from mmesh.router.errors import LoadFailed, NoCapacity, RequestTimeout, RouterError
+from mmesh.router.metrics import RouterMetrics
+from mmesh.router.modelstatus import is_failure_live
+from mmesh.router.registry import UNCHANGED, Registry, Unchanged
+from mmesh.router.runtime_client import RuntimeClient, RuntimeInfo
+
+logger = logging.getLogger(__name__)
+
+UNLOAD_ATTEMPTS = 3
+UNLOAD_RETRY_S = 1.0
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class LocalModels:
+    def __init__(
+        self,
+        *,
+        instance_id: str,
+        cache: LocalCache,
+        runtime: RuntimeClient,
+        info: RuntimeInfo,
+        registry: Registry,
+        metrics: RouterMetrics,
+        policy: EvictionPolicy,
+        failure_expiry_ms: int,
+        on_change: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.instance_id = InstanceId(instance_id)
+        self.cache = cache
+        self.runtime = runtime
+        self.info = info
+        self.registry = registry
+        self.metrics = metrics
+        self.policy = policy
+        self.failure_expiry_ms = failure_expiry_ms
+        self._on_change = on_change
+        self._loads: dict[str, asyncio.Future[None]] = {}
+        self._failures: dict[str, tuple[int, str]] = {}
+        self._slots = asyncio.Semaphore(info.loading_concurrency)
+        self._background: set[asyncio.Task[None]] = set()
+        self._unloads: dict[str, asyncio.Task[None]] = {}
+
+    # --- queries ---------------------------------------------------------------------
+
+    def is_loaded(self, model_id: str) -> bool:
+        entry = self.cache.get(ModelId(model_id))
+        return entry is not None and entry.state is EntryState.LOADED
+
+    def loading_count(self) -> int:
+        return len(self._loads)
+
+    def touch(self, model_id: str) -> None:
+        self.cache.touch(ModelId(model_id), now_ms())
+
+    # --- loading ---------------------------------------------------------------------
+
+    async def ensure_loaded(self, model_id: str, record: ModelRecord) -> None:
+        """Return once the model can serve here; loads it (once) if it is not loaded."""
+        if self.is_loaded(model_id):
+            return
+        future = self._loads.get(model_id)
+        if future is None:
+            self._raise_recent_failure(model_id)
+            future = asyncio.get_running_loop().create_future()
+            # Mark the outcome retrieved even if every waiter was cancelled.
+            future.add_done_callback(lambda f: f.cancelled() or f.exception())
+            self._loads[model_id] = future
+            self._spawn(self._load(model_id, record, future))
+        await asyncio.shield(future)
+
+    def _raise_recent_failure(self, model_id: str) -> None:
+        failed = self._failures.get(model_id)
+        if failed is None:
+            return
+        failed_ms, message = failed
+        if is_failure_live(failed_ms, now_ms=now_ms(), expiry_ms=self.failure_expiry_ms):
+            raise LoadFailed(f"model {model_id} failed to load: {message}")
+        del self._failures[model_id]
+
+    async def _load(self, model_id: str, record: ModelRecord, future: asyncio.Future[None]) -> None:
+        started = time.monotonic()
+        try:
+            await self._load_steps(model_id, record)
+        except NoCapacity as exc:
+            logger.warning("%s", exc)
+            future.set_exception(exc)
+        except Exception as exc:
+            error = exc if isinstance(exc, RouterError) else LoadFailed(str(exc))
+            await self._record_failure(model_id, str(error))
+            future.set_exception(error)
+        else:
+            self.metrics.load_ms.observe((time.monotonic() - started) * 1000)
+            future.set_result(None)
+        finally:
+            self._loads.pop(model_id, None)
+            self._on_change()
+
+    async def _load_steps(self, model_id: str, record: ModelRecord) -> None:
+        units = bytes_to_units(await self._predicted_size(model_id, record))
+        unloading = self._unloads.get(model_id)
+        if unloading is not None:
+            await asyncio.shield(unloading)
+        admission = self.cache.admit(
+            ModelId(model_id), units, last_used_ms=now_ms(), now_ms=now_ms(), policy=self.policy
+        )
+        if admission.refusal is not None:
+            raise NoCapacity(f"cannot load {model_id} here: {admission.detail}")
+        self._unload_victims(admission.victims)
+        await self._claim(model_id)
+        queued = time.monotonic()
+        async with self._slots:
+            self.metrics.loading_queue_ms.observe((time.monotonic() - queued) * 1000)
+            size = await self._runtime_load(model_id, record)
+        self._unload_victims(self.cache.loaded(ModelId(model_id), bytes_to_units(size), now_ms()))
+        self.metrics.loaded_size.observe(size)
+        self._failures.pop(model_id, None)
+        if await self._mark_loaded(model_id) is None:
+            logger.info("model %s was unregistered while it loaded; unloading", model_id)
+            self.evict(model_id)
+
+    async def _predicted_size(self, model_id: str, record: ModelRecord) -> int:
+        started = time.monotonic()
+        size = await self.runtime.predict_size(
+            model_id, record.model_type, record.model_path, record.encoded_key or ""
+        )
+        self.metrics.sizing_ms.observe((time.monotonic() - started) * 1000)
+        return size or self.info.default_model_size_bytes
+
+    async def _runtime_load(self, model_id: str, record: ModelRecord) -> int:
+        timeout_s = self.info.load_timeout_ms / 1000
+        try:
+            size = await self.runtime.load(
+                model_id,
+                record.model_type,
+                record.model_path,
+                record.encoded_key or "",
+                timeout_s=timeout_s,
+            )
+        except RequestTimeout as exc:
+            self._spawn(self._unload_after_timeout(model_id))
+            raise LoadFailed(
+                f"load of {model_id} timed out after {self.info.load_timeout_ms} ms"
+            ) from exc
+        if size == 0:
+            size = await self.runtime.model_size(model_id) or self.info.default_model_size_bytes
+        return size
+
+    async def _claim(self, model_id: str) -> None:
+        stamp, iid = now_ms(), self.instance_id
+
+        def claim(rec: ModelRecord | None) -> ModelRecord | Unchanged:
+            if rec is None:
+                raise LoadFailed(f"model {model_id} is no longer registered")
+            return rec.without_failure(iid).with_copy_loading(iid, stamp)
+
+        await self.registry.update_model(model_id, claim)
+
+    async def _mark_loaded(self, model_id: str) -> ModelRecord | None:
+        stamp, iid = now_ms(), self.instance_id
+        return await self.registry.update_model(
+            model_id, lambda rec: rec.with_copy_loaded(iid, stamp) if rec else UNCHANGED
+        )
+
+    async def _record_failure(self, model_id: str, message: str) -> None:
+        self.metrics.load_failures.inc()
+        stamp, iid = now_ms(), self.instance_id
+        self._failures[model_id] = (stamp, message)
+        entry = self.cache.get(ModelId(model_id))
+        if entry is not None and entry.state is not EntryState.UNLOADING:
+            self.cache.failed(ModelId(model_id), stamp)
+        logger.warning("load of %s failed: %s", model_id, message)
+        try:
+            await self.registry.update_model(
+                model_id,
+                lambda rec: rec.with_copy_failed(iid, message, stamp) if rec else UNCHANGED,
+            )
+        except Exception:
+            logger.exception("could not record the load failure of %s", model_id)
+
+    # --- unloading -------------------------------------------------------------------
+
+    def evict(self, model_id: str) -> None:
+        """Drop the local copy (unregistered model, stale copy, shutdown)."""
+        entry = self.cache.get(ModelId(model_id))
+        if entry is None or entry.state is EntryState.UNLOADING:
+            return
+        self.cache.remove(ModelId(model_id))
+        self._start_unload(model_id, reason="removed")
+
+    def _unload_victims(self, victims: Iterable[CacheEntry]) -> None:
+        stamp = now_ms()
+        for victim in victims:
+            idle_ms = max(0, stamp - victim.last_used_ms)
+            self.metrics.evictions.inc()
+            self.metrics.age_at_eviction_ms.observe(idle_ms)
+            logger.info("evicting %s (idle %d ms) to make room", victim.model_id, idle_ms)
+            self._start_unload(victim.model_id, reason="evicted")
+
+    def _start_unload(self, model_id: str, *, reason: str) -> None:
+        task = asyncio.ensure_future(self._unload(model_id, reason=reason))
+        self._unloads[model_id] = task
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        task.add_done_callback(lambda _: self._unloads.pop(model_id, None))
+
+    async def _unload(self, model_id: str, *, reason: str) -> None:
+        started = time.monotonic()
+        for attempt in range(1, UNLOAD_ATTEMPTS + 1):
+            try:
+                await self.runtime.unload(model_id, timeout_s=self.info.load_timeout_ms / 1000)
+                break
+            except RouterError as exc:
+                self.metrics.unload_attempt_failures.inc()
+                logger.warning("unload %d of %s failed: %s", attempt, model_id, exc)
+                await asyncio.sleep(UNLOAD_RETRY_S * attempt)
+        else:
+            self.metrics.unload_failures.inc()
+        self.metrics.unload_ms.observe((time.monotonic() - started) * 1000)
+        self.cache.unloaded(ModelId(model_id))
+        self._on_change()
+        iid, stamp = self.instance_id, now_ms()
+        try:
+            await self.registry.update_model(model_id, lambda rec: _without_copy(rec, iid, stamp))
+        except Exception:
+            logger.exception(
+                "could not drop the copy of %s (%s) from the registry", model_id, reason
+            )
+
+    async def _unload_after_timeout(self, model_id: str) -> None:
+        """The runtime may still finish a load we gave up on: make sure it does not stay."""
+        try:
+            await self.runtime.unload(model_id, timeout_s=self.info.load_timeout_ms / 1000)
+        except RouterError as exc:
+            logger.warning("unload of timed-out %s failed: %s", model_id, exc)
+
+    async def unload_all(self) -> None:
+        for entry in list(self.cache.entries()):
+            self.evict(entry.model_id)
+        await self.drain()
+
+    async def drain(self) -> None:
+        while self._background:
+            await asyncio.gather(*list(self._background), return_exceptions=True)
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    # --- reporting -------------------------------------------------------------------
+
+    def capacity_bytes(self) -> int:
+        return units_to_bytes(self.cache.capacity_units)
+
+
+def _without_copy(rec: ModelRecord | None, iid: InstanceId, stamp: int) -> ModelRecord | Unchanged:
+    if rec is None or iid not in rec.instance_ids:
+        return UNCHANGED
+    return rec.without_copy(iid)

@@ -1,0 +1,245 @@
+"""The router's mirror of the mesh registry in etcd: models, vmodels and instances.
+
+One consistent range read at start-up, then a watch from the next revision keeps the
+mirror current. Requests only read the mirror (dict lookups, no etcd call). Writes are
+compare-and-swap on the key's mod revision; a lost race re-reads the key and retries.
+If etcd goes away the mirror keeps serving what it has and resynchronises when etcd is back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Generic, Protocol, TypeVar
+
+from mmesh.core.errors import InvalidRecord, RevisionCompacted, StoreUnavailable
+from mmesh.core.kv import KVStore, WatchEvent
+from mmesh.core.records import InstanceRecord, KeyLayout, ModelRecord, Table, VModelRecord
+
+logger = logging.getLogger(__name__)
+
+CAS_ATTEMPTS = 20
+RESYNC_DELAY_S = 1.0
+
+
+class Record(Protocol):
+    def to_json(self) -> bytes: ...
+
+
+R = TypeVar("R", bound=Record)
+
+
+@dataclass(frozen=True, slots=True)
+class Versioned(Generic[R]):
+    record: R
+    mod_revision: int
+
+
+class Unchanged:
+    """Returned by an update function that decides no write is needed."""
+
+
+UNCHANGED = Unchanged()
+
+Listener = Callable[[Table, str], None]
+
+
+class MirrorTable(Generic[R]):
+    """One table of the mirror: id -> newest record seen, with its mod revision."""
+
+    def __init__(
+        self, table: Table, decode: Callable[[bytes, str], R], key_of: Callable[[str], str]
+    ) -> None:
+        self.table = table
+        self.items: dict[str, Versioned[R]] = {}
+        self._decode = decode
+        self.key_of = key_of
+
+    def get(self, ident: str) -> R | None:
+        found = self.items.get(ident)
+        return found.record if found else None
+
+    def apply(self, ident: str, value: bytes, revision: int, *, force: bool = False) -> bool:
+        current = self.items.get(ident)
+        if not force and current is not None and current.mod_revision >= revision:
+            return False
+        try:
+            record = self._decode(value, ident)
+        except InvalidRecord as exc:
+            logger.error("ignoring bad registry value: %s", exc)
+            return False
+        self.items[ident] = Versioned(record, revision)
+        return True
+
+    def remove(self, ident: str, revision: int | None = None) -> bool:
+        current = self.items.get(ident)
+        if current is None or (revision is not None and current.mod_revision > revision):
+            return False
+        del self.items[ident]
+        return True
+
+
+class Registry:
+    def __init__(self, kv: KVStore, layout: KeyLayout) -> None:
+        self.kv = kv
+        self.layout = layout
+        self.models: MirrorTable[ModelRecord] = MirrorTable(
+            Table.REGISTRY,
+            lambda v, k: ModelRecord.from_json(v, key=k),
+            lambda i: layout.model_key(i),
+        )  # type: ignore[arg-type]
+        self.vmodels: MirrorTable[VModelRecord] = MirrorTable(
+            Table.VMODELS,
+            lambda v, k: VModelRecord.from_json(v, key=k),
+            lambda i: layout.vmodel_key(i),
+        )  # type: ignore[arg-type]
+        self.instances: MirrorTable[InstanceRecord] = MirrorTable(
+            Table.INSTANCES,
+            lambda v, k: InstanceRecord.from_json(v, key=k),
+            lambda i: layout.instance_key(i),
+        )  # type: ignore[arg-type]
+        self._by_table: dict[Table, MirrorTable[Record]] = {
+            Table.REGISTRY: self.models,
+            Table.VMODELS: self.vmodels,  # type: ignore[dict-item]
+            Table.INSTANCES: self.instances,
+        }  # type: ignore[dict-item]
+        self.synced = asyncio.Event()
+        self._listeners: list[Listener] = []
+        self._revision = 0
+        self._task: asyncio.Task[None] | None = None
+
+    def on_change(self, listener: Listener) -> None:
+        """Called synchronously after each applied change with (table, id)."""
+        self._listeners.append(listener)
+
+    # --- lifecycle ------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self._sync()
+        self._task = asyncio.create_task(self._follow(), name="registry-watch")
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _sync(self) -> None:
+        items, revision = await self.kv.range_prefix(self.layout.base)
+        seen: dict[Table, set[str]] = {t: set() for t in Table}
+        for kv in items:
+            parsed = self.layout.parse_key(kv.key)
+            if parsed is None:
+                continue
+            table, ident = parsed
+            seen[table].add(ident)
+            if self._by_table[table].apply(ident, kv.value, kv.mod_revision, force=True):
+                self._notify(table, ident)
+        for table, mirror in self._by_table.items():
+            for gone in [i for i in mirror.items if i not in seen[table]]:
+                mirror.remove(gone)
+                self._notify(table, gone)
+        self._revision = revision
+        self.synced.set()
+        logger.info(
+            "registry synced at revision %d: %d models, %d vmodels, %d instances",
+            revision,
+            len(self.models.items),
+            len(self.vmodels.items),
+            len(self.instances.items),
+        )
+
+    async def _follow(self) -> None:
+        while True:
+            try:
+                await self._watch()
+            except RevisionCompacted:
+                logger.warning("registry watch fell behind compaction; resyncing")
+            except StoreUnavailable as exc:
+                logger.warning("registry watch lost etcd (%s); serving from the mirror", exc)
+                await asyncio.sleep(RESYNC_DELAY_S)
+            try:
+                await self._sync()
+            except StoreUnavailable as exc:
+                logger.warning("registry resync failed (%s); retrying", exc)
+                await asyncio.sleep(RESYNC_DELAY_S)
+
+    async def _watch(self) -> None:
+        events = self.kv.watch_prefix(self.layout.base, start_revision=self._revision + 1)
+        async with contextlib.aclosing(events) as stream:
+            async for event in stream:
+                self._apply_event(event)
+
+    def _apply_event(self, event: WatchEvent) -> None:
+        self._revision = max(self._revision, event.mod_revision)
+        parsed = self.layout.parse_key(event.key)
+        if parsed is None:
+            return
+        table, ident = parsed
+        mirror = self._by_table[table]
+        if event.kind == "DELETE":
+            changed = mirror.remove(ident, event.mod_revision)
+        else:
+            changed = mirror.apply(ident, event.value, event.mod_revision)
+        if changed:
+            self._notify(table, ident)
+
+    def _notify(self, table: Table, ident: str) -> None:
+        for listener in self._listeners:
+            try:
+                listener(table, ident)
+            except Exception:
+                logger.exception("registry listener failed")
+
+    # --- writes (compare-and-swap) ----------------------------------------------------
+
+    async def update_model(
+        self, model_id: str, change: Callable[[ModelRecord | None], ModelRecord | Unchanged | None]
+    ) -> ModelRecord | None:
+        """Apply `change` to the current record until the CAS wins; None = deleted/absent."""
+        return await self._update(self.models, model_id, change)
+
+    async def update_vmodel(
+        self,
+        vmodel_id: str,
+        change: Callable[[VModelRecord | None], VModelRecord | Unchanged | None],
+    ) -> VModelRecord | None:
+        return await self._update(self.vmodels, vmodel_id, change)
+
+    async def put_instance(self, instance_id: str, record: InstanceRecord, lease: object) -> None:
+        key = self.instances.key_of(instance_id)
+        await self.kv.put(key, record.to_json(), lease=lease)  # type: ignore[arg-type]
+
+    async def _update(
+        self, mirror: MirrorTable[R], ident: str, change: Callable[[R | None], R | Unchanged | None]
+    ) -> R | None:
+        key = mirror.key_of(ident)
+        current = mirror.items.get(ident)
+        for _ in range(CAS_ATTEMPTS):
+            record = current.record if current else None
+            wanted = change(record)
+            if isinstance(wanted, Unchanged):
+                return record
+            if await self._write(key, current, wanted):
+                return wanted
+            current = await self._refresh(mirror, ident)
+        raise StoreUnavailable(f"could not update {key}: too many concurrent writers")
+
+    async def _write(self, key: str, current: Versioned[R] | None, wanted: R | None) -> bool:
+        revision = current.mod_revision if current else 0
+        if wanted is None:
+            return current is None or await self.kv.delete_if(key, mod_revision=revision)
+        return await self.kv.put_if(key, wanted.to_json(), mod_revision=revision)
+
+    async def _refresh(self, mirror: MirrorTable[R], ident: str) -> Versioned[R] | None:
+        found = await self.kv.get(mirror.key_of(ident))
+        if found is None:
+            if mirror.remove(ident):
+                self._notify(mirror.table, ident)
+            return None
+        if mirror.apply(ident, found.value, found.mod_revision):
+            self._notify(mirror.table, ident)
+        return mirror.items.get(ident)

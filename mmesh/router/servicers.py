@@ -1,0 +1,264 @@
+"""gRPC faces of the router on the external port: the ModelMesh management API, the V2
+health and metadata RPCs the router answers itself, and a catch-all handler that routes
+every other unary call to the model it names, as raw bytes."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import grpc
+
+from mmesh.core.proto import grpc_predict_v2_pb2 as v2
+from mmesh.core.proto import model_mesh_pb2 as mm
+from mmesh.core.proto import model_mesh_pb2_grpc as mm_grpc
+from mmesh.router.errors import ModelNotFound, RouterError
+from mmesh.router.inference import InferenceRouter
+from mmesh.router.management import Management, ModelInfo, VModelStatusView
+from mmesh.router.metrics import RouterMetrics
+from mmesh.router.modelstatus import ModelStatusView
+
+logger = logging.getLogger(__name__)
+
+Context = grpc.aio.ServicerContext[Any, Any]
+T = TypeVar("T")
+Handler = Callable[..., Awaitable[T]]
+
+ROUTER_VERSION = "0.1.0"
+MESH_SERVICE = "mmesh.ModelMesh"
+V2_SERVICE = "inference.GRPCInferenceService"
+ROUTER_ANSWERED = frozenset({"ServerLive", "ServerReady", "ServerMetadata", "ModelReady"})
+
+
+async def abort_with(context: Context, exc: Exception) -> None:
+    if isinstance(exc, RouterError):
+        await context.abort(grpc.StatusCode[exc.grpc_code], str(exc))
+    logger.exception("unexpected error", exc_info=exc)
+    await context.abort(grpc.StatusCode.INTERNAL, f"{type(exc).__name__}: {exc}")
+
+
+def grpc_errors(handler: Handler[T]) -> Handler[T]:
+    @functools.wraps(handler)
+    async def wrapper(self: Any, request: Any, context: Context) -> T:
+        try:
+            return await handler(self, request, context)
+        except Exception as exc:
+            await abort_with(context, exc)
+            raise AssertionError("unreachable") from exc
+
+    return wrapper
+
+
+def status_to_proto(view: ModelStatusView) -> mm.ModelStatusInfo:
+    info = mm.ModelStatusInfo(status=int(view.state), errors=list(view.errors))  # type: ignore[arg-type]
+    for copy in view.copies:
+        info.modelCopyInfos.add(
+            location=copy.location, copyStatus=int(copy.state), time=copy.time_ms
+        )
+    return info
+
+
+def vmodel_to_proto(view: VModelStatusView) -> mm.VModelStatusInfo:
+    info = mm.VModelStatusInfo(
+        status=int(view.state),
+        activeModelId=view.active_model,  # type: ignore[arg-type]
+        targetModelId=view.target_model,
+        owner=view.owner,
+    )
+    if view.active is not None:
+        info.activeModelStatus.CopyFrom(status_to_proto(view.active))
+    if view.target is not None:
+        info.targetModelStatus.CopyFrom(status_to_proto(view.target))
+    return info
+
+
+def _info(msg: mm.ModelInfo) -> ModelInfo:
+    return ModelInfo(type=msg.type, path=msg.path, key=msg.key)
+
+
+class ModelMeshServicer(mm_grpc.ModelMeshServicer):
+    def __init__(self, management: Management) -> None:
+        self.m = management
+
+    @grpc_errors
+    async def registerModel(
+        self, request: mm.RegisterModelRequest, context: Context
+    ) -> mm.ModelStatusInfo:
+        view = await self.m.register(
+            request.modelId,
+            _info(request.modelInfo),
+            load_now=request.loadNow,
+            sync=request.sync,
+            last_used_ms=request.lastUsedTime,
+        )
+        return status_to_proto(view)
+
+    @grpc_errors
+    async def unregisterModel(
+        self, request: mm.UnregisterModelRequest, context: Context
+    ) -> mm.UnregisterModelResponse:
+        await self.m.unregister(request.modelId)
+        return mm.UnregisterModelResponse()
+
+    @grpc_errors
+    async def getModelStatus(
+        self, request: mm.GetStatusRequest, context: Context
+    ) -> mm.ModelStatusInfo:
+        return status_to_proto(self.m.model_status(request.modelId))
+
+    @grpc_errors
+    async def ensureLoaded(
+        self, request: mm.EnsureLoadedRequest, context: Context
+    ) -> mm.ModelStatusInfo:
+        view = await self.m.ensure_loaded(
+            request.modelId, sync=request.sync, last_used_ms=request.lastUsedTime
+        )
+        return status_to_proto(view)
+
+    @grpc_errors
+    async def setVModel(
+        self, request: mm.SetVModelRequest, context: Context
+    ) -> mm.VModelStatusInfo:
+        view = await self.m.set_vmodel(
+            request.vModelId,
+            request.targetModelId,
+            info=_info(request.modelInfo) if request.HasField("modelInfo") else None,
+            owner=request.owner,
+            update_only=request.updateOnly,
+            expected_target=request.expectedTargetModelId,
+            auto_delete=request.autoDeleteTargetModel,
+            load_now=request.loadNow,
+            force=request.force,
+            sync=request.sync,
+        )
+        return vmodel_to_proto(view)
+
+    @grpc_errors
+    async def deleteVModel(
+        self, request: mm.DeleteVModelRequest, context: Context
+    ) -> mm.DeleteVModelResponse:
+        await self.m.delete_vmodel(request.vModelId, request.owner)
+        return mm.DeleteVModelResponse()
+
+    @grpc_errors
+    async def getVModelStatus(
+        self, request: mm.GetVModelStatusRequest, context: Context
+    ) -> mm.VModelStatusInfo:
+        return vmodel_to_proto(self.m.vmodel_status(request.vModelId, request.owner))
+
+
+class RouterAnswered:
+    """V2 health and metadata calls answered without a model server."""
+
+    def __init__(self, router: InferenceRouter, ready: Callable[[], bool]) -> None:
+        self.router = router
+        self.ready = ready
+
+    async def ServerLive(
+        self, request: v2.ServerLiveRequest, context: Context
+    ) -> v2.ServerLiveResponse:
+        return v2.ServerLiveResponse(live=True)
+
+    async def ServerReady(
+        self, request: v2.ServerReadyRequest, context: Context
+    ) -> v2.ServerReadyResponse:
+        return v2.ServerReadyResponse(ready=self.ready())
+
+    async def ServerMetadata(
+        self, request: v2.ServerMetadataRequest, context: Context
+    ) -> v2.ServerMetadataResponse:
+        return v2.ServerMetadataResponse(
+            name="mmesh", version=ROUTER_VERSION, extensions=["model_repository"]
+        )
+
+    @grpc_errors
+    async def ModelReady(
+        self, request: v2.ModelReadyRequest, context: Context
+    ) -> v2.ModelReadyResponse:
+        try:
+            _, record = self.router._by_name(request.name)
+        except ModelNotFound:
+            return v2.ModelReadyResponse(ready=False)
+        return v2.ModelReadyResponse(ready=bool(record.loaded_in))
+
+    def handler(self) -> grpc.GenericRpcHandler[Any, Any]:
+        methods = {}
+        for name, req in (
+            ("ServerLive", v2.ServerLiveRequest),
+            ("ServerReady", v2.ServerReadyRequest),
+            ("ServerMetadata", v2.ServerMetadataRequest),
+            ("ModelReady", v2.ModelReadyRequest),
+        ):
+            methods[name] = grpc.unary_unary_rpc_method_handler(
+                getattr(self, name),
+                request_deserializer=req.FromString,
+                response_serializer=lambda m: m.SerializeToString(),
+            )
+        return grpc.method_handlers_generic_handler(V2_SERVICE, methods)
+
+
+if TYPE_CHECKING:
+    _BytesHandler = grpc.GenericRpcHandler[bytes, bytes]
+else:  # the stubs make it generic, the runtime class is not
+    _BytesHandler = grpc.GenericRpcHandler
+
+
+class InferenceHandler(_BytesHandler):
+    """Every other unary method: routed by model id, forwarded as bytes."""
+
+    def __init__(
+        self, router: InferenceRouter, metrics: RouterMetrics, *, log_each: bool = False
+    ) -> None:
+        self.router = router
+        self.metrics = metrics
+        self.log_each = log_each
+        self._handlers: dict[str, grpc.RpcMethodHandler[bytes, bytes]] = {}
+
+    def service(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler[bytes, bytes]:
+        method: str = details.method
+        handler = self._handlers.get(method)
+        if handler is None:
+            handler = grpc.unary_unary_rpc_method_handler(functools.partial(self._call, method))
+            self._handlers[method] = handler
+        return handler
+
+    async def _call(self, method: str, payload: bytes, context: Context) -> bytes:
+        started = time.monotonic()
+        code = "OK"
+        try:
+            headers = dict(context.invocation_metadata() or ())
+            remaining = context.time_remaining()
+            response = await self.router.invoke(method, payload, headers, remaining)
+            self.metrics.request_size.labels(method).observe(len(payload))
+            self.metrics.response_size.labels(method).observe(len(response))
+            return response
+        except Exception as exc:
+            code = exc.grpc_code if isinstance(exc, RouterError) else "INTERNAL"
+            await abort_with(context, exc)
+            raise AssertionError("unreachable") from exc
+        finally:
+            elapsed_ms = (time.monotonic() - started) * 1000
+            self.metrics.api_request_ms.labels(method, code).observe(elapsed_ms)
+            if self.log_each:
+                logger.info("%s %s %.1f ms", method, code, elapsed_ms)
+
+
+def add_servicers(
+    server: grpc.aio.Server,
+    *,
+    management: Management,
+    router: InferenceRouter,
+    metrics: RouterMetrics,
+    ready: Callable[[], bool],
+    log_each: bool,
+) -> None:
+    mm_grpc.add_ModelMeshServicer_to_server(ModelMeshServicer(management), server)
+    server.add_generic_rpc_handlers(
+        (
+            RouterAnswered(router, ready).handler(),
+            InferenceHandler(router, metrics, log_each=log_each),
+        )
+    )

@@ -1,0 +1,104 @@
+"""RouterSettings: the `mm` container's environment, read once in `__main__`.
+
+Names are the reference router's (MM_*, INTERNAL_*, KV_STORE, SHUTDOWN_TIMEOUT_MS) so the
+operator can wire a runtime pod exactly as ModelMesh Serving does.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from mmesh.core.etcd_config import EtcdConnection
+
+MIB = 1024 * 1024
+
+
+class RouterSettings(BaseSettings):
+    model_config = SettingsConfigDict(frozen=True, populate_by_name=True, extra="ignore")
+
+    service_name: str = Field("modelmesh-serving", alias="MM_SERVICE_NAME")
+    """The mesh ("slot") this router belongs to; every router of one service shares a cache."""
+
+    host: str = Field("127.0.0.1", alias="MM_BIND_HOST")
+    """Address every listener binds to."""
+
+    grpc_port: int = Field(8033, alias="MM_SVC_GRPC_PORT")
+    max_message_bytes: int = Field(16 * MIB, alias="MM_SVC_GRPC_MAX_MSG_SIZE")
+    rest_port: int = Field(8008, alias="REST_PROXY_LISTEN_PORT")
+    """V2 REST; 0 disables it."""
+    probe_port: int = Field(8089, alias="MM_PROBE_PORT")
+    metrics: str = Field("prometheus:port=2112;scheme=http", alias="MM_METRICS")
+    """`prometheus:port=N[;scheme=http]` or `disabled`."""
+
+    runtime_host: str = Field("127.0.0.1", alias="INTERNAL_HOST")
+    runtime_port: int = Field(8085, alias="INTERNAL_GRPC_PORT")
+    """The runtime's ModelRuntime API (the adapter)."""
+    serving_port: int = Field(0, alias="INTERNAL_SERVING_GRPC_PORT")
+    """The runtime's inference data port; 0 = same as INTERNAL_GRPC_PORT (custom runtimes)."""
+
+    kv_store: str = Field(alias="KV_STORE")
+    """`etcd:<path to etcd_connection JSON>`, `etcd:<JSON>` or `etcd:host:port`."""
+
+    pod_name: str = Field("", alias="WKUBE_POD_NAME")
+    instance_id: str = Field("", alias="MM_INSTANCE_ID")
+    """Defaults to the last 12 characters of the pod name, as in the reference."""
+    location: str = Field("", alias="MM_LOCATION")
+    zone: str = Field("", alias="MM_ZONE")
+    labels: str = Field("", alias="MM_LABELS")
+    """Comma-separated placement labels (mt:/pv:/rt:)."""
+    default_vmodel_owner: str = Field("", alias="MM_DEFAULT_VMODEL_OWNER")
+
+    load_failure_expiry_ms: int = Field(900_000, alias="MM_LOAD_FAILURE_EXPIRY_TIME_MS")
+    startup_timeout_s: float = Field(180.0, alias="MODEL_SERVICE_STARTUP_TIMEOUT_SECS")
+    shutdown_timeout_ms: int = Field(90_000, alias="SHUTDOWN_TIMEOUT_MS")
+    min_churn_age_ms: int | None = Field(None, alias="MM_MIN_CHURN_AGE_MS")
+    """Unset: 10 x max(3 s, load timeout / 3), as the reference computes it."""
+    instance_lease_ttl_s: int = Field(10, alias="MM_INSTANCE_LEASE_TTL_SECS")
+
+    log_level: str = Field("INFO", alias="MM_LOG_LEVEL")
+    log_json: bool = Field(False, alias="MM_LOG_JSON")
+    log_each_invoke: bool = Field(False, alias="MM_LOG_EACH_INVOKE")
+
+    @field_validator("kv_store")
+    @classmethod
+    def _etcd_only(cls, value: str) -> str:
+        if not value.startswith("etcd:"):
+            raise ValueError("KV_STORE must start with 'etcd:'")
+        return value
+
+    @property
+    def resolved_instance_id(self) -> str:
+        if self.instance_id:
+            return self.instance_id
+        if self.pod_name:
+            return self.pod_name[-12:]
+        raise ValueError("set MM_INSTANCE_ID or WKUBE_POD_NAME")
+
+    @property
+    def label_list(self) -> tuple[str, ...]:
+        return tuple(sorted({x.strip() for x in self.labels.split(",") if x.strip()}))
+
+    @property
+    def metrics_port(self) -> int | None:
+        if self.metrics.strip() in ("", "disabled"):
+            return None
+        for part in self.metrics.partition(":")[2].split(";"):
+            name, _, value = part.partition("=")
+            if name.strip() == "port":
+                return int(value)
+        return 2112
+
+    def etcd_connection(self) -> EtcdConnection:
+        spec = self.kv_store.removeprefix("etcd:").strip()
+        if spec.startswith("{"):
+            return EtcdConnection.from_json(spec)
+        path = Path(spec)
+        if spec.startswith("/") and path.exists():
+            return EtcdConnection.from_json(path.read_text())
+        if "://" in spec or (":" in spec and not spec.startswith("/")):
+            return EtcdConnection.from_json(json.dumps({"endpoints": spec}))
+        raise ValueError(f"KV_STORE: {spec!r} is neither an etcd_connection file nor endpoints")

@@ -1,0 +1,250 @@
+"""One router process over a real etcd and the stub runtime: routing, the ModelMesh API,
+the LRU cache, shared loads, vmodel transitions, bad input."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent import futures
+from contextlib import AbstractContextManager
+
+import grpc
+import pytest
+
+from mmesh.core.proto import grpc_predict_v2_pb2 as v2
+from mmesh.core.proto import model_mesh_pb2 as mm
+from tests.fixtures.etcd import EtcdServer
+from tests.fixtures.router import RouterClients, RouterProc, clients
+from tests.fixtures.runtimes import StubRuntimeProc
+
+MIB = 1024 * 1024
+StartRouter = Callable[..., AbstractContextManager[RouterProc]]
+StartStub = Callable[..., AbstractContextManager[StubRuntimeProc]]
+
+
+def infer_request(name: str, value: float = 1.0) -> v2.ModelInferRequest:
+    tensor = v2.ModelInferRequest.InferInputTensor(
+        name="x", datatype="FP32", shape=[1], contents=v2.InferTensorContents(fp32_contents=[value])
+    )
+    return v2.ModelInferRequest(model_name=name, inputs=[tensor])
+
+
+def register(
+    c: RouterClients,
+    model_id: str,
+    *,
+    key: dict[str, object] | None = None,
+    load_now: bool = False,
+    sync: bool = False,
+) -> mm.ModelStatusInfo:
+    info = mm.ModelInfo(type="stub", path=f"models/{model_id}", key=json.dumps(key or {}))
+    resp: mm.ModelStatusInfo = c.mesh.registerModel(
+        mm.RegisterModelRequest(modelId=model_id, modelInfo=info, loadNow=load_now, sync=sync),
+        timeout=30,
+    )
+    return resp
+
+
+def status(c: RouterClients, model_id: str) -> int:
+    return int(c.mesh.getModelStatus(mm.GetStatusRequest(modelId=model_id)).status)
+
+
+@pytest.fixture
+def mesh(
+    start_router: StartRouter, start_stub_runtime: StartStub, etcd_server: EtcdServer
+) -> Iterator[tuple[RouterProc, StubRuntimeProc]]:
+    """Room for 3 models of 4 MiB; loads take 200 ms; no churn guard."""
+    with (
+        start_stub_runtime(
+            "--capacity-bytes",
+            str(12 * MIB),
+            "--size-bytes",
+            str(4 * MIB),
+            "--default-size-bytes",
+            str(MIB),
+            "--load-delay-ms",
+            "200",
+            "--loading-concurrency",
+            "2",
+        ) as stub,
+        start_router(
+            etcd_endpoint=etcd_server.endpoint,
+            runtime_port=stub.port,
+            env={"MM_MIN_CHURN_AGE_MS": "0"},
+        ) as router,
+    ):
+        yield router, stub
+
+
+def test_registered_model_loads_on_first_request_and_answers(mesh) -> None:
+    router, stub = mesh
+    with clients(router) as c:
+        first = register(c, "echo-1")
+        assert first.status == mm.ModelStatusInfo.NOT_LOADED
+        resp = c.infer.ModelInfer(infer_request("echo-1", 7.0), timeout=10)
+        assert resp.model_name == "echo-1"
+        assert list(resp.outputs[0].contents.fp32_contents) == [7.0]
+        loaded = c.mesh.getModelStatus(mm.GetStatusRequest(modelId="echo-1"))
+        assert loaded.status == mm.ModelStatusInfo.LOADED
+        assert [ci.location for ci in loaded.modelCopyInfos] == [router.instance_id]
+    assert stub.stats()["loads"] == {"echo-1": 1}
+
+
+def test_vmodel_name_routes_to_its_concrete_model(mesh) -> None:
+    router, _ = mesh
+    with clients(router) as c:
+        vm = c.mesh.setVModel(
+            mm.SetVModelRequest(
+                vModelId="my-isvc",
+                targetModelId="my-isvc__isvc-0123456789",
+                modelInfo=mm.ModelInfo(type="stub", path="p"),
+                autoDeleteTargetModel=True,
+                owner="ksp",
+            ),
+            timeout=10,
+        )
+        assert vm.status == mm.VModelStatusInfo.DEFINED
+        assert vm.activeModelId == "my-isvc__isvc-0123456789" and vm.owner == "ksp"
+        resp = c.infer.ModelInfer(infer_request("my-isvc"), timeout=10)
+        assert resp.model_name == "my-isvc__isvc-0123456789"
+        by_header = c.infer.ModelInfer(
+            infer_request(""), timeout=10, metadata=[("mm-vmodel-id", "my-isvc")]
+        )
+        assert by_header.model_name == "my-isvc__isvc-0123456789"
+
+
+def test_lru_evicts_exactly_what_an_lru_predicts(mesh) -> None:
+    router, stub = mesh
+    with clients(router) as c:
+        for m in ("m1", "m2", "m3", "m4", "m5"):
+            register(c, m)
+        for m in ("m1", "m2", "m3", "m1", "m4", "m5", "m2"):
+            assert c.infer.ModelInfer(infer_request(m), timeout=10).model_name == m
+            time.sleep(0.01)  # distinct last-used times
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and sum(stub.stats()["unloads"].values()) < 3:
+            time.sleep(0.05)
+        assert stub.stats()["unloads"] == {"m2": 1, "m3": 1, "m1": 1}
+        states = {m: status(c, m) for m in ("m1", "m2", "m3", "m4", "m5")}
+        assert states == {
+            "m1": mm.ModelStatusInfo.NOT_LOADED,
+            "m2": mm.ModelStatusInfo.LOADED,
+            "m3": mm.ModelStatusInfo.NOT_LOADED,
+            "m4": mm.ModelStatusInfo.LOADED,
+            "m5": mm.ModelStatusInfo.LOADED,
+        }
+    assert router.metric("modelmesh_model_evicted_total") == 3
+    assert router.metric("modelmesh_instance_models_total") == 3
+    assert router.metric("modelmesh_instance_used_bytes") == 12 * MIB
+
+
+def test_100_concurrent_first_requests_share_one_load(mesh) -> None:
+    router, stub = mesh
+    with clients(router) as c:
+        register(c, "popular")
+        with futures.ThreadPoolExecutor(max_workers=100) as pool:
+            answers = list(
+                pool.map(
+                    lambda i: c.infer.ModelInfer(infer_request("popular", i), timeout=20),
+                    range(100),
+                )
+            )
+    assert [list(a.outputs[0].contents.fp32_contents) for a in answers] == [
+        [float(i)] for i in range(100)
+    ]
+    assert stub.stats()["loads"] == {"popular": 1}
+
+
+def test_unknown_model_is_not_found_naming_it(mesh) -> None:
+    router, _ = mesh
+    with clients(router) as c, pytest.raises(grpc.RpcError) as err:
+        c.infer.ModelInfer(infer_request("nobody-registered-me"), timeout=10)
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    assert "nobody-registered-me" in (err.value.details() or "")
+
+
+def test_both_headers_is_invalid_argument(mesh) -> None:
+    router, _ = mesh
+    with clients(router) as c, pytest.raises(grpc.RpcError) as err:
+        c.infer.ModelInfer(
+            infer_request(""), timeout=10, metadata=[("mm-model-id", "a"), ("mm-vmodel-id", "b")]
+        )
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_malformed_bytes_are_invalid_argument(mesh) -> None:
+    router, _ = mesh
+    with grpc.insecure_channel(router.target) as channel:
+        raw = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
+        with pytest.raises(grpc.RpcError) as err:
+            raw(b"\x0a\xff\xff\xff\xff\x0f", timeout=10)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "malformed" in (err.value.details() or "")
+
+
+def test_failed_load_reports_loading_failed_and_others_keep_serving(mesh) -> None:
+    router, _ = mesh
+    with clients(router) as c:
+        register(c, "broken", key={"stub": {"fail": "weights are corrupt"}})
+        register(c, "healthy")
+        with pytest.raises(grpc.RpcError) as err:
+            c.infer.ModelInfer(infer_request("broken"), timeout=10)
+        assert "weights are corrupt" in (err.value.details() or "")
+        info = c.mesh.getModelStatus(mm.GetStatusRequest(modelId="broken"))
+        assert info.status == mm.ModelStatusInfo.LOADING_FAILED
+        assert list(info.errors) == ["weights are corrupt"]
+        assert c.infer.ModelInfer(infer_request("healthy"), timeout=10).model_name == "healthy"
+
+
+def test_vmodel_update_under_load_fails_no_request(mesh) -> None:
+    router, _ = mesh
+    with clients(router) as c:
+        c.mesh.setVModel(
+            mm.SetVModelRequest(
+                vModelId="svc",
+                targetModelId="svc__v1",
+                modelInfo=mm.ModelInfo(type="stub"),
+                autoDeleteTargetModel=True,
+            ),
+            timeout=10,
+        )
+        c.infer.ModelInfer(infer_request("svc"), timeout=10)
+        served: list[str] = []
+        errors: list[Exception] = []
+        stop = threading.Event()
+
+        def traffic() -> None:
+            while not stop.is_set():
+                try:
+                    served.append(c.infer.ModelInfer(infer_request("svc"), timeout=10).model_name)
+                except grpc.RpcError as exc:
+                    errors.append(exc)
+
+        threads = [threading.Thread(target=traffic) for _ in range(4)]
+        for t in threads:
+            t.start()
+        vm = c.mesh.setVModel(
+            mm.SetVModelRequest(
+                vModelId="svc",
+                targetModelId="svc__v2",
+                modelInfo=mm.ModelInfo(type="stub"),
+                autoDeleteTargetModel=True,
+                sync=True,
+            ),
+            timeout=30,
+        )
+        time.sleep(0.3)
+        stop.set()
+        for t in threads:
+            t.join()
+        assert errors == []
+        assert vm.status == mm.VModelStatusInfo.DEFINED and vm.activeModelId == "svc__v2"
+        assert "svc__v1" in served and served[-1] == "svc__v2"
+        first_v2 = served.index("svc__v2")
+        assert set(served[first_v2:]) == {"svc__v2"}
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and status(c, "svc__v1") != mm.ModelStatusInfo.NOT_FOUND:
+            time.sleep(0.05)
+        assert status(c, "svc__v1") == mm.ModelStatusInfo.NOT_FOUND  # auto-deleted
