@@ -4,4 +4,5 @@ pytest_plugins = [
     "tests.fixtures.mlserver",
     "tests.fixtures.runtimes",
     "tests.fixtures.router",
+    "tests.fixtures.models",
 ]

@@ -33,9 +33,7 @@ def grpc_errors(handler: Handler[Req, Resp]) -> Handler[Req, Resp]:
     """Our errors become their status code with the message; anything else is INTERNAL."""
 
     @functools.wraps(handler)
-    async def wrapper(
-        self: RuntimeServicer, request: Req, context: Context
-    ) -> Resp:
+    async def wrapper(self: RuntimeServicer, request: Req, context: Context) -> Resp:
         try:
             return await handler(self, request, context)
         except AdapterError as exc:

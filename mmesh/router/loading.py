@@ -107,7 +107,7 @@ class LocalModels:
         except NoCapacity as exc:
             logger.warning("%s", exc)
             future.set_exception(exc)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - task top level: every failure is recorded
             error = exc if isinstance(exc, RouterError) else LoadFailed(str(exc))
             await self._record_failure(model_id, str(error))
             future.set_exception(error)

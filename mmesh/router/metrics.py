@@ -79,7 +79,7 @@ class RouterMetrics:
         self.age_at_eviction_ms = Histogram(
             "modelmesh_age_at_eviction_milliseconds",
             "Time since last use at eviction",
-            buckets=MS_BUCKETS + (600000, 3600000, 86400000),
+            buckets=(*MS_BUCKETS, 600000, 3600000, 86400000),
             registry=r,
         )
         self.evictions = Counter(
@@ -88,7 +88,7 @@ class RouterMetrics:
         self.loaded_size = Histogram(
             "modelmesh_loaded_model_size_bytes",
             "Sizes of loaded models",
-            buckets=SIZE_BUCKETS + (67108864, 268435456, 1073741824),
+            buckets=(*SIZE_BUCKETS, 67108864, 268435456, 1073741824),
             registry=r,
         )
         self.instance_lru_s = Gauge(

@@ -13,9 +13,10 @@ import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from mmesh.core.errors import InvalidRecord, RevisionCompacted, StoreUnavailable
+from mmesh.core.ids import InstanceId, ModelId, VModelId
 from mmesh.core.kv import KVStore, WatchEvent
 from mmesh.core.records import InstanceRecord, KeyLayout, ModelRecord, Table, VModelRecord
 
@@ -89,23 +90,23 @@ class Registry:
         self.models: MirrorTable[ModelRecord] = MirrorTable(
             Table.REGISTRY,
             lambda v, k: ModelRecord.from_json(v, key=k),
-            lambda i: layout.model_key(i),
-        )  # type: ignore[arg-type]
+            lambda i: layout.model_key(ModelId(i)),
+        )
         self.vmodels: MirrorTable[VModelRecord] = MirrorTable(
             Table.VMODELS,
             lambda v, k: VModelRecord.from_json(v, key=k),
-            lambda i: layout.vmodel_key(i),
-        )  # type: ignore[arg-type]
+            lambda i: layout.vmodel_key(VModelId(i)),
+        )
         self.instances: MirrorTable[InstanceRecord] = MirrorTable(
             Table.INSTANCES,
             lambda v, k: InstanceRecord.from_json(v, key=k),
-            lambda i: layout.instance_key(i),
-        )  # type: ignore[arg-type]
-        self._by_table: dict[Table, MirrorTable[Record]] = {
+            lambda i: layout.instance_key(InstanceId(i)),
+        )
+        self._by_table: dict[Table, MirrorTable[Any]] = {
             Table.REGISTRY: self.models,
-            Table.VMODELS: self.vmodels,  # type: ignore[dict-item]
+            Table.VMODELS: self.vmodels,
             Table.INSTANCES: self.instances,
-        }  # type: ignore[dict-item]
+        }
         self.synced = asyncio.Event()
         self._listeners: list[Listener] = []
         self._revision = 0

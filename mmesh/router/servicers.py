@@ -53,18 +53,19 @@ def grpc_errors(handler: Handler[T]) -> Handler[T]:
 
 
 def status_to_proto(view: ModelStatusView) -> mm.ModelStatusInfo:
-    info = mm.ModelStatusInfo(status=int(view.state), errors=list(view.errors))  # type: ignore[arg-type]
+    status = mm.ModelStatusInfo.ModelStatus.ValueType
+    info = mm.ModelStatusInfo(status=status(view.state), errors=list(view.errors))
     for copy in view.copies:
         info.modelCopyInfos.add(
-            location=copy.location, copyStatus=int(copy.state), time=copy.time_ms
+            location=copy.location, copyStatus=status(copy.state), time=copy.time_ms
         )
     return info
 
 
 def vmodel_to_proto(view: VModelStatusView) -> mm.VModelStatusInfo:
     info = mm.VModelStatusInfo(
-        status=int(view.state),
-        activeModelId=view.active_model,  # type: ignore[arg-type]
+        status=mm.VModelStatusInfo.VModelStatus.ValueType(view.state),
+        activeModelId=view.active_model,
         targetModelId=view.target_model,
         owner=view.owner,
     )

@@ -15,8 +15,7 @@ def test_generated_code_matches_proto_sources(tmp_path: Path) -> None:
     subprocess.run([str(ROOT / "scripts" / "gen-proto")], check=True, env=env)
     committed = ROOT / "mmesh" / "core" / "proto"
     generated = sorted(p.name for p in tmp_path.iterdir() if p.suffix in {".py", ".pyi"})
-    assert generated == sorted(
-        p.name for p in committed.iterdir() if p.suffix in {".py", ".pyi"})
+    assert generated == sorted(p.name for p in committed.iterdir() if p.suffix in {".py", ".pyi"})
     stale = [n for n in generated if (tmp_path / n).read_text() != (committed / n).read_text()]
     assert not stale, f"regenerate with scripts/gen-proto: {stale} differ from proto/"
 
@@ -31,7 +30,8 @@ def test_services_keep_reference_names_and_field_numbers() -> None:
     infer = v2.DESCRIPTOR.services_by_name["GRPCInferenceService"]
     assert infer.full_name == "inference.GRPCInferenceService"
     assert {"ModelInfer", "RepositoryModelLoad", "RepositoryModelUnload"} <= set(
-        infer.methods_by_name)
+        infer.methods_by_name
+    )
     fields = {f.name: f.number for f in mm.SetVModelRequest.DESCRIPTOR.fields}
     assert fields["expectedTargetModelId"] == 9 and fields["owner"] == 10
     status = {f.name: f.number for f in rt.RuntimeStatusResponse.DESCRIPTOR.fields}

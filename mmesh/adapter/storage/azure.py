@@ -21,8 +21,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 import azure.core.exceptions as az_errors
-from azure.storage.blob import ExponentialRetry
-from azure.storage.blob.aio import ContainerClient
+from azure.storage.blob.aio import ContainerClient, ExponentialRetry
 
 from mmesh.adapter.errors import (
     StorageDenied,
@@ -43,6 +42,9 @@ _DENIED_CODES = frozenset(
         "PublicAccessNotPermitted",
     }
 )
+
+
+_FILE_MODE = 0o644
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +129,7 @@ class AzureBlobProvider:
             with os.fdopen(fd, "wb") as out:
                 async for chunk in stream.chunks():
                     await asyncio.to_thread(out.write, chunk)
+                os.fchmod(out.fileno(), _FILE_MODE)  # mkstemp makes 0600; servers may run as others
             await asyncio.to_thread(os.replace, partial, dest)
         except BaseException:
             with contextlib.suppress(FileNotFoundError):  # already renamed or never written
@@ -168,7 +171,7 @@ def _map_errors(where: _Where) -> Iterator[None]:
 def _code(exc: az_errors.HttpResponseError) -> str | None:
     # azure-storage attaches the service's x-ms-error-code to the exception it raises.
     code = getattr(exc, "error_code", None)
-    return str(code) if code else None
+    return str(getattr(code, "value", code)) if code else None
 
 
 def _not_found(exc: az_errors.ResourceNotFoundError, where: _Where) -> StorageError:

@@ -30,6 +30,8 @@ from mmesh.adapter.errors import (
 )
 from mmesh.adapter.storage.spec import StorageSpec, StorageType, redact_url
 
+_FILE_MODE = 0o644
+
 
 class HttpProvider:
     """Downloads one file with a streamed GET."""
@@ -72,6 +74,7 @@ class HttpProvider:
             with os.fdopen(fd, "wb") as out:
                 async for chunk in response.content.iter_chunked(self._chunk_bytes):
                     await asyncio.to_thread(out.write, chunk)
+                os.fchmod(out.fileno(), _FILE_MODE)  # mkstemp makes 0600; servers may run as others
             await asyncio.to_thread(os.replace, partial, target)
         except BaseException:
             with contextlib.suppress(FileNotFoundError):  # already renamed or never written

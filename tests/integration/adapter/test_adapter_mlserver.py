@@ -14,7 +14,6 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from pathlib import Path
 
-import boto3
 import grpc
 import pytest
 from aiohttp import web
@@ -24,52 +23,14 @@ from mmesh.core.proto import grpc_predict_v2_pb2_grpc as v2_grpc
 from mmesh.core.proto import model_runtime_pb2 as rt
 from mmesh.core.proto import model_runtime_pb2_grpc as rt_grpc
 from tests.fixtures.mlserver import MLServerProc
-from tests.fixtures.models import TUTORIAL_DIGIT, train_mnist_svm
+from tests.fixtures.models import TUTORIAL_DIGIT
 from tests.fixtures.procs import free_port
 from tests.fixtures.runtimes import AdapterProc, runtime_status
 
-BUCKET = "modelmesh-example-models"
 MEM_REQ = 1024 * 1024 * 1024
 MEM_BUFFER = 128 * 1024 * 1024
 
 StartAdapter = Callable[[dict[str, str]], AbstractContextManager[AdapterProc]]
-
-
-@pytest.fixture(scope="module")
-def tutorial_bucket(s3_server, tmp_path_factory) -> str:
-    """The quickstart bucket holding the tutorial's model and a corrupt one."""
-    model = train_mnist_svm(tmp_path_factory.mktemp("model") / "mnist-svm.joblib")
-    s3 = boto3.client(
-        "s3",
-        endpoint_url=s3_server,
-        aws_access_key_id="x",
-        aws_secret_access_key="y",
-        region_name="us-east-1",
-    )
-    s3.create_bucket(Bucket=BUCKET)
-    s3.upload_file(str(model), BUCKET, "sklearn/mnist-svm.joblib")
-    s3.put_object(Bucket=BUCKET, Key="sklearn/corrupt.joblib", Body=b"this is no pickle")
-    return s3_server
-
-
-@pytest.fixture
-def storage_config(tmp_path: Path, tutorial_bucket: str) -> Path:
-    conf = tmp_path / "storage-config"
-    conf.mkdir()
-    local = {
-        "type": "s3",
-        "access_key_id": "x",
-        "secret_access_key": "y",
-        "endpoint_url": tutorial_bucket,
-        "region": "us-east-1",
-        "bucket": BUCKET,
-    }
-    (conf / "localMinIO").write_text(json.dumps(local))
-    closed_port = free_port()
-    (conf / "offline").write_text(
-        json.dumps({**local, "endpoint_url": f"http://127.0.0.1:{closed_port}"})
-    )
-    return conf
 
 
 @pytest.fixture

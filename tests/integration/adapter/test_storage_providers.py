@@ -6,12 +6,16 @@ Also the storage-config mount reader, with the symlink layout a kubelet produces
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import json
 import os
+import re
+import shutil
 import ssl
+import stat
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -27,6 +31,7 @@ from mmesh.adapter.errors import (
     StorageUnreachable,
     UnsupportedStorage,
 )
+from mmesh.adapter.storage.azure import AzureBlobProvider
 from mmesh.adapter.storage.config import read_storage_configs
 from mmesh.adapter.storage.http import HttpProvider
 from mmesh.adapter.storage.provider import provider_for
@@ -40,7 +45,7 @@ from mmesh.adapter.storage.spec import (
     plan_local_target,
     resolve_storage,
 )
-from tests.fixtures.procs import free_port
+from tests.fixtures.procs import free_port, port_open, running, wait_until
 from tests.fixtures.s3 import TEST_KEY_ID, TEST_SECRET, AuthS3, TlsS3, s3_client, seed_bucket
 
 
@@ -254,7 +259,7 @@ async def test_s3_tls_with_custom_ca(s3_tls_server: TlsS3, tmp_path: Path):
 
 async def test_s3_tls_without_the_ca_is_unreachable(s3_tls_server: TlsS3, tmp_path: Path):
     started = time.monotonic()
-    with pytest.raises(StorageUnreachable, match=s3_tls_server.url):
+    with pytest.raises(StorageUnreachable, match=re.escape(s3_tls_server.url)):
         await S3Provider().pull(s3_spec(s3_tls_server.url, "any-bucket"), "m.bin", tmp_path / "m")
     assert time.monotonic() - started < 5
 
@@ -416,7 +421,7 @@ async def test_http_404_is_not_found_and_names_the_url(http_server: FileServer, 
 async def test_http_unreachable_endpoint(tmp_path: Path):
     url = f"http://127.0.0.1:{free_port()}"
     started = time.monotonic()
-    with pytest.raises(StorageUnreachable, match=url):
+    with pytest.raises(StorageUnreachable, match=re.escape(url)):
         await HttpProvider().pull(http_spec(url), "m.bin", tmp_path / "m.bin")
     assert time.monotonic() - started < 5
 
@@ -652,3 +657,137 @@ def test_bad_entry_names_the_key_not_the_content(
     assert "'broken-key'" in str(caught.value)
     assert fragment in str(caught.value)
     assert "hunter2" not in str(caught.value)
+
+
+# --- Azure Blob (Azurite) ----------------------------------------------------------------------
+
+# Azurite's fixed development account; the key is public and documented by Microsoft.
+AZURITE_ACCOUNT = "devstoreaccount1"
+AZURITE_KEY = (
+    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+)
+
+
+@dataclass(frozen=True)
+class Azurite:
+    endpoint: str
+
+    def connection_string(self, key: str = AZURITE_KEY) -> str:
+        return (
+            f"DefaultEndpointsProtocol=http;AccountName={AZURITE_ACCOUNT};AccountKey={key};"
+            f"BlobEndpoint={self.endpoint};"
+        )
+
+
+@pytest.fixture(scope="module")
+def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Azurite]:
+    """Azurite's blob service (npm package `azurite`) on 127.0.0.1, in memory."""
+    binary = shutil.which("azurite-blob")
+    if binary is None:
+        pytest.skip("azurite-blob not on PATH (npm install -g azurite@3.37.0)")
+    port = free_port()
+    log = tmp_path_factory.mktemp("azurite") / "azurite.log"
+    cmd = [
+        binary,
+        "--blobHost",
+        "127.0.0.1",
+        "--blobPort",
+        str(port),
+        "--inMemoryPersistence",
+        "--silent",
+        "--skipApiVersionCheck",
+        "--disableTelemetry",
+    ]
+    with running(cmd, log=log) as proc:
+        wait_until(lambda: port_open(port), timeout_s=30, what="azurite", proc=proc, log=log)
+        server = Azurite(endpoint=f"http://127.0.0.1:{port}/{AZURITE_ACCOUNT}")
+        _seed_azurite(server)
+        yield server
+
+
+def _seed_azurite(server: Azurite) -> None:
+    from azure.storage.blob import BlobServiceClient, PublicAccess
+
+    service = BlobServiceClient.from_connection_string(server.connection_string())
+    private = service.create_container("models")
+    for name, body in {
+        "mnist/model.joblib": b"azure-weights",
+        "tree/": b"",
+        "tree/config.json": b"{}",
+        "tree/sub/weights.bin": b"w" * 5000,
+        "tree2/not-me": b"sibling",
+    }.items():
+        private.upload_blob(name, body)
+    public = service.create_container("public", public_access=PublicAccess.CONTAINER)
+    public.upload_blob("m.bin", b"anonymous-weights")
+
+
+def azure_spec(**entry: str) -> StorageSpec:
+    return resolve_storage(ModelKey(storage_key="az"), {"az": {"type": "azure", **entry}})
+
+
+async def test_azure_single_blob(azurite: Azurite, tmp_path: Path):
+    spec = azure_spec(container="models", connection_string=azurite.connection_string())
+    assert isinstance(provider_for(spec), AzureBlobProvider)
+    target = tmp_path / "m1" / "model.joblib"
+    assert await AzureBlobProvider().pull(spec, "mnist/model.joblib", target) == target
+    assert target.read_bytes() == b"azure-weights"
+    assert stat.S_IMODE(target.stat().st_mode) == 0o644
+    assert tree(target.parent) == {"model.joblib": b"azure-weights"}
+
+
+async def test_azure_prefix_keeps_nested_paths(azurite: Azurite, tmp_path: Path):
+    spec = azure_spec(container="models", connection_string=azurite.connection_string())
+    await AzureBlobProvider().pull(spec, "tree", tmp_path / "tree")
+    assert tree(tmp_path / "tree") == {"config.json": b"{}", "sub/weights.bin": b"w" * 5000}
+
+
+async def test_azure_anonymous_public_container(azurite: Azurite, tmp_path: Path):
+    spec = azure_spec(container="public", endpoint_url=azurite.endpoint)
+    await AzureBlobProvider().pull(spec, "m.bin", tmp_path / "m.bin")
+    assert (tmp_path / "m.bin").read_bytes() == b"anonymous-weights"
+
+
+async def test_azure_anonymous_private_container_is_denied(azurite: Azurite, tmp_path: Path):
+    spec = azure_spec(container="models", endpoint_url=azurite.endpoint)
+    with pytest.raises(StorageDenied, match="'models'"):
+        await AzureBlobProvider().pull(spec, "mnist/model.joblib", tmp_path / "m")
+
+
+async def test_azure_wrong_key_is_denied(azurite: Azurite, tmp_path: Path):
+    wrong = base64.b64encode(b"not the account key").decode()
+    spec = azure_spec(container="models", connection_string=azurite.connection_string(wrong))
+    with pytest.raises(StorageDenied) as caught:
+        await AzureBlobProvider().pull(spec, "mnist/model.joblib", tmp_path / "m")
+    assert wrong not in str(caught.value)
+
+
+async def test_azure_missing_container(azurite: Azurite, tmp_path: Path):
+    spec = azure_spec(container="nope", connection_string=azurite.connection_string())
+    with pytest.raises(StorageNotFound, match="container 'nope' not found"):
+        await AzureBlobProvider().pull(spec, "m.bin", tmp_path / "m")
+
+
+async def test_azure_missing_blob(azurite: Azurite, tmp_path: Path):
+    spec = azure_spec(container="models", connection_string=azurite.connection_string())
+    with pytest.raises(StorageNotFound, match=r"blob 'mnist/nope\.bin' not found in container"):
+        await AzureBlobProvider().pull(spec, "mnist/nope.bin", tmp_path / "m")
+    with pytest.raises(StorageNotFound, match="no blobs under prefix 'empty/'"):
+        await AzureBlobProvider().pull(spec, "empty/", tmp_path / "m")
+    assert tree(tmp_path) == {}
+
+
+async def test_azure_unreachable_fails_fast(tmp_path: Path):
+    endpoint = f"http://127.0.0.1:{free_port()}/{AZURITE_ACCOUNT}"
+    spec = azure_spec(container="models", connection_string=Azurite(endpoint).connection_string())
+    started = time.monotonic()
+    with pytest.raises(StorageUnreachable, match=re.escape(endpoint)):
+        await AzureBlobProvider().pull(spec, "m.bin", tmp_path / "m")
+    assert time.monotonic() - started < 8
+
+
+async def test_azure_malformed_connection_string(tmp_path: Path):
+    spec = azure_spec(container="models", connection_string="AccountKey=secret-ish")
+    with pytest.raises(UnsupportedStorage) as caught:
+        await AzureBlobProvider().pull(spec, "m.bin", tmp_path / "m")
+    assert "secret-ish" not in str(caught.value)

@@ -56,8 +56,9 @@ def test_shipped_mlserver_settings_keep_everything_but_name_and_uri() -> None:
         "parameters": {"uri": "./weights", "version": "v7"},
         "max_batch_size": 4,
     }
-    settings = render_mlserver_settings("m1", "unknownfmt", model_uri="/abs/weights",
-                                        user_settings=shipped)
+    settings = render_mlserver_settings(
+        "m1", "unknownfmt", model_uri="/abs/weights", user_settings=shipped
+    )
     assert settings["name"] == "m1"
     assert settings["implementation"] == "custom.Model"
     assert settings["parameters"] == {"uri": "/abs/weights", "version": "v7"}
@@ -68,7 +69,8 @@ def test_shipped_mlserver_settings_keep_everything_but_name_and_uri() -> None:
 def test_schema_becomes_mlserver_inputs_and_outputs() -> None:
     schema = parse_schema(
         '{"inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 64]}],'
-        ' "outputs": [{"name": "y", "datatype": "INT64", "shape": [-1]}]}')
+        ' "outputs": [{"name": "y", "datatype": "INT64", "shape": [-1]}]}'
+    )
     settings = render_mlserver_settings("m", "sklearn", model_uri="/u", schema=schema)
     assert settings["inputs"] == [{"name": "x", "datatype": "FP32", "shape": [-1, 64]}]
     assert settings["outputs"] == [{"name": "y", "datatype": "INT64", "shape": [-1]}]
@@ -81,23 +83,34 @@ def test_bad_schema_is_rejected(text) -> None:
 
 
 def test_triton_bare_onnx_file_becomes_version_one() -> None:
-    layout = plan_triton_layout("m1", "onnx", pulled_is_dir=False, pulled_entries=[],
-                                user_config=None)
+    layout = plan_triton_layout(
+        "m1", "onnx", pulled_is_dir=False, pulled_entries=[], user_config=None
+    )
     assert layout.links == ((".", "1/model.onnx"),)
     assert layout.config_text == 'name: "m1"\nbackend: "onnxruntime"\n'
 
 
 def test_triton_savedmodel_dir_uses_platform() -> None:
-    layout = plan_triton_layout("m1", "tensorflow", pulled_is_dir=True,
-                                pulled_entries=["saved_model.pb", "variables"], user_config=None)
+    layout = plan_triton_layout(
+        "m1",
+        "tensorflow",
+        pulled_is_dir=True,
+        pulled_entries=["saved_model.pb", "variables"],
+        user_config=None,
+    )
     assert layout.links == ((".", "1/model.savedmodel"),)
     assert 'platform: "tensorflow_savedmodel"' in layout.config_text
 
 
 def test_triton_native_layout_is_kept_and_renamed() -> None:
     config = 'name: "orig"\nbackend: "onnxruntime"\ninput [\n  {\n    name: "x"\n  }\n]\n'
-    layout = plan_triton_layout("m1", "onnx", pulled_is_dir=True,
-                                pulled_entries=["1", "3", "config.pbtxt"], user_config=config)
+    layout = plan_triton_layout(
+        "m1",
+        "onnx",
+        pulled_is_dir=True,
+        pulled_entries=["1", "3", "config.pbtxt"],
+        user_config=config,
+    )
     assert layout.links == (("1", "1"), ("3", "3"))
     assert layout.config_text.startswith('name: "m1"\n')
     assert '    name: "x"' in layout.config_text  # nested tensor names untouched
@@ -105,11 +118,13 @@ def test_triton_native_layout_is_kept_and_renamed() -> None:
 
 def test_triton_rejects_unknown_format() -> None:
     with pytest.raises(UnsupportedModelType, match="not supported by triton"):
-        plan_triton_layout("m1", "sklearn", pulled_is_dir=False, pulled_entries=[],
-                           user_config=None)
+        plan_triton_layout(
+            "m1", "sklearn", pulled_is_dir=False, pulled_entries=[], user_config=None
+        )
 
 
 @pytest.mark.parametrize(
-    ("disk", "expected"), [(None, 1000), (0, 1000), (400, 500), (1, 2), (1_000_000, 1_250_000)])
+    ("disk", "expected"), [(None, 1000), (0, 1000), (400, 500), (1, 2), (1_000_000, 1_250_000)]
+)
 def test_size_is_disk_times_multiplier_or_default(disk, expected) -> None:
     assert estimate_size_bytes(disk, multiplier=1.25, default_bytes=1000) == expected

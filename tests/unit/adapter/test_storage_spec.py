@@ -261,13 +261,13 @@ def test_type_is_case_and_space_insensitive(kind: str) -> None:
     assert spec.type is StorageType.S3
 
 
-@pytest.mark.parametrize("kind", ["ftp", "gcs", "azure", ""])
+@pytest.mark.parametrize("kind", ["ftp", "gcs", ""])
 def test_unsupported_type_is_named(kind: str) -> None:
     with pytest.raises(UnsupportedStorage) as caught:
         resolve_storage(key(storage_key="k"), {"k": {"type": kind, "bucket": "b"}})
     if kind:
         assert repr(kind) in str(caught.value)
-        assert "s3, http, pvc" in str(caught.value)
+        assert "s3, http, pvc, azure" in str(caught.value)
 
 
 @pytest.mark.parametrize(
@@ -286,6 +286,13 @@ def test_unsupported_type_is_named(kind: str) -> None:
         ({"type": "http", "url": "https://h", "headers": ["a"]}, "'headers' must be an object"),
         ({"type": "http", "url": "https://h", "headers": "{bad"}, "'headers' is not a JSON"),
         ({"type": "http", "url": "https://h", "headers": {"A": 1}}, "header 'A'"),
+        ({"type": "azure", "connection_string": "c"}, "'container'"),
+        ({"type": "azure", "container": "c"}, "'account_name' or 'connection_string'"),
+        ({"type": "azure", "container": "c", "endpoint_url": "x"}, "endpoint_url"),
+        (
+            {"type": "azure", "container": "c", "client_id": "i", "client_secret": "s"},
+            "service-principal",
+        ),
         ({"type": "pvc"}, "'name'"),
         ({"type": "pvc", "name": "a/b"}, "single path segment"),
         ({"type": "pvc", "name": ".."}, "single path segment"),
@@ -326,6 +333,17 @@ def test_http_spec_fields() -> None:
         client_certificate="CERT",
         client_key="KEY",
     )
+
+
+def test_azure_spec_fields() -> None:
+    entry = {"type": "azure", "account_name": "acct", "container": "models"}
+    assert resolve_storage(key(storage_key="k"), {"k": entry}) == StorageSpec(
+        type=StorageType.AZURE, account_name="acct", container="models"
+    )
+    with_secret = {**entry, "connection_string": "AccountKey=k"}
+    spec = resolve_storage(key(storage_params={"container": "other"}), {"default": with_secret})
+    assert (spec.container, spec.connection_string) == ("other", "AccountKey=k")
+    assert "AccountKey" not in repr(spec)
 
 
 def test_repr_hides_credentials() -> None:

@@ -6,7 +6,8 @@ import tracemalloc
 
 import pytest
 
-from mmesh.core.proto import grpc_predict_v2_pb2 as v2, model_mesh_pb2 as mm
+from mmesh.core.proto import grpc_predict_v2_pb2 as v2
+from mmesh.core.proto import model_mesh_pb2 as mm
 from mmesh.router.errors import InvalidRequest
 from mmesh.router.wire import read_string_field, replace_string_field
 
@@ -173,9 +174,9 @@ MALFORMED = {
 
 @pytest.mark.parametrize("data", MALFORMED.values(), ids=MALFORMED.keys())
 def test_malformed_input_is_an_invalid_request(data: bytes) -> None:
-    with pytest.raises(InvalidRequest, match="^malformed request: "):
+    with pytest.raises(InvalidRequest, match=r"^malformed request: "):
         read_string_field(data, MODEL_NAME)
-    with pytest.raises(InvalidRequest, match="^malformed request: "):
+    with pytest.raises(InvalidRequest, match=r"^malformed request: "):
         replace_string_field(data, MODEL_NAME, "other")
 
 
@@ -217,6 +218,16 @@ def test_replace_round_trips_a_1mib_request(big: bytes) -> None:
     assert v2.ModelInferRequest.FromString(out) == expected
     assert read_string_field(out, MODEL_NAME) == "mnist-svm__isvc-0123456789"
     assert len(out) == len(big) + len("__isvc-0123456789")
+
+
+def test_replace_copies_a_1mib_request_once(big: bytes) -> None:
+    tracemalloc.start()
+    try:
+        out = replace_string_field(big, MODEL_NAME, "mnist-svm__isvc-0123456789")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert len(out) <= peak < len(out) + 64 * 1024
 
 
 def test_replace_with_the_same_value_returns_the_input(big: bytes) -> None:
@@ -300,7 +311,8 @@ def test_replace_a_nested_field_in_the_last_outer_occurrence() -> None:
 def test_replace_creates_missing_enclosing_messages() -> None:
     data = _len_field(1, b"top") + _len_field(5, b"tail")
     out = replace_string_field(data, (3, 2), "v")
-    assert out == _len_field(1, b"top") + _len_field(3, _len_field(2, b"v")) + _len_field(5, b"tail")
+    nested = _len_field(3, _len_field(2, b"v"))
+    assert out == _len_field(1, b"top") + nested + _len_field(5, b"tail")
 
 
 def test_replace_then_read_is_consistent_for_many_names() -> None:
