@@ -225,9 +225,24 @@ class Registry:
             if isinstance(wanted, Unchanged):
                 return record
             if await self._write(key, current, wanted):
+                self._apply_own_write(mirror, ident, current, wanted)
                 return wanted
             current = await self._refresh(mirror, ident)
         raise StoreUnavailable(f"could not update {key}: too many concurrent writers")
+
+    def _apply_own_write(self, mirror: MirrorTable[R], ident: str,
+                         before: Versioned[R] | None, wanted: R | None) -> None:
+        """Read-your-writes: show the write in the mirror before its watch event arrives.
+
+        It keeps the old mod revision, so the watch event (always newer) replaces it, and a
+        CAS based on it fails and re-reads rather than overwriting anything.
+        """
+        if wanted is None:
+            if mirror.remove(ident):
+                self._notify(mirror.table, ident)
+            return
+        mirror.items[ident] = Versioned(wanted, before.mod_revision if before else 0)
+        self._notify(mirror.table, ident)
 
     async def _write(self, key: str, current: Versioned[R] | None, wanted: R | None) -> bool:
         revision = current.mod_revision if current else 0

@@ -26,6 +26,10 @@ EXPECTED_PURE = {
     "mmesh/adapter/layout.py",
     "mmesh/adapter/sizing.py",
     "mmesh/adapter/storage/spec.py",
+    "mmesh/router/cache.py",
+    "mmesh/router/wire.py",
+    "mmesh/router/vmodels.py",
+    "mmesh/router/modelstatus.py",
 }
 
 

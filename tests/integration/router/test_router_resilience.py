@@ -1,0 +1,154 @@
+"""The router when etcd goes away and comes back, and when it is told to stop."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from pathlib import Path
+
+import grpc
+
+from mmesh.core.proto import grpc_predict_v2_pb2 as v2
+from mmesh.core.proto import model_mesh_pb2 as mm
+from tests.fixtures.etcd import ETCDCTL_BIN, EtcdServer, make_data_dir, start_etcd
+from tests.fixtures.procs import free_port
+from tests.fixtures.router import RouterProc, clients
+from tests.fixtures.runtimes import StubRuntimeProc
+
+StartRouter = Callable[..., AbstractContextManager[RouterProc]]
+StartStub = Callable[..., AbstractContextManager[StubRuntimeProc]]
+
+
+def request(name: str) -> v2.ModelInferRequest:
+    return v2.ModelInferRequest(
+        model_name=name,
+        inputs=[
+            v2.ModelInferRequest.InferInputTensor(
+                name="x",
+                datatype="FP32",
+                shape=[1],
+                contents=v2.InferTensorContents(fp32_contents=[1]),
+            )
+        ],
+    )
+
+
+def etcd_keys(endpoint: str, prefix: str) -> dict[str, dict[str, object]]:
+    out = subprocess.run(
+        [str(ETCDCTL_BIN), f"--endpoints={endpoint}", "get", "--prefix", prefix],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=10,
+        env={**os.environ, "ETCDCTL_API": "3"},
+    ).stdout.splitlines()
+    return {out[i]: json.loads(out[i + 1]) for i in range(0, len(out) - 1, 2)}
+
+
+def test_warm_requests_survive_an_etcd_restart_and_registrations_stay(
+    tmp_path: Path, start_router: StartRouter, start_stub_runtime: StartStub
+) -> None:
+    data = make_data_dir()
+    client_port, peer_port = free_port(), free_port()
+    etcd_stack = contextlib.ExitStack()
+    try:
+        etcd = etcd_stack.enter_context(
+            start_etcd(
+                tmp_path / "etcd1.log", data_dir=data, client_port=client_port, peer_port=peer_port
+            )
+        )
+        with (
+            start_stub_runtime() as stub,
+            start_router(etcd_endpoint=etcd.endpoint, runtime_port=stub.port) as router,
+            clients(router) as c,
+        ):
+            c.mesh.registerModel(
+                mm.RegisterModelRequest(modelId="steady", modelInfo=mm.ModelInfo(type="stub")),
+                timeout=10,
+            )
+            assert c.infer.ModelInfer(request("steady"), timeout=10).model_name == "steady"
+
+            etcd_stack.close()  # etcd is gone
+            for _ in range(50):
+                assert c.infer.ModelInfer(request("steady"), timeout=10).model_name == "steady"
+
+            etcd_stack.enter_context(
+                start_etcd(
+                    tmp_path / "etcd2.log",
+                    data_dir=data,
+                    client_port=client_port,
+                    peer_port=peer_port,
+                )
+            )
+            assert c.infer.ModelInfer(request("steady"), timeout=10).model_name == "steady"
+            deadline = time.monotonic() + 20
+            while True:
+                try:
+                    c.mesh.registerModel(
+                        mm.RegisterModelRequest(
+                            modelId="after-restart", modelInfo=mm.ModelInfo(type="stub")
+                        ),
+                        timeout=5,
+                    )
+                    break
+                except grpc.RpcError:
+                    assert time.monotonic() < deadline, "router never wrote to etcd again"
+                    time.sleep(0.2)
+            assert c.mesh.getModelStatus(mm.GetStatusRequest(modelId="steady")).status == (
+                mm.ModelStatusInfo.LOADED
+            )
+            assert c.infer.ModelInfer(request("after-restart"), timeout=10).model_name == (
+                "after-restart"
+            )
+    finally:
+        etcd_stack.close()
+        shutil.rmtree(data, ignore_errors=True)
+
+
+def test_sigterm_unloads_deregisters_and_exits(
+    tmp_path: Path,
+    start_router: StartRouter,
+    start_stub_runtime: StartStub,
+    etcd_server: EtcdServer,
+) -> None:
+    with (
+        start_stub_runtime() as stub,
+        start_router(etcd_endpoint=etcd_server.endpoint, runtime_port=stub.port) as router,
+    ):
+        with clients(router) as c:
+            c.mesh.registerModel(
+                mm.RegisterModelRequest(modelId="resident", modelInfo=mm.ModelInfo(type="stub")),
+                timeout=10,
+            )
+            c.infer.ModelInfer(request("resident"), timeout=10)
+        base = f"{router.root_prefix}/mm/modelmesh-serving/"
+        before = etcd_keys(etcd_server.endpoint, base)
+        assert f"{base}instances/{router.instance_id}" in before
+        assert router.instance_id in before[f"{base}registry/resident"]["instanceIds"]
+
+        os.kill(router.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and _alive(router.pid):
+            time.sleep(0.1)
+        assert not _alive(router.pid), "router did not exit after SIGTERM"
+
+        after = etcd_keys(etcd_server.endpoint, base)
+        assert f"{base}instances/{router.instance_id}" not in after
+        assert after[f"{base}registry/resident"].get("instanceIds", {}) == {}
+        assert stub.stats()["unloads"] == {"resident": 1}
+        assert "router stopped" in router.log.read_text()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        waited, _ = os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        return False
+    return waited == 0
