@@ -60,6 +60,8 @@ class StubState:
     infers: Counter[str] = field(default_factory=Counter)
     failed_loads: Counter[str] = field(default_factory=Counter)
     status_calls: int = 0
+    loading_now: int = 0
+    max_loading: int = 0
 
     def snapshot(self) -> dict[str, Any]:
         with self.lock:
@@ -70,6 +72,7 @@ class StubState:
                 "infers": dict(self.infers),
                 "failed_loads": dict(self.failed_loads),
                 "status_calls": self.status_calls,
+                "max_loading": self.max_loading,
             }
 
 
@@ -111,7 +114,13 @@ class StubRuntime(rt_grpc.ModelRuntimeServicer):
         over = _overrides(request.modelKey)
         with self.state.lock:
             self.state.loads[request.modelId] += 1
-        time.sleep(float(over.get("delay_ms", self.config.load_delay_ms)) / 1000)
+            self.state.loading_now += 1
+            self.state.max_loading = max(self.state.max_loading, self.state.loading_now)
+        try:
+            time.sleep(float(over.get("delay_ms", self.config.load_delay_ms)) / 1000)
+        finally:
+            with self.state.lock:
+                self.state.loading_now -= 1
         failure = over.get("fail") or self._pattern_failure(request.modelId)
         if failure:
             with self.state.lock:

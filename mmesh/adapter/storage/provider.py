@@ -2,8 +2,9 @@
 
 The adapter's loading pipeline resolves a `StorageSpec` (`spec.py`), asks
 `provider_for(spec)` for the provider of its type and awaits `pull`. One module per
-storage kind implements it: `s3.py`, `http.py`, `pvc.py`, `azure.py`. Providers raise only the
-adapter's StorageError tree (InvalidModelRequest for paths that escape the target).
+storage kind implements it: `s3.py`, `http.py`, `pvc.py`, `azure.py`, `gcs.py` (the last
+two imported on first use). Providers raise only the adapter's StorageError tree
+(InvalidModelRequest for paths that escape the target).
 """
 
 from __future__ import annotations
@@ -45,6 +46,8 @@ def provider_for(
             return PvcProvider(pvc_mounts_dir)
         case StorageType.AZURE:
             return _azure_provider()
+        case StorageType.GCS:
+            return _gcs_provider()
         case _ as unreachable:
             assert_never(unreachable)
 
@@ -58,3 +61,14 @@ def _azure_provider() -> StorageProvider:
             "azure storage needs the azure-storage-blob package, which is not installed"
         ) from exc
     return AzureBlobProvider()
+
+
+def _gcs_provider() -> StorageProvider:
+    # Imported on first use: the Google client is optional and slow to import.
+    try:
+        from mmesh.adapter.storage.gcs import GcsProvider
+    except ImportError as exc:
+        raise UnsupportedStorage(
+            "gcs storage needs the google-cloud-storage package, which is not installed"
+        ) from exc
+    return GcsProvider()

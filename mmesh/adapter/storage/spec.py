@@ -37,6 +37,7 @@ class StorageType(enum.StrEnum):
     HTTP = "http"
     PVC = "pvc"
     AZURE = "azure"
+    GCS = "gcs"
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +65,7 @@ class StorageSpec:
     type: StorageType
     bucket: str | None = None
     endpoint_url: str | None = None
+    """S3 endpoint; for azure and gcs an override of the public service URL (an extension)."""
     region: str | None = None
     access_key_id: str | None = field(default=None, repr=False)
     secret_access_key: str | None = field(default=None, repr=False)
@@ -81,6 +83,13 @@ class StorageSpec:
     container: str | None = None
     """Azure blob container."""
     connection_string: str | None = field(default=None, repr=False)
+    """Azure connection string (account key or SAS, and the blob endpoint)."""
+    private_key: str | None = field(default=None, repr=False)
+    """GCS service-account private key (PEM)."""
+    client_email: str | None = None
+    """GCS service-account email."""
+    token_uri: str | None = None
+    """GCS OAuth2 token endpoint of the service account."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -305,11 +314,30 @@ def _build_azure(doc: Mapping[str, Any]) -> StorageSpec:
     )
 
 
+def _build_gcs(doc: Mapping[str, Any]) -> StorageSpec:
+    key, email = _field(doc, "private_key"), _field(doc, "client_email")
+    if (key is None) != (email is None):
+        raise UnsupportedStorage("gcs storage needs both private_key and client_email")
+    endpoint, token_uri = _field(doc, "endpoint_url"), _field(doc, "token_uri")
+    for name, url in (("endpoint_url", endpoint), ("token_uri", token_uri)):
+        if url is not None:
+            _check_url(url, name)
+    return StorageSpec(
+        type=StorageType.GCS,
+        bucket=_required(doc, "bucket", StorageType.GCS),
+        private_key=key,
+        client_email=email,
+        token_uri=token_uri,
+        endpoint_url=endpoint,
+    )
+
+
 _BUILDERS = {
     StorageType.S3: _build_s3,
     StorageType.HTTP: _build_http,
     StorageType.PVC: _build_pvc,
     StorageType.AZURE: _build_azure,
+    StorageType.GCS: _build_gcs,
 }
 
 

@@ -14,6 +14,7 @@ import grpc
 import pytest
 
 from mmesh.core.proto import grpc_predict_v2_pb2 as v2
+from mmesh.core.proto import grpc_predict_v2_pb2_grpc as v2_grpc
 from mmesh.core.proto import model_mesh_pb2 as mm
 from tests.fixtures.etcd import EtcdServer
 from tests.fixtures.router import RouterClients, RouterProc, clients
@@ -248,3 +249,101 @@ def test_vmodel_update_under_load_fails_no_request(mesh) -> None:
         while time.monotonic() < deadline and status(c, "svc__v1") != mm.ModelStatusInfo.NOT_FOUND:
             time.sleep(0.05)
         assert status(c, "svc__v1") == mm.ModelStatusInfo.NOT_FOUND  # auto-deleted
+
+
+def test_loads_never_exceed_the_runtime_loading_concurrency(mesh) -> None:
+    router, stub = mesh  # the stub allows 2 concurrent loads
+    with clients(router) as c:
+        for i in range(3):
+            register(c, f"par-{i}", key={"stub": {"size": MIB}})
+        with futures.ThreadPoolExecutor(max_workers=3) as pool:
+            names = list(
+                pool.map(
+                    lambda i: c.infer.ModelInfer(infer_request(f"par-{i}"), timeout=20).model_name,
+                    range(3),
+                )
+            )
+    assert names == ["par-0", "par-1", "par-2"]
+    assert stub.stats()["max_loading"] == 2
+
+
+def test_router_answers_v2_health_and_metadata_itself(mesh) -> None:
+    router, _ = mesh
+    with clients(router) as c:
+        assert c.infer.ServerLive(v2.ServerLiveRequest(), timeout=5).live
+        assert c.infer.ServerReady(v2.ServerReadyRequest(), timeout=5).ready
+        assert c.infer.ServerMetadata(v2.ServerMetadataRequest(), timeout=5).name == "mmesh"
+        register(c, "meta-model")
+        assert not c.infer.ModelReady(v2.ModelReadyRequest(name="meta-model"), timeout=5).ready
+        meta = c.infer.ModelMetadata(v2.ModelMetadataRequest(name="meta-model"), timeout=10)
+        assert meta.name == "meta-model" and meta.platform == "stub"
+        assert c.infer.ModelReady(v2.ModelReadyRequest(name="meta-model"), timeout=5).ready
+        assert not c.infer.ModelReady(v2.ModelReadyRequest(name="unknown"), timeout=5).ready
+
+
+def test_load_timeout_is_a_load_failure_naming_the_limit(
+    start_router: StartRouter, start_stub_runtime: StartStub, etcd_server: EtcdServer
+) -> None:
+    with (
+        start_stub_runtime("--load-timeout-ms", "300") as stub,
+        start_router(etcd_endpoint=etcd_server.endpoint, runtime_port=stub.port) as router,
+        clients(router) as c,
+    ):
+        register(c, "slow", key={"stub": {"delay_ms": 2000}})
+        with pytest.raises(grpc.RpcError) as err:
+            c.infer.ModelInfer(infer_request("slow"), timeout=10)
+        assert "timed out after 300 ms" in (err.value.details() or "")
+        info = c.mesh.getModelStatus(mm.GetStatusRequest(modelId="slow"))
+        assert info.status == mm.ModelStatusInfo.LOADING_FAILED
+
+
+def test_large_payloads_pass_and_oversized_ones_are_refused(mesh) -> None:
+    router, _ = mesh
+    big_channel = grpc.insecure_channel(
+        router.target,
+        options=[
+            ("grpc.max_receive_message_length", 64 * MIB),
+            ("grpc.max_send_message_length", 64 * MIB),
+        ],
+    )
+    with clients(router) as c, big_channel:
+        infer = v2_grpc.GRPCInferenceServiceStub(big_channel)
+        register(c, "big", key={"stub": {"size": MIB}})
+        req = infer_request("big")
+        req.raw_input_contents.append(b"\x01" * (8 * MIB))
+        resp = infer.ModelInfer(req, timeout=20)
+        assert resp.model_name == "big" and len(resp.raw_output_contents[0]) == 8 * MIB
+        req.raw_input_contents[0] = b"\x01" * (17 * MIB)
+        with pytest.raises(grpc.RpcError) as err:
+            infer.ModelInfer(req, timeout=20)
+        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+def test_unregistered_model_is_unloaded_and_no_longer_routed(mesh) -> None:
+    router, stub = mesh
+    with clients(router) as c:
+        register(c, "temp")
+        c.infer.ModelInfer(infer_request("temp"), timeout=10)
+        c.mesh.unregisterModel(mm.UnregisterModelRequest(modelId="temp"), timeout=10)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and "temp" not in stub.stats()["unloads"]:
+            time.sleep(0.05)
+        assert stub.stats()["unloads"] == {"temp": 1}
+        with pytest.raises(grpc.RpcError) as err:
+            c.infer.ModelInfer(infer_request("temp"), timeout=10)
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_model_with_a_vmodel_cannot_be_unregistered(mesh) -> None:
+    router, _ = mesh
+    with clients(router) as c:
+        c.mesh.setVModel(
+            mm.SetVModelRequest(
+                vModelId="alias", targetModelId="held", modelInfo=mm.ModelInfo(type="stub")
+            ),
+            timeout=10,
+        )
+        with pytest.raises(grpc.RpcError) as err:
+            c.mesh.unregisterModel(mm.UnregisterModelRequest(modelId="held"), timeout=10)
+        assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "alias" in (err.value.details() or "")
