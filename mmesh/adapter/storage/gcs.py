@@ -58,7 +58,7 @@ class GcsProvider:
         *,
         connect_timeout_s: float = 3.0,
         read_timeout_s: float = 60.0,
-        retry_timeout_s: float = 5.0,
+        retry_timeout_s: float = 3.0,
     ) -> None:
         self._timeout = (connect_timeout_s, read_timeout_s)
         self._retry = DEFAULT_RETRY.with_timeout(retry_timeout_s).with_delay(

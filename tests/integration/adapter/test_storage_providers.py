@@ -33,6 +33,7 @@ from mmesh.adapter.errors import (
 )
 from mmesh.adapter.storage.azure import AzureBlobProvider
 from mmesh.adapter.storage.config import read_storage_configs
+from mmesh.adapter.storage.gcs import GcsProvider
 from mmesh.adapter.storage.http import HttpProvider
 from mmesh.adapter.storage.provider import provider_for
 from mmesh.adapter.storage.pvc import PvcProvider
@@ -791,3 +792,184 @@ async def test_azure_malformed_connection_string(tmp_path: Path):
     with pytest.raises(UnsupportedStorage) as caught:
         await AzureBlobProvider().pull(spec, "m.bin", tmp_path / "m")
     assert "secret-ish" not in str(caught.value)
+
+
+# --- Google Cloud Storage (gcp-storage-emulator) -----------------------------------------------
+# The emulator does not check credentials. Service-account auth is exercised against a local
+# OAuth2 token endpoint (the spec's token_uri): the provider must sign a JWT grant there
+# and fail with StorageDenied when the endpoint refuses it.
+
+
+@pytest.fixture(scope="module")
+def gcs_emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """gcp-storage-emulator (PyPI) on 127.0.0.1 with a seeded bucket `models`."""
+    binary = shutil.which("gcp-storage-emulator")
+    if binary is None:
+        pytest.skip("gcp-storage-emulator not on PATH (PyPI gcp-storage-emulator==2026.7.19)")
+    port = free_port()
+    log = tmp_path_factory.mktemp("gcs") / "gcs.log"
+    cmd = [binary, "start", "--host", "127.0.0.1", "--port", str(port), "--in-memory", "-q"]
+    with running(cmd, log=log) as proc:
+        wait_until(lambda: port_open(port), timeout_s=30, what="gcs emulator", proc=proc, log=log)
+        endpoint = f"http://127.0.0.1:{port}"
+        _seed_gcs(endpoint)
+        yield endpoint
+
+
+def _seed_gcs(endpoint: str) -> None:
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import storage  # type: ignore[import-untyped]  # no py.typed marker
+
+    client = storage.Client(
+        project="test",
+        credentials=AnonymousCredentials(),  # type: ignore[no-untyped-call]  # no hints
+        client_options={"api_endpoint": endpoint},
+    )
+    bucket = client.create_bucket("models")
+    for name, body in {
+        "mnist/model.joblib": b"gcs-weights",
+        "tree/config.json": b"{}",
+        "tree/sub/weights.bin": b"w" * 5000,
+        "tree2/not-me": b"sibling",
+    }.items():
+        bucket.blob(name).upload_from_string(body)
+
+
+@dataclass
+class TokenEndpoint:
+    url: str
+    grants: list[dict[str, str]] = field(default_factory=list)
+
+
+@pytest.fixture
+async def token_endpoint() -> AsyncIterator[TokenEndpoint]:
+    """An OAuth2 token endpoint: grants a token unless the JWT's issuer is `revoked@...`."""
+    port = free_port()
+    endpoint = TokenEndpoint(url=f"http://127.0.0.1:{port}/token")
+
+    async def grant(request: web.Request) -> web.Response:
+        form = {k: str(v) for k, v in (await request.post()).items()}
+        endpoint.grants.append(form)
+        claims = _jwt_claims(form.get("assertion", ""))
+        if claims.get("iss", "").startswith("revoked@"):
+            return web.json_response({"error": "invalid_grant"}, status=400)
+        return web.json_response(
+            {"access_token": "t0k", "expires_in": 3600, "token_type": "Bearer"}
+        )
+
+    app = web.Application()
+    app.router.add_post("/token", grant)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        yield endpoint
+    finally:
+        await runner.cleanup()
+
+
+def _jwt_claims(assertion: str) -> dict[str, str]:
+    payload = assertion.split(".")[1]
+    return dict(json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4))))
+
+
+@pytest.fixture(scope="module")
+def service_account_key() -> str:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    ).decode()
+
+
+def gcs_spec(**entry: str) -> StorageSpec:
+    return resolve_storage(ModelKey(storage_key="gcs"), {"gcs": {"type": "gcs", **entry}})
+
+
+async def test_gcs_single_object_anonymous(gcs_emulator: str, tmp_path: Path):
+    spec = gcs_spec(bucket="models", endpoint_url=gcs_emulator)
+    assert isinstance(provider_for(spec), GcsProvider)
+    target = tmp_path / "m1" / "model.joblib"
+    assert await GcsProvider().pull(spec, "mnist/model.joblib", target) == target
+    assert tree(target.parent) == {"model.joblib": b"gcs-weights"}
+
+
+async def test_gcs_prefix_keeps_nested_paths(gcs_emulator: str, tmp_path: Path):
+    spec = gcs_spec(bucket="models", endpoint_url=gcs_emulator)
+    await GcsProvider().pull(spec, "tree/", tmp_path / "tree")
+    assert tree(tmp_path / "tree") == {"config.json": b"{}", "sub/weights.bin": b"w" * 5000}
+
+
+async def test_gcs_service_account_token_is_fetched(
+    gcs_emulator: str, token_endpoint: TokenEndpoint, service_account_key: str, tmp_path: Path
+):
+    spec = gcs_spec(
+        bucket="models",
+        endpoint_url=gcs_emulator,
+        private_key=service_account_key,
+        client_email="puller@proj.iam.gserviceaccount.com",
+        token_uri=token_endpoint.url,
+    )
+    await GcsProvider().pull(spec, "mnist/model.joblib", tmp_path / "m")
+    assert (tmp_path / "m").read_bytes() == b"gcs-weights"
+    assert token_endpoint.grants, "no token was requested from token_uri"
+    for grant in token_endpoint.grants:
+        assert grant["grant_type"] == "urn:ietf:params:oauth:grant-type:jwt-bearer"
+        claims = _jwt_claims(grant["assertion"])
+        assert claims["iss"] == "puller@proj.iam.gserviceaccount.com"
+        assert claims["scope"] == "https://www.googleapis.com/auth/devstorage.read_only"
+
+
+async def test_gcs_refused_token_is_denied(
+    gcs_emulator: str, token_endpoint: TokenEndpoint, service_account_key: str, tmp_path: Path
+):
+    spec = gcs_spec(
+        bucket="models",
+        endpoint_url=gcs_emulator,
+        private_key=service_account_key,
+        client_email="revoked@proj.iam.gserviceaccount.com",
+        token_uri=token_endpoint.url,
+    )
+    with pytest.raises(StorageDenied, match="'models'") as caught:
+        await GcsProvider().pull(spec, "mnist/model.joblib", tmp_path / "m")
+    assert "PRIVATE KEY" not in str(caught.value)
+
+
+async def test_gcs_bad_private_key_is_unsupported(gcs_emulator: str, tmp_path: Path):
+    spec = gcs_spec(
+        bucket="models",
+        endpoint_url=gcs_emulator,
+        private_key="-----BEGIN PRIVATE KEY-----\nnope\n-----END PRIVATE KEY-----\n",
+        client_email="puller@proj.iam.gserviceaccount.com",
+    )
+    with pytest.raises(UnsupportedStorage, match="private_key"):
+        await GcsProvider().pull(spec, "mnist/model.joblib", tmp_path / "m")
+
+
+async def test_gcs_missing_bucket(gcs_emulator: str, tmp_path: Path):
+    spec = gcs_spec(bucket="no-such-bucket", endpoint_url=gcs_emulator)
+    with pytest.raises(StorageNotFound, match="bucket 'no-such-bucket' not found"):
+        await GcsProvider().pull(spec, "m.bin", tmp_path / "m")
+
+
+async def test_gcs_missing_object(gcs_emulator: str, tmp_path: Path):
+    spec = gcs_spec(bucket="models", endpoint_url=gcs_emulator)
+    with pytest.raises(StorageNotFound, match=r"object 'mnist/nope\.bin' not found in bucket"):
+        await GcsProvider().pull(spec, "mnist/nope.bin", tmp_path / "m")
+    with pytest.raises(StorageNotFound, match="no objects under prefix 'empty/'"):
+        await GcsProvider().pull(spec, "empty/", tmp_path / "m")
+    assert tree(tmp_path) == {}
+
+
+async def test_gcs_unreachable_fails_fast(tmp_path: Path):
+    endpoint = f"http://127.0.0.1:{free_port()}"
+    started = time.monotonic()
+    with pytest.raises(StorageUnreachable, match=re.escape(endpoint)):
+        await GcsProvider().pull(
+            gcs_spec(bucket="models", endpoint_url=endpoint), "m", tmp_path / "m"
+        )
+    assert time.monotonic() - started < 10

@@ -261,13 +261,13 @@ def test_type_is_case_and_space_insensitive(kind: str) -> None:
     assert spec.type is StorageType.S3
 
 
-@pytest.mark.parametrize("kind", ["ftp", "gcs", ""])
+@pytest.mark.parametrize("kind", ["ftp", "minio", ""])
 def test_unsupported_type_is_named(kind: str) -> None:
     with pytest.raises(UnsupportedStorage) as caught:
         resolve_storage(key(storage_key="k"), {"k": {"type": kind, "bucket": "b"}})
     if kind:
         assert repr(kind) in str(caught.value)
-        assert "s3, http, pvc, azure" in str(caught.value)
+        assert "s3, http, pvc, azure, gcs" in str(caught.value)
 
 
 @pytest.mark.parametrize(
@@ -293,6 +293,9 @@ def test_unsupported_type_is_named(kind: str) -> None:
             {"type": "azure", "container": "c", "client_id": "i", "client_secret": "s"},
             "service-principal",
         ),
+        ({"type": "gcs"}, "'bucket'"),
+        ({"type": "gcs", "bucket": "b", "private_key": "k"}, "client_email"),
+        ({"type": "gcs", "bucket": "b", "token_uri": "oauth2"}, "token_uri"),
         ({"type": "pvc"}, "'name'"),
         ({"type": "pvc", "name": "a/b"}, "single path segment"),
         ({"type": "pvc", "name": ".."}, "single path segment"),
@@ -344,6 +347,25 @@ def test_azure_spec_fields() -> None:
     spec = resolve_storage(key(storage_params={"container": "other"}), {"default": with_secret})
     assert (spec.container, spec.connection_string) == ("other", "AccountKey=k")
     assert "AccountKey" not in repr(spec)
+
+
+def test_gcs_spec_fields() -> None:
+    entry = {
+        "type": "gcs",
+        "bucket": "models",
+        "private_key": "-----BEGIN PRIVATE KEY-----",
+        "client_email": "sa@p.iam.gserviceaccount.com",
+        "token_uri": "https://oauth2.googleapis.com/token",
+    }
+    spec = resolve_storage(key(storage_key="k"), {"k": entry})
+    assert (spec.type, spec.bucket, spec.client_email) == (
+        StorageType.GCS,
+        "models",
+        "sa@p.iam.gserviceaccount.com",
+    )
+    assert spec.private_key == "-----BEGIN PRIVATE KEY-----"
+    assert spec.token_uri == "https://oauth2.googleapis.com/token"
+    assert "PRIVATE KEY" not in repr(spec)
 
 
 def test_repr_hides_credentials() -> None:
