@@ -56,7 +56,7 @@ def _wrap_class(cls: Any, label: str) -> None:
 
 def _serve(port: int) -> None:
     class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+        def do_GET(self) -> None:
             with _LOCK:
                 body = json.dumps({"counts": dict(COUNTS), "wrapped": WRAPPED}).encode()
             self.send_response(200)

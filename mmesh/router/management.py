@@ -196,14 +196,16 @@ class Management:
         sync: bool = False,
     ) -> VModelStatusView:
         vmodel_id, target = self._vmodel_id(raw_vmodel_id), _model_id(raw_target)
+        req = SetVModel(
+            vmodel_id, target, owner, update_only, expected_target, force, self.default_owner
+        )
+        before = self.registry.vmodels.get(vmodel_id)
+        # Refuse before creating the target: a rejected call must not leave an orphan model.
+        plan_set_vmodel(before, req, active_loaded=False)
         if info is not None:
             await self.register(target, info, load_now=False, sync=False, auto_delete=auto_delete)
         elif self.registry.models.get(target) is None:
             raise ModelNotFound(f"model {target} not found")
-        req = SetVModel(
-            vmodel_id, target, owner or self.default_owner, update_only, expected_target, force
-        )
-        before = self.registry.vmodels.get(vmodel_id)
         after = await self.registry.update_vmodel(
             vmodel_id,
             lambda cur: plan_set_vmodel(
@@ -212,8 +214,10 @@ class Management:
         )
         assert after is not None
         self._index(vmodel_id, after)
-        if before is not None and before.active_model != after.active_model:
-            self._spawn(self._retire(before.active_model))
+        if before is not None:
+            kept = {after.active_model, after.target_model}
+            for dropped in {before.active_model, before.target_model} - kept:
+                self._spawn(self._retire(dropped))
         if after.in_transition or load_now:
             await self._trigger_load(after.target_model, sync=False)
             self._spawn(self._advance(vmodel_id))

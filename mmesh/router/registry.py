@@ -37,6 +37,9 @@ R = TypeVar("R", bound=Record)
 class Versioned(Generic[R]):
     record: R
     mod_revision: int
+    confirmed: bool = True
+    """False for this router's own write before its watch event arrived: the revision
+    is not known yet, so a compare-and-swap must re-read the key first."""
 
 
 class Unchanged:
@@ -130,12 +133,14 @@ class Registry:
 
     async def _sync(self) -> None:
         items, revision = await self.kv.range_prefix(self.layout.base)
-        seen: dict[Table, set[str]] = {t: set() for t in Table}
+        seen: dict[Table, set[str]] = {t: set() for t in self._by_table}
         for kv in items:
             parsed = self.layout.parse_key(kv.key)
             if parsed is None:
                 continue
             table, ident = parsed
+            if table not in self._by_table:
+                continue
             seen[table].add(ident)
             if self._by_table[table].apply(ident, kv.value, kv.mod_revision, force=True):
                 self._notify(table, ident)
@@ -180,7 +185,9 @@ class Registry:
         if parsed is None:
             return
         table, ident = parsed
-        mirror = self._by_table[table]
+        mirror = self._by_table.get(table)
+        if mirror is None:
+            return
         if event.kind == "DELETE":
             changed = mirror.remove(ident, event.mod_revision)
         else:
@@ -219,19 +226,28 @@ class Registry:
     ) -> R | None:
         key = mirror.key_of(ident)
         current = mirror.items.get(ident)
+        if current is not None and not current.confirmed:
+            current = await self._refresh(mirror, ident)
         for _ in range(CAS_ATTEMPTS):
             record = current.record if current else None
             wanted = change(record)
             if isinstance(wanted, Unchanged):
                 return record
+            if wanted is None and current is None:
+                # The mirror may not have seen a record another router just wrote.
+                current = await self._refresh(mirror, ident)
+                if current is None:
+                    return None
+                continue
             if await self._write(key, current, wanted):
                 self._apply_own_write(mirror, ident, current, wanted)
                 return wanted
             current = await self._refresh(mirror, ident)
         raise StoreUnavailable(f"could not update {key}: too many concurrent writers")
 
-    def _apply_own_write(self, mirror: MirrorTable[R], ident: str,
-                         before: Versioned[R] | None, wanted: R | None) -> None:
+    def _apply_own_write(
+        self, mirror: MirrorTable[R], ident: str, before: Versioned[R] | None, wanted: R | None
+    ) -> None:
         """Read-your-writes: show the write in the mirror before its watch event arrives.
 
         It keeps the old mod revision, so the watch event (always newer) replaces it, and a
@@ -241,13 +257,15 @@ class Registry:
             if mirror.remove(ident):
                 self._notify(mirror.table, ident)
             return
-        mirror.items[ident] = Versioned(wanted, before.mod_revision if before else 0)
+        mirror.items[ident] = Versioned(
+            wanted, before.mod_revision if before else 0, confirmed=False
+        )
         self._notify(mirror.table, ident)
 
     async def _write(self, key: str, current: Versioned[R] | None, wanted: R | None) -> bool:
         revision = current.mod_revision if current else 0
         if wanted is None:
-            return current is None or await self.kv.delete_if(key, mod_revision=revision)
+            return await self.kv.delete_if(key, mod_revision=revision)
         return await self.kv.put_if(key, wanted.to_json(), mod_revision=revision)
 
     async def _refresh(self, mirror: MirrorTable[R], ident: str) -> Versioned[R] | None:
@@ -256,6 +274,8 @@ class Registry:
             if mirror.remove(ident):
                 self._notify(mirror.table, ident)
             return None
-        if mirror.apply(ident, found.value, found.mod_revision):
+        current = mirror.items.get(ident)
+        stale = current is None or not current.confirmed
+        if mirror.apply(ident, found.value, found.mod_revision, force=stale):
             self._notify(mirror.table, ident)
         return mirror.items.get(ident)

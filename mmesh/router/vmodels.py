@@ -20,6 +20,8 @@ class SetVModel:
     update_only: bool = False
     expected_target: str = ""
     force: bool = False
+    default_owner: str = ""
+    """Owner given to a new vmodel when the call names none (never checked on updates)."""
 
 
 def plan_set_vmodel(
@@ -35,10 +37,12 @@ def plan_set_vmodel(
             raise HasReferents(
                 f"vmodel {req.vmodel_id} does not exist, expected target {req.expected_target}"
             )
-        return VModelRecord(active_model=req.target, target_model=req.target, owner=req.owner)
+        owner = req.owner or req.default_owner
+        return VModelRecord(active_model=req.target, target_model=req.target, owner=owner)
     if req.owner and current.owner != req.owner:
         raise AlreadyExists(f"vmodel {req.vmodel_id} already exists with a different owner")
-    if req.expected_target and req.expected_target != current.target_model:
+    retargets = req.target != current.target_model
+    if req.expected_target and retargets and req.expected_target != current.target_model:
         raise HasReferents(
             f"vmodel {req.vmodel_id} target is {current.target_model}, "
             f"not the expected {req.expected_target}"

@@ -203,7 +203,7 @@ def _from_client_error(exc: boto_errors.ClientError, where: _Where) -> StorageEr
     if code in _NOT_FOUND:
         return StorageNotFound(f"object {where.path!r} not found in bucket {where.bucket!r} {at}")
     if code in _DENIED:
-        return StorageDenied(f"s3 credentials rejected ({code}) for bucket {where.bucket!r} {at}")
+        return StorageDenied(f"s3 denied access ({code}) to bucket {where.bucket!r} {at}")
     if status >= 500:
         return StorageUnreachable(
             f"s3 endpoint {where.endpoint} failed with HTTP {status} ({code})"

@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import enum
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from types import MappingProxyType
 from typing import Any
-from urllib.parse import urlsplit
 
 from mmesh.adapter.errors import InvalidModelRequest, UnknownStorageKey, UnsupportedStorage
 
@@ -362,12 +362,23 @@ def _required(doc: Mapping[str, Any], name: str, kind: StorageType) -> str:
     return value
 
 
+# scheme://[userinfo@]host[:port][path]; the query and fragment are left unmatched.
+_URL = re.compile(
+    r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*)://(?:[^/?#@]*@)?"
+    r"(?P<host>\[[0-9A-Fa-f:.]+\]|[^/?#:\[\]]*)(?::(?P<port>[0-9]*))?"
+    r"(?P<path>(?:/[^?#]*)?)(?=[?#]|$)"
+)
+
+
 def _check_url(url: str, name: str) -> None:
-    try:
-        parts = urlsplit(url)
-    except ValueError as exc:
-        raise UnsupportedStorage(f"storage field {name!r} is not a valid URL: {exc}") from exc
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+    match = _URL.match(url)
+    valid = (
+        match is not None
+        and match["scheme"].lower() in ("http", "https")
+        and bool(match["host"])
+        and (not match["port"] or int(match["port"]) < 65536)
+    )
+    if not valid:
         raise UnsupportedStorage(
             f"storage field {name!r} must be an http(s) URL with a host, got {redact_url(url)!r}"
         )
@@ -375,15 +386,11 @@ def _check_url(url: str, name: str) -> None:
 
 def redact_url(url: str) -> str:
     """`url` without user info, query or fragment, fit for error messages and logs."""
-    try:
-        parts = urlsplit(url)
-        host = parts.hostname or ""
-        port = f":{parts.port}" if parts.port else ""
-    except ValueError:
-        return "<unparsable url>"
-    if ":" in host:
-        host = f"[{host}]"
-    return f"{parts.scheme}://{host}{port}{parts.path}" if parts.scheme else parts.path
+    match = _URL.match(url)
+    if match is None:
+        return "<hidden>" if "@" in url else re.split(r"[?#]", url, maxsplit=1)[0]
+    port = f":{match['port']}" if match["port"] else ""
+    return f"{match['scheme']}://{match['host']}{port}{match['path']}"
 
 
 def _headers(raw: object) -> tuple[tuple[str, str], ...]:

@@ -46,7 +46,7 @@ from mmesh.adapter.storage.spec import (
     plan_local_target,
     resolve_storage,
 )
-from tests.fixtures.procs import free_port, port_open, running, wait_until
+from tests.fixtures.procs import ROOT, free_port, port_open, running, wait_until
 from tests.fixtures.s3 import TEST_KEY_ID, TEST_SECRET, AuthS3, TlsS3, s3_client, seed_bucket
 
 
@@ -103,6 +103,20 @@ async def test_s3_prefix_keeps_nested_paths(
             "sub/weights.bin": b"w" * 10_000,
             "sub/deeper/x.txt": b"x",
         }
+
+
+async def test_s3_without_credentials_sends_unsigned_requests(s3_server: str, tmp_path: Path):
+    client = s3_client(s3_server)
+    bucket = seed_bucket(client, {"private/m.bin": b"private"})
+    client.put_object(Bucket=bucket, Key="public/m.bin", Body=b"anonymous", ACL="public-read")
+    spec = resolve_storage(
+        ModelKey(storage_params={"type": "s3", "endpoint_url": s3_server, "bucket": bucket}), {}
+    )
+    assert spec.access_key_id is None
+    await S3Provider().pull(spec, "public/m.bin", tmp_path / "m.bin")
+    assert (tmp_path / "m.bin").read_bytes() == b"anonymous"
+    with pytest.raises(StorageDenied, match="denied access"):
+        await S3Provider().pull(spec, "private/m.bin", tmp_path / "private.bin")
 
 
 async def test_s3_empty_path_pulls_the_whole_bucket(
@@ -683,9 +697,11 @@ class Azurite:
 @pytest.fixture(scope="module")
 def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Azurite]:
     """Azurite's blob service (npm package `azurite`) on 127.0.0.1, in memory."""
-    binary = shutil.which("azurite-blob")
+    binary = shutil.which(
+        "azurite-blob", path=str(ROOT / ".tools" / "node" / "node_modules" / ".bin")
+    ) or shutil.which("azurite-blob")
     if binary is None:
-        pytest.skip("azurite-blob not on PATH (npm install -g azurite@3.37.0)")
+        _missing("azurite-blob not found: run scripts/setup (npm azurite@3.37.0)")
     port = free_port()
     log = tmp_path_factory.mktemp("azurite") / "azurite.log"
     cmd = [
@@ -803,9 +819,11 @@ async def test_azure_malformed_connection_string(tmp_path: Path):
 @pytest.fixture(scope="module")
 def gcs_emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """gcp-storage-emulator (PyPI) on 127.0.0.1 with a seeded bucket `models`."""
-    binary = shutil.which("gcp-storage-emulator")
+    binary = shutil.which("gcp-storage-emulator", path=str(ROOT / ".venv" / "bin")) or (
+        shutil.which("gcp-storage-emulator")
+    )
     if binary is None:
-        pytest.skip("gcp-storage-emulator not on PATH (PyPI gcp-storage-emulator==2026.7.19)")
+        _missing("gcp-storage-emulator not found: run scripts/setup")
     port = free_port()
     log = tmp_path_factory.mktemp("gcs") / "gcs.log"
     cmd = [binary, "start", "--host", "127.0.0.1", "--port", str(port), "--in-memory", "-q"]
@@ -973,3 +991,10 @@ async def test_gcs_unreachable_fails_fast(tmp_path: Path):
             gcs_spec(bucket="models", endpoint_url=endpoint), "m", tmp_path / "m"
         )
     assert time.monotonic() - started < 10
+
+
+def _missing(why: str) -> None:
+    """Skip locally, fail in CI: CI installs every emulator, so a skip there hides a gap."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(why)
+    pytest.skip(why)

@@ -212,18 +212,18 @@ def test_vmodel_update_under_load_fails_no_request(mesh) -> None:
             timeout=10,
         )
         c.infer.ModelInfer(infer_request("svc"), timeout=10)
-        served: list[str] = []
+        served: list[list[str]] = [[] for _ in range(4)]
         errors: list[Exception] = []
         stop = threading.Event()
 
-        def traffic() -> None:
+        def traffic(mine: list[str]) -> None:
             while not stop.is_set():
                 try:
-                    served.append(c.infer.ModelInfer(infer_request("svc"), timeout=10).model_name)
+                    mine.append(c.infer.ModelInfer(infer_request("svc"), timeout=10).model_name)
                 except grpc.RpcError as exc:
                     errors.append(exc)
 
-        threads = [threading.Thread(target=traffic) for _ in range(4)]
+        threads = [threading.Thread(target=traffic, args=(mine,)) for mine in served]
         for t in threads:
             t.start()
         vm = c.mesh.setVModel(
@@ -242,9 +242,10 @@ def test_vmodel_update_under_load_fails_no_request(mesh) -> None:
             t.join()
         assert errors == []
         assert vm.status == mm.VModelStatusInfo.DEFINED and vm.activeModelId == "svc__v2"
-        assert "svc__v1" in served and served[-1] == "svc__v2"
-        first_v2 = served.index("svc__v2")
-        assert set(served[first_v2:]) == {"svc__v2"}
+        for mine in served:  # each client sees v1 until the switch, then only v2
+            assert mine[0] == "svc__v1" and mine[-1] == "svc__v2"
+            switch = mine.index("svc__v2")
+            assert set(mine[:switch]) == {"svc__v1"} and set(mine[switch:]) == {"svc__v2"}
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline and status(c, "svc__v1") != mm.ModelStatusInfo.NOT_FOUND:
             time.sleep(0.05)
