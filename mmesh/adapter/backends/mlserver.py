@@ -4,56 +4,23 @@ RepositoryModelLoad. The settings point at the pulled files; nothing is copied."
 
 from __future__ import annotations
 
-import asyncio
 import json
-import logging
 from pathlib import Path
 
 from mmesh.adapter.backends.backend import PreparedModel
-from mmesh.adapter.backends.files import (
-    read_json_object,
-    remove_model_dirs,
-    remove_tree,
-    write_text_atomic,
-)
-from mmesh.adapter.backends.repository import RepositoryClient
+from mmesh.adapter.backends.files import read_json_object, write_text_atomic
+from mmesh.adapter.backends.repository import RepositoryBackend
 from mmesh.adapter.errors import InvalidModelRequest
 from mmesh.adapter.layout import MLSERVER_SETTINGS_FILE, render_mlserver_settings
-
-logger = logging.getLogger(__name__)
 
 REPOSITORY_DIR_NAME = "_mlserver_models"
 
 
-class MLServerBackend:
-    def __init__(
-        self, client: RepositoryClient, *, root_model_dir: Path, load_timeout_s: float
-    ) -> None:
-        self._client = client
-        self.repository_dir = root_model_dir / REPOSITORY_DIR_NAME
-        self._load_timeout_s = load_timeout_s
+class MLServerBackend(RepositoryBackend):
+    server_name = "mlserver"
+    repository_dir_name = REPOSITORY_DIR_NAME
 
-    async def ready_version(self) -> str | None:
-        return await self._client.ready_version()
-
-    async def purge(self) -> None:
-        for name in await self._client.model_names():
-            logger.info("purging model %s left in mlserver from an earlier life", name)
-            await self._client.unload(name)
-        await asyncio.to_thread(remove_model_dirs, self.repository_dir)
-
-    async def load(self, model: PreparedModel) -> None:
-        await asyncio.to_thread(self._write_settings, model)
-        await self._client.load(model.model_id, timeout_s=self._load_timeout_s)
-
-    async def unload(self, model_id: str) -> None:
-        await self._client.unload(model_id)
-        await asyncio.to_thread(remove_tree, self.repository_dir / model_id)
-
-    async def close(self) -> None:
-        await self._client.close()
-
-    def _write_settings(self, model: PreparedModel) -> None:
+    def write_layout(self, model: PreparedModel) -> None:
         shipped = model.local_path / MLSERVER_SETTINGS_FILE
         try:
             user_settings = read_json_object(shipped) if model.local_path.is_dir() else None

@@ -3,12 +3,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import Iterator
+from pathlib import Path
 
 import grpc
 
+from mmesh.adapter.backends.backend import PreparedModel
+from mmesh.adapter.backends.files import remove_model_dirs, remove_tree
 from mmesh.adapter.errors import ModelLoadFailed, RuntimeUnavailable
 from mmesh.core.proto import grpc_predict_v2_pb2 as v2
 from mmesh.core.proto import grpc_predict_v2_pb2_grpc as v2_grpc
@@ -89,3 +93,41 @@ def _is_unknown_model(exc: grpc.aio.AioRpcError) -> bool:
         or "not found" in details
         or ("unknown model" in details)
     )
+
+
+class RepositoryBackend:
+    """A model server driven through the repository API, with one directory per model
+    under `<root>/<repository dir>/`. Subclasses write that directory's layout."""
+
+    server_name = "model server"
+    repository_dir_name = "_models"
+
+    def __init__(
+        self, client: RepositoryClient, *, root_model_dir: Path, load_timeout_s: float
+    ) -> None:
+        self._client = client
+        self.repository_dir = root_model_dir / self.repository_dir_name
+        self._load_timeout_s = load_timeout_s
+
+    async def ready_version(self) -> str | None:
+        return await self._client.ready_version()
+
+    async def purge(self) -> None:
+        for name in await self._client.model_names():
+            logger.info("purging model %s left in %s from an earlier life", name, self.server_name)
+            await self._client.unload(name)
+        await asyncio.to_thread(remove_model_dirs, self.repository_dir)
+
+    async def load(self, model: PreparedModel) -> None:
+        await asyncio.to_thread(self.write_layout, model)
+        await self._client.load(model.model_id, timeout_s=self._load_timeout_s)
+
+    async def unload(self, model_id: str) -> None:
+        await self._client.unload(model_id)
+        await asyncio.to_thread(remove_tree, self.repository_dir / model_id)
+
+    async def close(self) -> None:
+        await self._client.close()
+
+    def write_layout(self, model: PreparedModel) -> None:
+        raise NotImplementedError

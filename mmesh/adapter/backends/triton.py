@@ -4,50 +4,21 @@ with `--model-control-mode=explicit --strict-model-config=false`."""
 
 from __future__ import annotations
 
-import asyncio
-import logging
 import os
-from pathlib import Path
 
 from mmesh.adapter.backends.backend import PreparedModel
-from mmesh.adapter.backends.files import remove_model_dirs, remove_tree, write_text_atomic
-from mmesh.adapter.backends.repository import RepositoryClient
+from mmesh.adapter.backends.files import remove_tree, write_text_atomic
+from mmesh.adapter.backends.repository import RepositoryBackend
 from mmesh.adapter.layout import TRITON_CONFIG_FILE, TritonLayout, plan_triton_layout
-
-logger = logging.getLogger(__name__)
 
 REPOSITORY_DIR_NAME = "_triton_models"
 
 
-class TritonBackend:
-    def __init__(
-        self, client: RepositoryClient, *, root_model_dir: Path, load_timeout_s: float
-    ) -> None:
-        self._client = client
-        self.repository_dir = root_model_dir / REPOSITORY_DIR_NAME
-        self._load_timeout_s = load_timeout_s
+class TritonBackend(RepositoryBackend):
+    server_name = "triton"
+    repository_dir_name = REPOSITORY_DIR_NAME
 
-    async def ready_version(self) -> str | None:
-        return await self._client.ready_version()
-
-    async def purge(self) -> None:
-        for name in await self._client.model_names():
-            logger.info("purging model %s left in triton from an earlier life", name)
-            await self._client.unload(name)
-        await asyncio.to_thread(remove_model_dirs, self.repository_dir)
-
-    async def load(self, model: PreparedModel) -> None:
-        await asyncio.to_thread(self._write_layout, model)
-        await self._client.load(model.model_id, timeout_s=self._load_timeout_s)
-
-    async def unload(self, model_id: str) -> None:
-        await self._client.unload(model_id)
-        await asyncio.to_thread(remove_tree, self.repository_dir / model_id)
-
-    async def close(self) -> None:
-        await self._client.close()
-
-    def _write_layout(self, model: PreparedModel) -> None:
+    def write_layout(self, model: PreparedModel) -> None:
         layout = _plan(model)
         target = self.repository_dir / model.model_id
         remove_tree(target)
