@@ -701,6 +701,12 @@ def measure(stack: Stack, cfg: Config) -> dict[str, Any]:
     g4_goals, g4_detail = g4(stack, cfg)
     log("G5: cold loads")
     g5_goals, g5_detail = g5(stack, cfg)
+    at_end = stack.decode_counts()
+    for g in goals:
+        if g["goal"].startswith("G3 full"):
+            g["whole_run_request_decodes"] = sum(
+                v for k, v in at_end.items() if k.startswith("inference.ModelInferRequest")
+            )
     return {
         "goals": goals + g4_goals + g5_goals,
         "raw": raw,
@@ -708,15 +714,27 @@ def measure(stack: Stack, cfg: Config) -> dict[str, Any]:
         "g3_decodes": decodes,
         "g4": g4_detail,
         "g5": g5_detail,
-        "decode_counts_at_end": stack.decode_counts(),
+        "decode_counts_at_end": at_end,
         "stub_stats_at_end": {
             k: v for k, v in stack.stub_stats().items() if k in ("loads", "failed_loads")
         },
     }
 
 
+def git(*args: str) -> str:
+    try:
+        done = subprocess.run(
+            ["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=10, check=False
+        )
+    except OSError:
+        return ""
+    return done.stdout.strip()
+
+
 def environment(cfg: Config) -> dict[str, Any]:
     return {
+        "git_head": git("rev-parse", "HEAD"),
+        "git_dirty_mmesh": git("status", "--porcelain", "--", "mmesh").splitlines(),
         "config": asdict(cfg),
         "python": platform.python_version(),
         "grpc": grpc.__version__,
@@ -737,6 +755,7 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=BENCH / "results.json")
     args = ap.parse_args()
     signal.signal(signal.SIGTERM, _sigterm)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started with it ignored
     cfg = Config.make(args.quick)
     if not (REF / "proxy.py").exists():
         sys.exit(f"bench-ref not found at {REF} (set MMBENCH_REF_DIR)")
@@ -744,17 +763,25 @@ def main() -> int:
     results: dict[str, Any] = {"environment": environment(cfg)}
     with running_stack(cfg) as stack:
         results["pids"] = dict(stack.pids)
+        log(f"started {stack.pids} (logs in {stack.tmp})")
         results.update(measure(stack, cfg))
     results["wall_s"] = round(time.monotonic() - started, 1)
     args.out.write_text(json.dumps(results, indent=1, default=str) + "\n")
     print_report(results)
     failed = [g["goal"] for g in results["goals"] if not g["pass"]]
+    env = results["environment"]
+    dirty = " + uncommitted changes under mmesh/" if env["git_dirty_mmesh"] else ""
+    print(f"\nrouter code: {env['git_head'][:12]}{dirty}")
     print(
-        f"\n{len(results['goals']) - len(failed)}/{len(results['goals'])} goals pass;"
+        f"{len(results['goals']) - len(failed)}/{len(results['goals'])} goals pass;"
         f" wall {results['wall_s']} s; results in {args.out}"
     )
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt as exc:
+        log(f"interrupted ({str(exc) or 'Ctrl-C'}); every process this run started is stopped")
+        sys.exit(130)
