@@ -500,6 +500,8 @@ class InstanceRecord:
     """`zone`: optional zone (`MM_ZONE`)."""
     labels: tuple[str, ...] = ()
     """`labels`: e.g. "mt:sklearn", "pv:grpc-v2", "rt:mlserver-1.x"."""
+    endpoint: str = ""
+    """`ep` (ours): "host:port" where peer routers reach this instance's internal port."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "labels", tuple(self.labels))  # a list would stay mutable
@@ -535,4 +537,5 @@ _INSTANCE_FIELDS = (
     _Field("location", "loc", _as_str),
     _Field("zone", "zone", _as_str),
     _Field("labels", "labels", _as_str_tuple),
+    _Field("endpoint", "ep", _as_str),
 )

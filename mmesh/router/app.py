@@ -24,6 +24,7 @@ from mmesh.router.loading import LocalModels, now_ms
 from mmesh.router.management import Management
 from mmesh.router.membership import Membership
 from mmesh.router.metrics import RouterMetrics
+from mmesh.router.peers import PeerPool
 from mmesh.router.registry import Registry
 from mmesh.router.rest import build_rest_app
 from mmesh.router.runtime_client import RuntimeClient, RuntimeInfo, check_runtime_info
@@ -69,6 +70,7 @@ def instance_snapshot(
         location=settings.location,
         zone=settings.zone,
         labels=settings.label_list,
+        endpoint=settings.endpoint,
     )
 
 
@@ -153,7 +155,16 @@ async def serve(settings: RouterSettings) -> None:
     forwarder = Forwarder(
         f"{settings.runtime_host}:{data_port}", max_message_bytes=settings.max_message_bytes
     )
-    router = InferenceRouter(registry=registry, local=local, forwarder=forwarder, metrics=metrics)
+    started_ms = now_ms()
+    pool = PeerPool(max_message_bytes=settings.max_message_bytes)
+    router = InferenceRouter(
+        registry=registry,
+        local=local,
+        forwarder=forwarder,
+        metrics=metrics,
+        pool=pool,
+        self_record=lambda: instance_snapshot(local, settings, started_ms, life),
+    )
     management = Management(
         registry=registry,
         local=local,
@@ -177,6 +188,7 @@ async def serve(settings: RouterSettings) -> None:
         log_each=settings.log_each_invoke,
     )
     server.add_insecure_port(f"{settings.host}:{settings.grpc_port}")
+    server.add_insecure_port(f"{settings.host}:{settings.internal_port}")
     await server.start()
     runners = [await start_site(http_app(life, None), settings.host, settings.probe_port)]
     if settings.metrics_port:
@@ -188,7 +200,6 @@ async def serve(settings: RouterSettings) -> None:
             router, readiness=life.is_ready, max_body_bytes=settings.max_message_bytes
         )
         runners.append(await start_site(rest, settings.host, settings.rest_port))
-    started_ms = now_ms()
     membership = Membership(
         kv,
         layout.instance_key(InstanceId(instance_id)),
@@ -203,6 +214,7 @@ async def serve(settings: RouterSettings) -> None:
     await shutdown(settings, life, server, local, membership, runners)
     await registry.stop()
     await forwarder.close()
+    await pool.close()
     await runtime.close()
     await kv.close()
 

@@ -7,12 +7,29 @@ serializers, so request and response stay opaque bytes end to end.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import grpc
 
-from mmesh.router.errors import ModelNotHere, Passthrough, RuntimeUnavailable
+from mmesh.router.errors import (
+    LoadFailed,
+    ModelNotHere,
+    NoCapacity,
+    Passthrough,
+    RouterError,
+    RuntimeUnavailable,
+)
 
 Metadata = Sequence[tuple[str, str | bytes]]
+
+FAILURE_TRAILER = "mm-failure"
+"""Set by a peer router on its error status: what kind of failure it was, so the sender can
+tell "the model failed to load there" from an error of the model itself."""
+FAILURE_KINDS: dict[str, type[RouterError]] = {
+    "load": LoadFailed,
+    "capacity": NoCapacity,
+    "not-here": ModelNotHere,
+}
 
 
 class Forwarder:
@@ -46,11 +63,27 @@ class Forwarder:
         await self._channel.close(None)
 
 
+def failure_kind(exc: RouterError) -> str | None:
+    for kind, cls in FAILURE_KINDS.items():
+        if isinstance(exc, cls):
+            return kind
+    return None
+
+
 def _mapped(exc: grpc.aio.AioRpcError, target: str) -> Exception:
     code = exc.code()
     details = exc.details() or code.name
+    kind = _trailer(exc, FAILURE_TRAILER)
+    if isinstance(kind, str) and kind in FAILURE_KINDS:
+        return FAILURE_KINDS[kind](details)
     if code == grpc.StatusCode.NOT_FOUND:
         return ModelNotHere(details)
     if code == grpc.StatusCode.UNAVAILABLE:
         return RuntimeUnavailable(f"model server at {target} unavailable: {details}")
     return Passthrough(code.name, details)
+
+
+def _trailer(exc: grpc.aio.AioRpcError, name: str) -> str | bytes | None:
+    trailers: Any = exc.trailing_metadata() or ()  # aio Metadata yields (key, value) pairs
+    pairs: Sequence[tuple[str, str | bytes]] = tuple(trailers)
+    return next((value for key, value in pairs if key == name), None)

@@ -9,14 +9,33 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
 
-from mmesh.core.records import ModelRecord
-from mmesh.router import wire
-from mmesh.router.errors import InvalidRequest, ModelNotFound, ModelNotHere, Unimplemented
+from mmesh.core.ids import InstanceId
+from mmesh.core.records import InstanceRecord, ModelRecord, bytes_to_units
+from mmesh.router import peers, wire
+from mmesh.router.errors import (
+    InvalidRequest,
+    LoadFailed,
+    ModelNotFound,
+    ModelNotHere,
+    NoCapacity,
+    RouterError,
+    RuntimeUnavailable,
+    Unimplemented,
+)
 from mmesh.router.forwarding import Forwarder
-from mmesh.router.loading import LocalModels
+from mmesh.router.loading import LocalModels, now_ms
 from mmesh.router.metrics import RouterMetrics
+from mmesh.router.peers import PeerPool
+from mmesh.router.placement import (
+    Peer,
+    choose_copy,
+    choose_loading_copy,
+    choose_placement,
+    failed_instances,
+)
 from mmesh.router.registry import Registry
 
 logger = logging.getLogger(__name__)
@@ -50,11 +69,15 @@ class InferenceRouter:
         local: LocalModels,
         forwarder: Forwarder,
         metrics: RouterMetrics,
+        pool: PeerPool | None = None,
+        self_record: Callable[[], InstanceRecord] | None = None,
     ) -> None:
         self.registry = registry
         self.local = local
         self.forwarder = forwarder
         self.metrics = metrics
+        self.pool = pool or PeerPool(max_message_bytes=16 * 1024 * 1024)
+        self.self_record = self_record or InstanceRecord
         info = local.info
         self._injection = {f"/{m}": path for m, path in info.id_injection.items()}
         self._allow_any = info.allow_any_method
@@ -105,40 +128,171 @@ class InferenceRouter:
         headers: Mapping[str, str | bytes],
         timeout_s: float | None = None,
     ) -> bytes:
-        model_id, record = self.resolve(method, payload, headers)
+        model_id, _ = self.resolve(method, payload, headers)
         path = self._injection.get(method)
         if path is None and not self._allow_any and method not in ID_EXTRACTION:
             raise Unimplemented(f"method {method} is not served by this runtime")
         if path is not None:
             payload = wire.replace_string_field(payload, path, model_id)
-        metadata = _forwarded_metadata(headers, model_id)
-        try:
-            return await self._serve(method, model_id, record, payload, metadata, timeout_s)
-        except ModelNotHere:
-            logger.warning("runtime lost model %s; reloading it once", model_id)
-            self.local.evict(model_id)
-            await self.local.drain()
-            return await self._serve(method, model_id, record, payload, metadata, timeout_s)
+        call = _Call(method, model_id, payload, headers, timeout_s)
+        if peers.hop_count(headers):
+            return await self._serve_forwarded(call)
+        return await self._route(call)
 
     async def call(self, method: str, request: bytes, headers: Mapping[str, str]) -> bytes:
         """The REST face's entry: the same path as a gRPC call."""
         return await self.invoke(method, request, headers)
 
-    async def _serve(
+    async def _serve_forwarded(self, call: _Call) -> bytes:
+        """A peer sent this request here: serve it from the local copy, or load one when the
+        peer placed a new copy here; never forward again."""
+        dest = peers.destination(call.headers)
+        if dest and dest != self.local.instance_id:
+            raise ModelNotHere(f"request for {dest} reached {self.local.instance_id}")
+        if not self.local.is_loaded(call.model_id) and not peers.wants_load(call.headers):
+            raise ModelNotHere(f"model {call.model_id} is not loaded on {dest}")
+        return await self._serve_local(call)
+
+    async def _route(self, call: _Call) -> bytes:
+        """Try instances until one answers; each failed instance is excluded for this call."""
+        exclude: set[str] = set()
+        last_error: RouterError | None = None
+        for _ in range(peers.MAX_ITERATIONS):
+            record = self.registry.models.get(call.model_id)
+            if record is None:
+                raise ModelNotFound(f"model {call.model_id} not found")
+            try:
+                return await self._route_once(call, record, exclude)
+            except _Attempt as failed:
+                logger.info("model %s on %s: %s", call.model_id, failed.instance_id, failed.error)
+                exclude.add(failed.instance_id)
+                last_error = failed.error
+        raise RuntimeUnavailable(
+            f"{peers.MAX_ITERATIONS} retry iterations exhausted for model {call.model_id}: "
+            f"{last_error}"
+        )
+
+    async def _route_once(self, call: _Call, record: ModelRecord, exclude: set[str]) -> bytes:
+        me = self.local.instance_id
+        live = self.live_peers()
+        if me not in exclude and (
+            self.local.is_loaded(call.model_id)
+            or (peers.is_balanced(call.headers) and self.local.has_copy(call.model_id))
+        ):
+            return await self._attempt(me, self._serve_local(call))
+        others = {iid: rec for iid, rec in live.items() if iid != me}
+        target = choose_copy(record, others, exclude=exclude, inflight=self.pool.inflight)
+        if target is None and self.local.is_loading(call.model_id) and me not in exclude:
+            return await self._attempt(me, self._serve_local(call))
+        if target is None:
+            target = choose_loading_copy(record, others, exclude=exclude)
+        if target is not None:
+            return await self._attempt(target, self._forward(call, target, live, exclude))
+        placed = self._place(call.model_id, record, live, exclude)
+        if placed == me:
+            return await self._attempt(me, self._serve_local(call))
+        return await self._attempt(placed, self._forward(call, placed, live, exclude))
+
+    def _place(
         self,
-        method: str,
         model_id: str,
         record: ModelRecord,
-        payload: bytes,
-        metadata: Sequence[tuple[str, str | bytes]],
-        timeout_s: float | None,
+        live: Mapping[str, InstanceRecord],
+        exclude: set[str],
+    ) -> str:
+        size = bytes_to_units(self.local.info.default_model_size_bytes)
+        candidates = [Peer(iid, rec) for iid, rec in live.items()]
+        choice = choose_placement(
+            record,
+            candidates,
+            size_units=size,
+            exclude=exclude,
+            now_ms=now_ms(),
+            failure_expiry_ms=self.local.failure_expiry_ms,
+        )
+        if isinstance(choice, str):
+            return choice
+        failed = failed_instances(record, now_ms=now_ms(), expiry_ms=self.local.failure_expiry_ms)
+        if failed:
+            messages = "; ".join(
+                f"{iid}: {record.failures.get(InstanceId(iid), 'load failed')}"
+                for iid in sorted(failed)
+            )
+            raise LoadFailed(f"model {model_id} failed to load: {messages}")
+        raise NoCapacity(f"cannot load model {model_id}: {choice.reason}")
+
+    async def _attempt(self, instance_id: str, work: Awaitable[bytes]) -> bytes:
+        """Run one routing attempt; failures that another instance could avoid say where."""
+        try:
+            return await work
+        except (ModelNotHere, RuntimeUnavailable, LoadFailed, NoCapacity) as exc:
+            raise _Attempt(instance_id, exc) from exc
+
+    async def _forward(
+        self, call: _Call, target: str, live: Mapping[str, InstanceRecord], exclude: set[str]
     ) -> bytes:
-        self.local.touch(model_id)
-        if not self.local.is_loaded(model_id):
+        """To a peer router: it serves from its copy, or loads one if it has none."""
+        endpoint = live[target].endpoint
+        if not endpoint:
+            raise ModelNotHere(f"instance {target} publishes no endpoint")
+        metadata = peers.hop_metadata(
+            model_id=call.model_id, hops=0, dest=target, load=True, exclude=exclude
+        )
+        metadata += _forwarded_metadata(call.headers, call.model_id)[:-1]
+        self.pool.inflight[target] = self.pool.inflight.get(target, 0) + 1
+        try:
+            return await self.pool.get(endpoint).call(
+                call.method, call.payload, metadata, call.timeout_s
+            )
+        finally:
+            self.pool.inflight[target] -= 1
+
+    async def _serve_local(self, call: _Call) -> bytes:
+        record = self.registry.models.get(call.model_id)
+        if record is None:
+            raise ModelNotFound(f"model {call.model_id} not found")
+        metadata = _forwarded_metadata(call.headers, call.model_id)
+        try:
+            return await self._serve(call, record, metadata)
+        except ModelNotHere:
+            logger.warning("runtime lost model %s; reloading it once", call.model_id)
+            self.local.evict(call.model_id)
+            await self.local.drain()
+            return await self._serve(call, record, metadata)
+
+    async def _serve(
+        self, call: _Call, record: ModelRecord, metadata: Sequence[tuple[str, str | bytes]]
+    ) -> bytes:
+        self.local.touch(call.model_id)
+        if not self.local.is_loaded(call.model_id):
             started = time.monotonic()
-            await self.local.ensure_loaded(model_id, record)
+            await self.local.ensure_loaded(call.model_id, record)
             self.metrics.cache_miss_ms.observe((time.monotonic() - started) * 1000)
-        return await self.forwarder.call(method, payload, metadata, timeout_s)
+        return await self.forwarder.call(call.method, call.payload, metadata, call.timeout_s)
+
+    def live_peers(self) -> dict[str, InstanceRecord]:
+        """Instances with a live record (their lease holds), this one from its own state."""
+        live = {iid: v.record for iid, v in self.registry.instances.items.items()}
+        live[self.local.instance_id] = self.self_record()
+        return live
+
+
+@dataclass(frozen=True, slots=True)
+class _Call:
+    method: str
+    model_id: str
+    payload: bytes
+    headers: Mapping[str, str | bytes]
+    timeout_s: float | None
+
+
+class _Attempt(RouterError):
+    """An attempt on one instance failed in a way another instance might not."""
+
+    def __init__(self, instance_id: str, error: RouterError) -> None:
+        super().__init__(str(error))
+        self.instance_id = instance_id
+        self.error = error
 
 
 _DROPPED_HEADERS = frozenset(

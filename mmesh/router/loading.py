@@ -69,6 +69,14 @@ class LocalModels:
         entry = self.cache.get(ModelId(model_id))
         return entry is not None and entry.state is EntryState.LOADED
 
+    def has_copy(self, model_id: str) -> bool:
+        """Loaded or loading here."""
+        entry = self.cache.get(ModelId(model_id))
+        return entry is not None and entry.state in (EntryState.LOADED, EntryState.LOADING)
+
+    def is_loading(self, model_id: str) -> bool:
+        return model_id in self._loads
+
     def loading_count(self) -> int:
         return len(self._loads)
 

@@ -16,6 +16,7 @@ from mmesh.core.proto import grpc_predict_v2_pb2 as v2
 from mmesh.core.proto import model_mesh_pb2 as mm
 from mmesh.core.proto import model_mesh_pb2_grpc as mm_grpc
 from mmesh.router.errors import ModelNotFound, RouterError
+from mmesh.router.forwarding import FAILURE_TRAILER, failure_kind
 from mmesh.router.inference import InferenceRouter
 from mmesh.router.management import Management, ModelInfo, VModelStatusView
 from mmesh.router.metrics import RouterMetrics
@@ -35,6 +36,9 @@ ROUTER_ANSWERED = frozenset({"ServerLive", "ServerReady", "ServerMetadata", "Mod
 
 async def abort_with(context: Context, exc: Exception) -> None:
     if isinstance(exc, RouterError):
+        kind = failure_kind(exc)
+        if kind is not None:
+            context.set_trailing_metadata(((FAILURE_TRAILER, kind),))
         await context.abort(grpc.StatusCode[exc.grpc_code], str(exc))
     logger.exception("unexpected error", exc_info=exc)
     await context.abort(grpc.StatusCode.INTERNAL, f"{type(exc).__name__}: {exc}")

@@ -27,6 +27,10 @@ class RouterSettings(BaseSettings):
     """Address every listener binds to."""
 
     grpc_port: int = Field(8033, alias="MM_SVC_GRPC_PORT")
+    internal_port: int = Field(8080, alias="MM_INTERNAL_GRPC_PORT")
+    """Pod-to-pod port: peer routers forward requests here."""
+    pod_ip: str = Field("", alias="WKUBE_POD_IPADDR")
+    """Address peers use to reach this pod; defaults to the bind address."""
     max_message_bytes: int = Field(16 * MIB, alias="MM_SVC_GRPC_MAX_MSG_SIZE")
     rest_port: int = Field(8008, alias="REST_PROXY_LISTEN_PORT")
     """V2 REST; 0 disables it."""
@@ -77,6 +81,10 @@ class RouterSettings(BaseSettings):
         if self.pod_name:
             return self.pod_name[-12:]
         raise ValueError("set MM_INSTANCE_ID or WKUBE_POD_NAME")
+
+    @property
+    def endpoint(self) -> str:
+        return f"{self.pod_ip or self.host}:{self.internal_port}"
 
     @property
     def label_list(self) -> tuple[str, ...]:

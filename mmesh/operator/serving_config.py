@@ -1,0 +1,253 @@
+"""Pure: the cluster-level `model-serving-config`, merged over the shipped defaults.
+
+`merge_config(defaults_yaml, user_yaml)` parses both YAML texts, matches keys
+case-insensitively (the reference reads them through viper, which lowercases keys), merges
+the user's mapping over the defaults key by key (nested sections merge, lists and scalars
+replace) and validates the result as a frozen `ServingConfig`. Unknown keys and wrong types
+raise `InvalidConfig` naming every problem, so a typo in the ConfigMap is reported instead
+of ignored. The defaults ship as `config_defaults.yaml` beside this module; the shell reads
+it (importlib.resources) and calls `merge_config` on every ConfigMap change.
+"""
+
+from __future__ import annotations
+
+import types
+import typing
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+
+from mmesh.operator.errors import InvalidConfig
+
+DEFAULTS_FILE = "config_defaults.yaml"
+"""Package data file (in mmesh.operator) holding the defaults."""
+
+
+def _quantity(value: object) -> object:
+    # YAML reads `cpu: 3` as an int; Kubernetes quantities are strings.
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return str(value)
+    return value
+
+
+Quantity = Annotated[str, BeforeValidator(_quantity)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class ImageConfig(_Section):
+    """An image reference: `name[:tag]`, or `name@digest` when a digest is given."""
+
+    name: str
+    tag: str = ""
+    digest: str = ""
+    command: tuple[str, ...] = ()
+    """Overrides the image's entrypoint when not empty."""
+
+    @property
+    def reference(self) -> str:
+        if self.digest:
+            return f"{self.name}@{self.digest}"
+        return f"{self.name}:{self.tag}" if self.tag else self.name
+
+
+class ResourceRequirements(_Section):
+    requests: dict[str, Quantity] = Field(default_factory=dict)
+    limits: dict[str, Quantity] = Field(default_factory=dict)
+
+    def to_manifest(self) -> dict[str, dict[str, str]]:
+        out: dict[str, dict[str, str]] = {}
+        if self.limits:
+            out["limits"] = dict(self.limits)
+        if self.requests:
+            out["requests"] = dict(self.requests)
+        return out
+
+
+class TLSConfig(_Section):
+    secret_name: str = Field("", alias="secretName")
+    """Secret with tls.crt / tls.key (and optional ca.crt); empty = TLS off."""
+    client_auth: Literal["", "require", "optional"] = Field("", alias="clientAuth")
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.secret_name)
+
+
+class MetricsConfig(_Section):
+    enabled: bool = True
+    port: int = Field(2112, gt=0, lt=65536)
+    scheme: Literal["http", "https"] = "http"
+    disable_prometheus_operator_support: bool = Field(
+        False, alias="disablePrometheusOperatorSupport"
+    )
+
+
+class ScaleToZeroConfig(_Section):
+    enabled: bool = True
+    grace_period_seconds: int = Field(60, ge=0, alias="gracePeriodSeconds")
+
+
+class RestProxyConfig(_Section):
+    """V2 REST. mmesh's router serves it itself; `image`/`resources` are accepted, unused."""
+
+    enabled: bool = True
+    port: int = Field(8008, gt=0, lt=65536)
+    skip_verify: bool = Field(False, alias="skipVerify")
+    image: ImageConfig | None = None
+    resources: ResourceRequirements | None = None
+
+
+class LocalObjectReference(_Section):
+    name: str
+
+
+class EnvVar(_Section):
+    name: str
+    value: str = ""
+
+
+class ServingConfig(_Section):
+    """The merged `model-serving-config` (reference: modelmesh-features.md §3.3)."""
+
+    inference_service_name: str = Field("modelmesh-serving", alias="inferenceServiceName")
+    """Name of the Service in front of every runtime pod, and the mesh (MM_SERVICE_NAME)."""
+    inference_service_port: int = Field(8033, gt=0, lt=65536, alias="inferenceServicePort")
+    storage_secret_name: str = Field("storage-config", alias="storageSecretName")
+    pods_per_runtime: int = Field(2, ge=0, alias="podsPerRuntime")
+    tls: TLSConfig = Field(default_factory=TLSConfig)
+    headless_service: bool = Field(True, alias="headlessService")
+    enable_access_logging: bool = Field(False, alias="enableAccessLogging")
+    service_account_name: str = Field("", alias="serviceAccountName")
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    scale_to_zero: ScaleToZeroConfig = Field(default_factory=ScaleToZeroConfig, alias="scaleToZero")
+    grpc_max_message_size_bytes: int = Field(16_777_216, gt=0, alias="grpcMaxMessageSizeBytes")
+    rest_proxy: RestProxyConfig = Field(default_factory=RestProxyConfig, alias="restProxy")
+    runtime_pod_labels: dict[str, str] = Field(default_factory=dict, alias="runtimePodLabels")
+    runtime_pod_annotations: dict[str, str] = Field(
+        default_factory=dict, alias="runtimePodAnnotations"
+    )
+    image_pull_secrets: tuple[LocalObjectReference, ...] = Field((), alias="imagePullSecrets")
+    allow_any_pvc: bool = Field(False, alias="allowAnyPVC")
+    model_mesh_image: ImageConfig = Field(
+        default_factory=lambda: ImageConfig(name="mmesh-router", tag="latest"),
+        alias="modelMeshImage",
+    )
+    model_mesh_resources: ResourceRequirements = Field(
+        default_factory=ResourceRequirements, alias="modelMeshResources"
+    )
+    storage_helper_image: ImageConfig = Field(
+        default_factory=lambda: ImageConfig(name="mmesh-router", tag="latest"),
+        alias="storageHelperImage",
+    )
+    storage_helper_resources: ResourceRequirements = Field(
+        default_factory=ResourceRequirements, alias="storageHelperResources"
+    )
+    built_in_server_types: tuple[str, ...] = Field(
+        ("triton", "mlserver", "ovms", "torchserve"), alias="builtInServerTypes"
+    )
+    payload_processors: tuple[str, ...] = Field((), alias="payloadProcessors")
+    internal_model_mesh_env_vars: tuple[EnvVar, ...] = Field((), alias="internalModelMeshEnvVars")
+    etcd_secret_name: str = Field("model-serving-etcd", alias="etcdSecretName")
+    """Deprecated in the reference (env ETCD_SECRET_NAME); kept so old ConfigMaps validate."""
+    model_mesh_endpoint: str = Field("", alias="modelMeshEndpoint")
+    """Development only in the reference; accepted and unused."""
+
+
+# ---------------------------------------------------------------- merging
+
+
+def merge_config(defaults_yaml: str, user_yaml: str | None) -> ServingConfig:
+    """The user's ConfigMap YAML merged over the defaults; raise InvalidConfig if bad.
+
+    An empty or missing user document means "defaults only". Problems in the defaults
+    are a packaging bug and raise InvalidConfig too, saying so.
+    """
+    defaults = _normalized(_load(defaults_yaml, "defaults"), ServingConfig)
+    user = _normalized(_load(user_yaml or "", "config.yaml"), ServingConfig)
+    try:
+        return ServingConfig.model_validate(_deep_merge(defaults, user))
+    except ValidationError as exc:
+        raise InvalidConfig(_describe(exc)) from None
+
+
+def _load(text: str, what: str) -> dict[str, Any]:
+    try:
+        doc = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise InvalidConfig(f"{what} is not valid YAML: {exc}") from None
+    if doc is None:
+        return {}
+    if not isinstance(doc, dict):
+        raise InvalidConfig(f"{what} must be a YAML mapping, got {type(doc).__name__}")
+    return doc
+
+
+def _normalized(doc: Mapping[str, Any], model: type[BaseModel]) -> dict[str, Any]:
+    """`doc` with every key that names a field of `model` (in any case) spelled as its alias.
+
+    Only keys of model sections are rewritten; free-form maps such as runtimePodLabels
+    keep their keys. Unknown keys are kept so validation can report them.
+    """
+    by_lower = {_alias(name, f).lower(): name for name, f in model.model_fields.items()}
+    by_lower |= {name.lower(): name for name in model.model_fields}
+    out: dict[str, Any] = {}
+    for key, value in doc.items():
+        name = by_lower.get(str(key).lower())
+        if name is None:
+            out[key] = value
+            continue
+        info = model.model_fields[name]
+        out[_alias(name, info)] = _normalized_value(value, info.annotation)
+    return out
+
+
+def _alias(name: str, info: Any) -> str:
+    alias: str | None = info.alias
+    return alias or name
+
+
+def _normalized_value(value: Any, annotation: Any) -> Any:
+    section = _section_type(annotation)
+    if section is None:
+        return value
+    if isinstance(value, dict):
+        return _normalized(value, section)
+    if isinstance(value, list):
+        return [_normalized(v, section) if isinstance(v, dict) else v for v in value]
+    return value
+
+
+def _section_type(annotation: Any) -> type[BaseModel] | None:
+    """The model class inside `X`, `X | None`, `tuple[X, ...]` or `list[X]`, if any."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    origin = typing.get_origin(annotation)
+    if origin in (tuple, list, typing.Union, types.UnionType):
+        for arg in typing.get_args(annotation):
+            found = _section_type(arg)
+            if found is not None:
+                return found
+    return None
+
+
+def _deep_merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _describe(exc: ValidationError) -> str:
+    problems = []
+    for err in exc.errors():
+        where = ".".join(str(part) for part in err["loc"]) or "<root>"
+        problems.append(f"{where}: {err['msg']}")
+    return "; ".join(problems)

@@ -1,0 +1,124 @@
+"""Pure: where in the mesh a request goes, and where a new copy of a model is loaded.
+
+Hit path: among live instances holding a loaded copy, the least busy one (fewest requests
+this router has in flight to it, then the lowest request rate). Miss path: among live
+instances that satisfy the model's label constraints and are not shutting down, excluded
+or failed for the model, prefer one with room; when every candidate is full, the one whose
+least recently used model is oldest (so the mesh evicts its globally oldest models first);
+then fewer models, more free space, fewer loads in progress, lower request rate; and a
+zone that holds no copy yet before one that does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
+
+from mmesh.core.records import CopyState, InstanceRecord, ModelRecord
+
+
+@dataclass(frozen=True, slots=True)
+class Peer:
+    """One live instance as placement sees it."""
+
+    instance_id: str
+    record: InstanceRecord
+
+
+def required_labels(model_type: str) -> frozenset[str]:
+    """Labels a model's type asks of its instance: a type written as labels
+    (`mt:sklearn`, `rt:mlserver-1.x`, `mt:onnx:1|pv:grpc-v2`) requires each of them;
+    a bare type (`sklearn`) requires nothing, as in a mesh with a single runtime."""
+    parts = [p.strip() for p in model_type.split("|") if p.strip()]
+    return frozenset(p for p in parts if ":" in p)
+
+
+def satisfies(labels: Collection[str], required: frozenset[str]) -> bool:
+    return required <= set(labels)
+
+
+def choose_copy(
+    record: ModelRecord,
+    peers: Mapping[str, InstanceRecord],
+    *,
+    exclude: Collection[str],
+    inflight: Mapping[str, int],
+) -> str | None:
+    """The instance to forward a request to, among those with a loaded copy."""
+    holders = [
+        iid for iid in record.instances_in(CopyState.LOADED) if iid in peers and iid not in exclude
+    ]
+    if not holders:
+        return None
+    return min(holders, key=lambda iid: (inflight.get(iid, 0), peers[iid].rpm, iid))
+
+
+def choose_loading_copy(
+    record: ModelRecord, peers: Mapping[str, InstanceRecord], *, exclude: Collection[str]
+) -> str | None:
+    """An instance already loading the model (the oldest load), to wait there."""
+    loading = [
+        iid for iid in record.instances_in(CopyState.LOADING) if iid in peers and iid not in exclude
+    ]
+    return min(loading, key=lambda iid: (record.instance_ids[iid], iid)) if loading else None
+
+
+def failed_instances(record: ModelRecord, *, now_ms: int, expiry_ms: int) -> frozenset[str]:
+    return frozenset(iid for iid, at in record.failed_in.items() if now_ms - at < expiry_ms)
+
+
+@dataclass(frozen=True, slots=True)
+class PlacementRefusal:
+    reason: str
+
+
+def choose_placement(
+    record: ModelRecord,
+    peers: Sequence[Peer],
+    *,
+    size_units: int,
+    exclude: Collection[str],
+    now_ms: int,
+    failure_expiry_ms: int,
+) -> str | PlacementRefusal:
+    """The instance that should load a new copy of the model."""
+    required = required_labels(record.model_type)
+    failed = failed_instances(record, now_ms=now_ms, expiry_ms=failure_expiry_ms)
+    holding = set(record.instance_ids)
+    fitting = [p for p in peers if satisfies(p.record.labels, required)]
+    if not fitting:
+        return PlacementRefusal(
+            f"There are no running instances that meet the label requirements of type "
+            f"{record.model_type}: {sorted(required)}"
+        )
+    usable = [
+        p
+        for p in fitting
+        if not p.record.shutting_down
+        and p.instance_id not in exclude
+        and p.instance_id not in failed
+        and p.instance_id not in holding
+    ]
+    if not usable:
+        return PlacementRefusal(
+            "Nowhere available to load: every candidate instance is "
+            "excluded, shutting down, failed or already holds the model"
+        )
+    copy_zones = {p.record.zone for p in peers if p.instance_id in holding and p.record.zone}
+    return min(usable, key=lambda p: _rank(p.record, size_units, copy_zones)).instance_id
+
+
+def _rank(
+    rec: InstanceRecord, size_units: int, copy_zones: set[str]
+) -> tuple[int, int, int, int, int, int, int]:
+    full = rec.free_units < size_units
+    lru = rec.lru_time_ms if rec.lru_time_ms is not None else 0
+    return (
+        int(bool(rec.zone) and rec.zone in copy_zones),
+        int(full),
+        lru if full else 0,
+        rec.model_count,
+        -rec.free_units,
+        rec.loads_in_progress,
+        rec.rpm,
+    )
