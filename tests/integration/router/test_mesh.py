@@ -1,0 +1,256 @@
+"""Three router pods, each with its own stub runtime, as one mesh over one etcd."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import signal
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
+
+import grpc
+import pytest
+
+from mmesh.core.proto import grpc_predict_v2_pb2 as v2
+from mmesh.core.proto import model_mesh_pb2 as mm
+from tests.fixtures.etcd import EtcdServer
+from tests.fixtures.router import RouterClients, RouterProc, clients
+from tests.fixtures.runtimes import StubRuntimeProc
+
+MIB = 1024 * 1024
+PODS = ("pod-a", "pod-b", "pod-c")
+StartRouter = Callable[..., AbstractContextManager[RouterProc]]
+StartStub = Callable[..., AbstractContextManager[StubRuntimeProc]]
+
+
+def request(name: str) -> v2.ModelInferRequest:
+    tensor = v2.ModelInferRequest.InferInputTensor(
+        name="x", datatype="FP32", shape=[1], contents=v2.InferTensorContents(fp32_contents=[1])
+    )
+    return v2.ModelInferRequest(model_name=name, inputs=[tensor])
+
+
+def register(c: RouterClients, model_id: str) -> None:
+    c.mesh.registerModel(
+        mm.RegisterModelRequest(modelId=model_id, modelInfo=mm.ModelInfo(type="stub")), timeout=10
+    )
+
+
+def wait_for(check: Callable[[], bool], timeout_s: float = 10) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.05)
+
+
+class Mesh:
+    def __init__(self, routers: dict[str, RouterProc], stubs: dict[str, StubRuntimeProc]):
+        self.routers = routers
+        self.stubs = stubs
+
+    @contextlib.contextmanager
+    def client(self, pod: str) -> Iterator[RouterClients]:
+        with clients(self.routers[pod]) as c:
+            yield c
+
+    def loads(self, pod: str) -> dict[str, int]:
+        return dict(self.stubs[pod].stats()["loads"])
+
+    def infers(self, pod: str) -> dict[str, int]:
+        return dict(self.stubs[pod].stats()["infers"])
+
+    def loaded(self, pod: str) -> dict[str, int]:
+        return dict(self.stubs[pod].stats()["loaded"])
+
+
+@contextlib.contextmanager
+def mesh_of(
+    start_router: StartRouter,
+    start_stub_runtime: StartStub,
+    etcd: EtcdServer,
+    *,
+    stub_args: dict[str, tuple[str, ...]] | None = None,
+    env: dict[str, str] | None = None,
+) -> Iterator[Mesh]:
+    prefix = f"/mesh-{uuid.uuid4().hex[:8]}"
+    with contextlib.ExitStack() as stack:
+        stubs, routers = {}, {}
+        for pod in PODS:
+            args = (
+                "--capacity-bytes",
+                str(12 * MIB),
+                "--size-bytes",
+                str(4 * MIB),
+                "--default-size-bytes",
+                str(MIB),
+                *((stub_args or {}).get(pod, ())),
+            )
+            stubs[pod] = stack.enter_context(start_stub_runtime(*args))
+            routers[pod] = stack.enter_context(
+                start_router(
+                    etcd_endpoint=etcd.endpoint,
+                    runtime_port=stubs[pod].port,
+                    root_prefix=prefix,
+                    instance_id=pod,
+                    env={
+                        "MM_MIN_CHURN_AGE_MS": "0",
+                        "MM_INSTANCE_LEASE_TTL_SECS": "2",
+                        **(env or {}),
+                    },
+                )
+            )
+        mesh = Mesh(routers, stubs)
+        with mesh.client("pod-a") as c:
+            wait_for(lambda: all(_knows_peers(mesh, pod) for pod in PODS))
+            del c
+        yield mesh
+
+
+def _knows_peers(mesh: Mesh, pod: str) -> bool:
+    metrics = mesh.routers[pod].metrics()
+    return "modelmesh_instance_capacity_bytes" in metrics
+
+
+@pytest.fixture
+def mesh(
+    start_router: StartRouter, start_stub_runtime: StartStub, etcd_server: EtcdServer
+) -> Iterator[Mesh]:
+    with mesh_of(start_router, start_stub_runtime, etcd_server) as m:
+        time.sleep(0.5)  # instance records published and mirrored everywhere
+        yield m
+
+
+def test_request_on_any_pod_reaches_the_pod_holding_the_model(mesh: Mesh) -> None:
+    with mesh.client("pod-b") as b:
+        register(b, "only-on-b")
+        b.mesh.ensureLoaded(mm.EnsureLoadedRequest(modelId="only-on-b", sync=True), timeout=10)
+    wait_for(lambda: "only-on-b" in mesh.loaded("pod-b"))
+    for pod in ("pod-a", "pod-c"):
+        with mesh.client(pod) as c:
+            for _ in range(5):
+                assert c.infer.ModelInfer(request("only-on-b"), timeout=10).model_name == (
+                    "only-on-b"
+                )
+    assert mesh.infers("pod-b") == {"only-on-b": 10}
+    assert mesh.loads("pod-a") == {} and mesh.loads("pod-c") == {}
+
+
+def test_three_times_the_capacity_zipf_traffic_all_answered_within_capacity(mesh: Mesh) -> None:
+    models = [f"z{i:02d}" for i in range(18)]  # the mesh holds 9 (3 per pod)
+    with mesh.client("pod-a") as a:
+        for m in models:
+            register(a, m)
+    rng = random.Random(42)
+    weights = [1 / (rank + 1) for rank in range(len(models))]
+    trace = rng.choices(models, weights=weights, k=150)
+    clients_by_pod = {pod: contextlib.ExitStack() for pod in PODS}
+    try:
+        cs = {pod: clients_by_pod[pod].enter_context(mesh.client(pod)) for pod in PODS}
+        for i, m in enumerate(trace):
+            pod = PODS[i % 3]
+            assert cs[pod].infer.ModelInfer(request(m), timeout=20).model_name == m
+    finally:
+        for stack in clients_by_pod.values():
+            stack.close()
+    for pod in PODS:
+        wait_for(lambda pod=pod: sum(mesh.loaded(pod).values()) <= 12 * MIB)
+    recent = list(dict.fromkeys(reversed(trace)))[:3]
+    everywhere = set().union(*(mesh.loaded(pod) for pod in PODS))
+    assert set(recent) <= everywhere, "the most recently used models must still be loaded"
+    loads = sum(sum(mesh.loads(pod).values()) for pod in PODS)
+    assert loads >= len(set(trace)), "every distinct model was loaded somewhere"
+
+
+def test_killed_pod_models_are_reloaded_elsewhere_and_registrations_stay(mesh: Mesh) -> None:
+    with mesh.client("pod-b") as b:
+        for m in ("k1", "k2"):
+            register(b, m)
+            b.mesh.ensureLoaded(mm.EnsureLoadedRequest(modelId=m, sync=True), timeout=10)
+    wait_for(lambda: set(mesh.loaded("pod-b")) == {"k1", "k2"})
+    errors: list[grpc.RpcError] = []
+    answered = 0
+    os.kill(mesh.routers["pod-b"].pid, signal.SIGKILL)
+    with mesh.client("pod-a") as a:
+        deadline = time.monotonic() + 4  # past the 2 s lease
+        while time.monotonic() < deadline:
+            for m in ("k1", "k2"):
+                try:
+                    assert a.infer.ModelInfer(request(m), timeout=10).model_name == m
+                    answered += 1
+                except grpc.RpcError as exc:
+                    errors.append(exc)
+        statuses = {
+            m: a.mesh.getModelStatus(mm.GetStatusRequest(modelId=m)).status for m in ("k1", "k2")
+        }
+    print(f"during the lease expiry window: {answered} answered, {len(errors)} failed")
+    assert errors == []
+    assert statuses == {"k1": mm.ModelStatusInfo.LOADED, "k2": mm.ModelStatusInfo.LOADED}
+    assert {"k1", "k2"} <= set(mesh.loaded("pod-a")) | set(mesh.loaded("pod-c"))
+
+
+def test_model_failing_on_two_pods_loads_on_the_third(
+    start_router: StartRouter, start_stub_runtime: StartStub, etcd_server: EtcdServer
+) -> None:
+    bad = ("--fail-pattern", "^picky$")
+    with mesh_of(
+        start_router, start_stub_runtime, etcd_server, stub_args={"pod-a": bad, "pod-b": bad}
+    ) as m:
+        time.sleep(0.5)
+        with m.client("pod-a") as a:
+            register(a, "picky")
+            assert a.infer.ModelInfer(request("picky"), timeout=20).model_name == "picky"
+            status = a.mesh.getModelStatus(mm.GetStatusRequest(modelId="picky"))
+        assert status.status == mm.ModelStatusInfo.LOADED
+        assert "picky" in m.loaded("pod-c")
+        assert sum(m.loads("pod-a").values()) + sum(m.loads("pod-b").values()) <= 2
+
+
+def test_model_failing_everywhere_reports_every_pod_and_does_not_loop(
+    start_router: StartRouter, start_stub_runtime: StartStub, etcd_server: EtcdServer
+) -> None:
+    bad = ("--fail-pattern", "^doomed$")
+    with mesh_of(
+        start_router, start_stub_runtime, etcd_server, stub_args={pod: bad for pod in PODS}
+    ) as m:
+        time.sleep(0.5)
+        with m.client("pod-a") as a:
+            register(a, "doomed")
+            with pytest.raises(grpc.RpcError) as err:
+                a.infer.ModelInfer(request("doomed"), timeout=30)
+            assert err.value.code() == grpc.StatusCode.INTERNAL
+            for pod in PODS:
+                assert pod in (err.value.details() or "")
+            status = a.mesh.getModelStatus(mm.GetStatusRequest(modelId="doomed"))
+        assert status.status == mm.ModelStatusInfo.LOADING_FAILED
+        assert len(status.errors) == 3
+        assert {ci.location for ci in status.modelCopyInfos} == set(PODS)
+        assert [m.loads(pod).get("doomed") for pod in PODS] == [1, 1, 1]
+
+
+def test_many_concurrent_first_requests_across_pods_all_answered(mesh: Mesh) -> None:
+    with mesh.client("pod-a") as a:
+        register(a, "hot")
+    results: list[str] = []
+    errors: list[Exception] = []
+
+    def hit(pod: str) -> None:
+        with mesh.client(pod) as c:
+            for _ in range(10):
+                try:
+                    results.append(c.infer.ModelInfer(request("hot"), timeout=20).model_name)
+                except grpc.RpcError as exc:
+                    errors.append(exc)
+
+    threads = [threading.Thread(target=hit, args=(pod,)) for pod in PODS for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == [] and results == ["hot"] * 90
+    total_loads = sum(mesh.loads(pod).get("hot", 0) for pod in PODS)
+    print(f"copies loaded for 9 concurrent first callers on 3 pods: {total_loads}")
+    assert 1 <= total_loads <= 3
