@@ -170,6 +170,7 @@ async def serve(settings: RouterSettings) -> None:
         local=local,
         failure_expiry_ms=settings.load_failure_expiry_ms,
         default_owner=settings.default_vmodel_owner,
+        place=router.ensure_copy,
     )
     registry.on_change(lambda table, ident: _drop_unregistered(registry, local, table, ident))
 

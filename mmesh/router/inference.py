@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 from mmesh.core.ids import InstanceId
+from mmesh.core.proto import model_mesh_pb2 as mm
 from mmesh.core.records import InstanceRecord, ModelRecord, bytes_to_units
 from mmesh.router import peers, wire
 from mmesh.router.errors import (
@@ -43,6 +44,8 @@ logger = logging.getLogger(__name__)
 MODEL_ID_HEADER = "mm-model-id"
 VMODEL_ID_HEADER = "mm-vmodel-id"
 LEGACY_MODEL_ID_HEADER = "tas-model-id"
+
+ENSURE_LOADED = "/mmesh.ModelMesh/ensureLoaded"
 
 # Methods whose request names the model in a field: (field path, read as vmodel id first).
 ID_EXTRACTION: Mapping[str, tuple[int, ...]] = {
@@ -269,6 +272,46 @@ class InferenceRouter:
             await self.local.ensure_loaded(call.model_id, record)
             self.metrics.cache_miss_ms.observe((time.monotonic() - started) * 1000)
         return await self.forwarder.call(call.method, call.payload, metadata, call.timeout_s)
+
+    async def ensure_copy(
+        self,
+        model_id: str,
+        record: ModelRecord,
+        *,
+        extra: bool = False,
+        exclude: Collection[str] = (),
+    ) -> str:
+        """Make sure the mesh has a copy of the model (with `extra`: one more than now);
+        returns the instance that holds or loaded it."""
+        excluded = set(exclude)
+        last_error: RouterError | None = None
+        for _ in range(peers.MAX_ITERATIONS):
+            live = self.live_peers()
+            holders = {iid for iid in record.instance_ids if iid in live}
+            if holders and not extra:
+                if self.local.is_loading(model_id):
+                    await self.local.ensure_loaded(model_id, record)
+                return min(holders)
+            target = self._place(model_id, record, live, excluded | holders)
+            try:
+                await self._load_on(target, model_id, record, live)
+                return target
+            except (ModelNotHere, RuntimeUnavailable, LoadFailed, NoCapacity) as exc:
+                excluded.add(target)
+                last_error = exc
+            record = self.registry.models.get(model_id) or record
+        raise LoadFailed(f"could not place a copy of {model_id}: {last_error}")
+
+    async def _load_on(
+        self, target: str, model_id: str, record: ModelRecord, live: Mapping[str, InstanceRecord]
+    ) -> None:
+        if target == self.local.instance_id:
+            await self.local.ensure_loaded(model_id, record)
+            return
+        endpoint = live[target].endpoint
+        metadata = peers.hop_metadata(model_id=model_id, hops=0, dest=target, load=True, exclude=())
+        request = mm.EnsureLoadedRequest(modelId=model_id, sync=True).SerializeToString()
+        await self.pool.get(endpoint).call(ENSURE_LOADED, request, metadata, None)
 
     def live_peers(self) -> dict[str, InstanceRecord]:
         """Instances with a live record (their lease holds), this one from its own state."""

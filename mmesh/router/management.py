@@ -13,6 +13,7 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 from mmesh.core.ids import InvalidIdError, ModelId, parse_model_id, parse_vmodel_id
 from mmesh.core.records import CopyState, ModelRecord, Table, VModelRecord
@@ -74,7 +75,7 @@ class Management:
         local: LocalModels,
         failure_expiry_ms: int,
         default_owner: str = "",
-        place: Callable[[str, ModelRecord], Awaitable[None]] | None = None,
+        place: Callable[[str, ModelRecord], Awaitable[object]] | None = None,
     ) -> None:
         self.registry = registry
         self.local = local
@@ -143,12 +144,18 @@ class Management:
         self.local.evict(model_id)
 
     async def ensure_loaded(
-        self, raw_id: str, *, sync: bool, last_used_ms: int = 0
+        self, raw_id: str, *, sync: bool, last_used_ms: int = 0, here: bool = False
     ) -> ModelStatusView:
+        """Trigger a load somewhere in the mesh; with `here` (a peer placed the copy on this
+        instance) load it locally and let load errors reach the caller."""
         model_id = _model_id(raw_id)
-        if self.registry.models.get(model_id) is None:
+        record = self.registry.models.get(model_id)
+        if record is None:
             raise ModelNotFound(f"model {model_id} not found")
-        await self._trigger_load(model_id, sync=sync)
+        if here:
+            await self.local.ensure_loaded(model_id, record)
+        else:
+            await self._trigger_load(model_id, sync=sync)
         return self.model_status(model_id)
 
     async def _trigger_load(self, model_id: str, *, sync: bool) -> None:
@@ -322,8 +329,8 @@ class Management:
         task.add_done_callback(_log_failure("vmodel transition"))
 
 
-def _log_failure(what: str) -> Callable[[asyncio.Future[None]], None]:
-    def log(future: asyncio.Future[None]) -> None:
+def _log_failure(what: str) -> Callable[[asyncio.Future[Any]], None]:
+    def log(future: asyncio.Future[Any]) -> None:
         if future.cancelled():
             return
         exc = future.exception()

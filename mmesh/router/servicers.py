@@ -15,6 +15,7 @@ import grpc
 from mmesh.core.proto import grpc_predict_v2_pb2 as v2
 from mmesh.core.proto import model_mesh_pb2 as mm
 from mmesh.core.proto import model_mesh_pb2_grpc as mm_grpc
+from mmesh.router import peers
 from mmesh.router.errors import ModelNotFound, RouterError
 from mmesh.router.forwarding import FAILURE_TRAILER, failure_kind
 from mmesh.router.inference import InferenceRouter
@@ -85,8 +86,9 @@ def _info(msg: mm.ModelInfo) -> ModelInfo:
 
 
 class ModelMeshServicer(mm_grpc.ModelMeshServicer):
-    def __init__(self, management: Management) -> None:
+    def __init__(self, management: Management, instance_id: str) -> None:
         self.m = management
+        self.instance_id = instance_id
 
     @grpc_errors
     async def registerModel(
@@ -118,8 +120,10 @@ class ModelMeshServicer(mm_grpc.ModelMeshServicer):
     async def ensureLoaded(
         self, request: mm.EnsureLoadedRequest, context: Context
     ) -> mm.ModelStatusInfo:
+        headers = dict(context.invocation_metadata() or ())
+        here = peers.hop_count(headers) > 0 and peers.destination(headers) == self.instance_id
         view = await self.m.ensure_loaded(
-            request.modelId, sync=request.sync, last_used_ms=request.lastUsedTime
+            request.modelId, sync=request.sync, last_used_ms=request.lastUsedTime, here=here
         )
         return status_to_proto(view)
 
@@ -260,7 +264,8 @@ def add_servicers(
     ready: Callable[[], bool],
     log_each: bool,
 ) -> None:
-    mm_grpc.add_ModelMeshServicer_to_server(ModelMeshServicer(management), server)
+    servicer = ModelMeshServicer(management, router.local.instance_id)
+    mm_grpc.add_ModelMeshServicer_to_server(servicer, server)
     server.add_generic_rpc_handlers(
         (
             RouterAnswered(router, ready).handler(),

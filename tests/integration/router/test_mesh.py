@@ -124,19 +124,28 @@ def mesh(
         yield m
 
 
+def holder_of(mesh: Mesh, model_id: str) -> str:
+    holders = [pod for pod in PODS if model_id in mesh.loaded(pod)]
+    assert len(holders) == 1, holders
+    return holders[0]
+
+
 def test_request_on_any_pod_reaches_the_pod_holding_the_model(mesh: Mesh) -> None:
     with mesh.client("pod-b") as b:
-        register(b, "only-on-b")
-        b.mesh.ensureLoaded(mm.EnsureLoadedRequest(modelId="only-on-b", sync=True), timeout=10)
-    wait_for(lambda: "only-on-b" in mesh.loaded("pod-b"))
-    for pod in ("pod-a", "pod-c"):
+        register(b, "one-copy")
+        status = b.mesh.ensureLoaded(
+            mm.EnsureLoadedRequest(modelId="one-copy", sync=True), timeout=10
+        )
+    assert status.status == mm.ModelStatusInfo.LOADED
+    holder = holder_of(mesh, "one-copy")
+    others = [pod for pod in PODS if pod != holder]
+    for pod in others:
         with mesh.client(pod) as c:
             for _ in range(5):
-                assert c.infer.ModelInfer(request("only-on-b"), timeout=10).model_name == (
-                    "only-on-b"
-                )
-    assert mesh.infers("pod-b") == {"only-on-b": 10}
-    assert mesh.loads("pod-a") == {} and mesh.loads("pod-c") == {}
+                answer = c.infer.ModelInfer(request("one-copy"), timeout=10)
+                assert answer.model_name == "one-copy"
+    assert mesh.infers(holder) == {"one-copy": 10}
+    assert all(mesh.loads(pod) == {} for pod in others)
 
 
 def test_three_times_the_capacity_zipf_traffic_all_answered_within_capacity(mesh: Mesh) -> None:
@@ -166,30 +175,32 @@ def test_three_times_the_capacity_zipf_traffic_all_answered_within_capacity(mesh
 
 
 def test_killed_pod_models_are_reloaded_elsewhere_and_registrations_stay(mesh: Mesh) -> None:
-    with mesh.client("pod-b") as b:
+    with mesh.client("pod-a") as a:
         for m in ("k1", "k2"):
-            register(b, m)
-            b.mesh.ensureLoaded(mm.EnsureLoadedRequest(modelId=m, sync=True), timeout=10)
-    wait_for(lambda: set(mesh.loaded("pod-b")) == {"k1", "k2"})
+            register(a, m)
+            a.infer.ModelInfer(request(m), timeout=10)
+    victim = holder_of(mesh, "k1")
+    ingress = next(pod for pod in PODS if pod != victim)
     errors: list[grpc.RpcError] = []
     answered = 0
-    os.kill(mesh.routers["pod-b"].pid, signal.SIGKILL)
-    with mesh.client("pod-a") as a:
+    os.kill(mesh.routers[victim].pid, signal.SIGKILL)
+    with mesh.client(ingress) as c:
         deadline = time.monotonic() + 4  # past the 2 s lease
         while time.monotonic() < deadline:
             for m in ("k1", "k2"):
                 try:
-                    assert a.infer.ModelInfer(request(m), timeout=10).model_name == m
+                    assert c.infer.ModelInfer(request(m), timeout=10).model_name == m
                     answered += 1
                 except grpc.RpcError as exc:
                     errors.append(exc)
         statuses = {
-            m: a.mesh.getModelStatus(mm.GetStatusRequest(modelId=m)).status for m in ("k1", "k2")
+            m: c.mesh.getModelStatus(mm.GetStatusRequest(modelId=m)).status for m in ("k1", "k2")
         }
     print(f"during the lease expiry window: {answered} answered, {len(errors)} failed")
     assert errors == []
     assert statuses == {"k1": mm.ModelStatusInfo.LOADED, "k2": mm.ModelStatusInfo.LOADED}
-    assert {"k1", "k2"} <= set(mesh.loaded("pod-a")) | set(mesh.loaded("pod-c"))
+    survivors = [pod for pod in PODS if pod != victim]
+    assert {"k1", "k2"} <= set().union(*(mesh.loaded(pod) for pod in survivors))
 
 
 def test_model_failing_on_two_pods_loads_on_the_third(
