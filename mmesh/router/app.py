@@ -8,18 +8,22 @@ import contextlib
 import logging
 import signal
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 
 import grpc
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from mmesh.core.errors import StoreUnavailable
 from mmesh.core.etcd import EtcdKV
 from mmesh.core.ids import InstanceId
 from mmesh.core.records import InstanceRecord, KeyLayout, Table, bytes_to_units
-from mmesh.router.cache import EvictionPolicy, LocalCache
+from mmesh.router.cache import EntryState, EvictionPolicy, LocalCache
+from mmesh.router.errors import RouterError
 from mmesh.router.forwarding import Forwarder
 from mmesh.router.inference import InferenceRouter
+from mmesh.router.janitor import Janitor
 from mmesh.router.loading import LocalModels, now_ms
 from mmesh.router.management import Management
 from mmesh.router.membership import Membership
@@ -88,11 +92,10 @@ def update_gauges(metrics: RouterMetrics, local: LocalModels) -> None:
         metrics.instance_lru_age_s.set(max(0, now_ms() - lru) / 1000)
 
 
-def http_app(life: Lifecycle, metrics: RouterMetrics | None) -> web.Application:
+def http_app(is_ready: Callable[[], bool], metrics: RouterMetrics | None) -> web.Application:
     async def ready(_: web.Request) -> web.Response:
-        return web.Response(
-            status=200 if life.is_ready() else 503, text="ready" if life.is_ready() else "not ready"
-        )
+        ok = is_ready()
+        return web.Response(status=200 if ok else 503, text="ready" if ok else "not ready")
 
     async def live(_: web.Request) -> web.Response:
         return web.Response(text="live")
@@ -117,31 +120,59 @@ async def start_site(app: web.Application, host: str, port: int) -> web.AppRunne
     return runner
 
 
-async def serve(settings: RouterSettings) -> None:
-    life = Lifecycle()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, life.stop.set)
-    instance_id = settings.resolved_instance_id
+@dataclass
+class Pod:
+    """Everything one router runs, built by `build_pod` and torn down by `shutdown`."""
+
+    settings: RouterSettings
+    life: Lifecycle
+    kv: EtcdKV
+    registry: Registry
+    runtime: RuntimeClient
+    local: LocalModels
+    router: InferenceRouter
+    janitor: Janitor
+    metrics: RouterMetrics
+    forwarder: Forwarder
+    pool: PeerPool
+    membership: Membership | None = None
+    server: grpc.aio.Server | None = None
+    runners: list[web.AppRunner] = field(default_factory=list)
+
+    def snapshot(self) -> InstanceRecord:
+        return replace(
+            instance_snapshot(self.local, self.settings, self.started_ms, self.life),
+            rpm=self.janitor.rpm,
+        )
+
+    started_ms: int = field(default_factory=now_ms)
+
+    def changed(self) -> None:
+        update_gauges(self.metrics, self.local)
+        if self.membership is not None:
+            self.membership.changed()
+
+    def is_ready(self) -> bool:
+        """Not ready while another instance shuts down: rolling updates go one at a time."""
+        me = self.local.instance_id
+        draining = any(
+            v.record.shutting_down for iid, v in self.registry.instances.items.items() if iid != me
+        )
+        return self.life.is_ready() and not draining
+
+
+async def build_pod(settings: RouterSettings, life: Lifecycle) -> Pod:
     conn = settings.etcd_connection()
     kv = await EtcdKV.connect(conn)
-    layout = KeyLayout(conn.root_prefix, settings.service_name)
-    registry = Registry(kv, layout)
+    registry = Registry(kv, KeyLayout(conn.root_prefix, settings.service_name))
     await registry.start()
     runtime = RuntimeClient(f"{settings.runtime_host}:{settings.runtime_port}")
     info = await runtime.wait_ready(settings.startup_timeout_s)
     check_runtime_info(info)
     logger.info("runtime ready: %s", info)
     metrics = RouterMetrics()
-    membership: Membership | None = None
-
-    def changed() -> None:
-        update_gauges(metrics, local)
-        if membership is not None:
-            membership.changed()
-
     local = LocalModels(
-        instance_id=instance_id,
+        instance_id=settings.resolved_instance_id,
         cache=LocalCache(bytes_to_units(info.capacity_bytes)),
         runtime=runtime,
         info=info,
@@ -149,31 +180,42 @@ async def serve(settings: RouterSettings) -> None:
         metrics=metrics,
         policy=eviction_policy(settings, info),
         failure_expiry_ms=settings.load_failure_expiry_ms,
-        on_change=changed,
     )
     data_port = settings.serving_port or settings.runtime_port
     forwarder = Forwarder(
         f"{settings.runtime_host}:{data_port}", max_message_bytes=settings.max_message_bytes
     )
-    started_ms = now_ms()
     pool = PeerPool(max_message_bytes=settings.max_message_bytes)
     router = InferenceRouter(
-        registry=registry,
-        local=local,
-        forwarder=forwarder,
-        metrics=metrics,
-        pool=pool,
-        self_record=lambda: instance_snapshot(local, settings, started_ms, life),
+        registry=registry, local=local, forwarder=forwarder, metrics=metrics, pool=pool
     )
-    management = Management(
+    janitor = Janitor(
         registry=registry,
-        local=local,
+        router=router,
+        instance_id=local.instance_id,
+        rate_interval_s=settings.rate_check_interval_ms / 1000,
+        scaleup_rpm=settings.scaleup_rpm_threshold,
+        reap_grace_s=settings.reap_grace_s,
+    )
+    pod = Pod(
+        settings, life, kv, registry, runtime, local, router, janitor, metrics, forwarder, pool
+    )
+    local.on_change = pod.changed
+    router.self_record = pod.snapshot
+    router.on_served = janitor.count
+    registry.on_change(lambda table, ident: _drop_unregistered(registry, local, table, ident))
+    return pod
+
+
+async def start_servers(pod: Pod) -> None:
+    settings = pod.settings
+    management = Management(
+        registry=pod.registry,
+        local=pod.local,
         failure_expiry_ms=settings.load_failure_expiry_ms,
         default_owner=settings.default_vmodel_owner,
-        place=router.ensure_copy,
+        place=pod.router.ensure_copy,
     )
-    registry.on_change(lambda table, ident: _drop_unregistered(registry, local, table, ident))
-
     server = grpc.aio.server(
         options=[
             ("grpc.max_send_message_length", settings.max_message_bytes),
@@ -183,41 +225,49 @@ async def serve(settings: RouterSettings) -> None:
     add_servicers(
         server,
         management=management,
-        router=router,
-        metrics=metrics,
-        ready=life.is_ready,
+        router=pod.router,
+        metrics=pod.metrics,
+        ready=pod.is_ready,
         log_each=settings.log_each_invoke,
     )
     server.add_insecure_port(f"{settings.host}:{settings.grpc_port}")
     server.add_insecure_port(f"{settings.host}:{settings.internal_port}")
     await server.start()
-    runners = [await start_site(http_app(life, None), settings.host, settings.probe_port)]
+    pod.server = server
+    probes = http_app(pod.is_ready, None)
+    pod.runners.append(await start_site(probes, settings.host, settings.probe_port))
     if settings.metrics_port:
-        runners.append(
-            await start_site(http_app(life, metrics), settings.host, settings.metrics_port)
-        )
+        scrape = http_app(pod.is_ready, pod.metrics)
+        pod.runners.append(await start_site(scrape, settings.host, settings.metrics_port))
     if settings.rest_port:
         rest = build_rest_app(
-            router, readiness=life.is_ready, max_body_bytes=settings.max_message_bytes
+            pod.router, readiness=pod.is_ready, max_body_bytes=settings.max_message_bytes
         )
-        runners.append(await start_site(rest, settings.host, settings.rest_port))
-    membership = Membership(
-        kv,
-        layout.instance_key(InstanceId(instance_id)),
-        lambda: instance_snapshot(local, settings, started_ms, life),
+        pod.runners.append(await start_site(rest, settings.host, settings.rest_port))
+
+
+async def serve(settings: RouterSettings) -> None:
+    life = Lifecycle()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, life.stop.set)
+    pod = await build_pod(settings, life)
+    await start_servers(pod)
+    pod.membership = Membership(
+        pod.kv,
+        pod.registry.layout.instance_key(InstanceId(pod.local.instance_id)),
+        pod.snapshot,
         ttl_s=settings.instance_lease_ttl_s,
     )
-    await membership.start()
-    changed()
+    await pod.membership.start()
+    pod.janitor.start()
+    pod.changed()
     life.ready = True
-    logger.info("router %s serving gRPC on %s:%d", instance_id, settings.host, settings.grpc_port)
+    logger.info(
+        "router %s serving gRPC on %s:%d", pod.local.instance_id, settings.host, settings.grpc_port
+    )
     await life.stop.wait()
-    await shutdown(settings, life, server, local, membership, runners)
-    await registry.stop()
-    await forwarder.close()
-    await pool.close()
-    await runtime.close()
-    await kv.close()
+    await shutdown(pod)
 
 
 def _drop_unregistered(registry: Registry, local: LocalModels, table: Table, ident: str) -> None:
@@ -225,25 +275,63 @@ def _drop_unregistered(registry: Registry, local: LocalModels, table: Table, ide
         local.evict(ident)
 
 
-async def shutdown(
-    settings: RouterSettings,
-    life: Lifecycle,
-    server: grpc.aio.Server,
-    local: LocalModels,
-    membership: Membership,
-    runners: list[web.AppRunner],
-) -> None:
-    """Stop taking requests, let in-flight ones finish, unload, deregister."""
+async def migrate_recent_models(pod: Pod, deadline_s: float) -> None:
+    """Give every recently used local model a copy on another instance first."""
+    cutoff_ms = now_ms() - int(pod.settings.migrate_cutoff_s * 1000)
+    recent = sorted(
+        (
+            e
+            for e in pod.local.cache.entries()
+            if e.state is EntryState.LOADED and e.last_used_ms >= cutoff_ms
+        ),
+        key=lambda e: e.last_used_ms,
+        reverse=True,
+    )
+    others = [
+        i
+        for i, v in pod.registry.instances.items.items()
+        if i != pod.local.instance_id and not v.record.shutting_down
+    ]
+    if not recent or not others:
+        return
+    logger.info("moving %d recently used models to other instances", len(recent))
+    for entry in recent:
+        record = pod.registry.models.get(entry.model_id)
+        remaining = deadline_s - time.monotonic()
+        if record is None or remaining <= 0:
+            continue
+        try:
+            await asyncio.wait_for(
+                pod.router.ensure_copy(entry.model_id, record, extra=True), timeout=remaining
+            )
+        except (RouterError, TimeoutError) as exc:
+            logger.warning("could not move %s before shutdown: %s", entry.model_id, exc)
+
+
+async def shutdown(pod: Pod) -> None:
+    """Announce it, move recent models elsewhere, stop taking requests, let in-flight ones
+    finish, unload, deregister."""
     logger.info("router shutting down")
-    life.shutting_down = True
-    membership.changed()
-    started = time.monotonic()
-    grace_s = settings.shutdown_timeout_ms / 1000
-    await server.stop(grace_s)
-    for runner in runners:
+    pod.life.shutting_down = True
+    grace_s = pod.settings.shutdown_timeout_ms / 1000
+    deadline = time.monotonic() + grace_s
+    if pod.membership is not None:
+        with contextlib.suppress(StoreUnavailable):
+            await pod.membership.publish_now()
+    await pod.janitor.stop()
+    await migrate_recent_models(pod, deadline - grace_s / 3)
+    if pod.server is not None:
+        await pod.server.stop(max(1.0, deadline - time.monotonic()))
+    for runner in pod.runners:
         await runner.cleanup()
     with contextlib.suppress(TimeoutError):
-        remaining = max(1.0, grace_s - (time.monotonic() - started))
-        await asyncio.wait_for(local.unload_all(), timeout=remaining)
-    await membership.stop()
+        remaining = max(1.0, deadline - time.monotonic())
+        await asyncio.wait_for(pod.local.unload_all(), timeout=remaining)
+    if pod.membership is not None:
+        await pod.membership.stop()
+    await pod.registry.stop()
+    await pod.forwarder.close()
+    await pod.pool.close()
+    await pod.runtime.close()
+    await pod.kv.close()
     logger.info("router stopped")

@@ -81,6 +81,7 @@ class InferenceRouter:
         self.metrics = metrics
         self.pool = pool or PeerPool(max_message_bytes=16 * 1024 * 1024)
         self.self_record = self_record or InstanceRecord
+        self.on_served: Callable[[str], None] = lambda model_id: None
         info = local.info
         self._injection = {f"/{m}": path for m, path in info.id_injection.items()}
         self._allow_any = info.allow_any_method
@@ -271,6 +272,7 @@ class InferenceRouter:
             started = time.monotonic()
             await self.local.ensure_loaded(call.model_id, record)
             self.metrics.cache_miss_ms.observe((time.monotonic() - started) * 1000)
+        self.on_served(call.model_id)
         return await self.forwarder.call(call.method, call.payload, metadata, call.timeout_s)
 
     async def ensure_copy(

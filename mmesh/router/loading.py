@@ -56,7 +56,7 @@ class LocalModels:
         self.metrics = metrics
         self.policy = policy
         self.failure_expiry_ms = failure_expiry_ms
-        self._on_change = on_change
+        self.on_change = on_change
         self._loads: dict[str, asyncio.Future[None]] = {}
         self._failures: dict[str, tuple[int, str]] = {}
         self._slots = asyncio.Semaphore(info.loading_concurrency)
@@ -124,7 +124,7 @@ class LocalModels:
             future.set_result(None)
         finally:
             self._loads.pop(model_id, None)
-            self._on_change()
+            self.on_change()
 
     async def _load_steps(self, model_id: str, record: ModelRecord) -> None:
         units = bytes_to_units(await self._predicted_size(model_id, record))
@@ -248,7 +248,7 @@ class LocalModels:
             self.metrics.unload_failures.inc()
         self.metrics.unload_ms.observe((time.monotonic() - started) * 1000)
         self.cache.unloaded(ModelId(model_id))
-        self._on_change()
+        self.on_change()
         iid, stamp = self.instance_id, now_ms()
         try:
             await self.registry.update_model(model_id, lambda rec: _without_copy(rec, iid, stamp))

@@ -47,6 +47,9 @@ class Membership:
     def changed(self) -> None:
         self._changed.set()
 
+    async def publish_now(self) -> None:
+        await self._publish()
+
     async def _publish(self) -> None:
         if self._lease is None:
             self._lease = await self.kv.grant_lease(self.ttl_s)

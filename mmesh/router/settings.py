@@ -62,6 +62,13 @@ class RouterSettings(BaseSettings):
     min_churn_age_ms: int | None = Field(None, alias="MM_MIN_CHURN_AGE_MS")
     """Unset: 10 x max(3 s, load timeout / 3), as the reference computes it."""
     instance_lease_ttl_s: int = Field(10, alias="MM_INSTANCE_LEASE_TTL_SECS")
+    scaleup_rpm_threshold: int = Field(2000, ge=10, alias="MM_SCALEUP_RPM_THRESHOLD")
+    """Requests per minute on one copy above which another copy is added."""
+    rate_check_interval_ms: int = Field(10_000, ge=100, alias="MM_RATECHECK_INTERVAL_MS")
+    reap_grace_s: float = Field(30.0, alias="MM_REAP_GRACE_SECS")
+    """How long an instance must be gone before its copies leave the registry."""
+    migrate_cutoff_s: float = Field(3600.0, alias="MM_SHUTDOWN_MIGRATE_CUTOFF_SECS")
+    """On shutdown, models used more recently than this get a copy elsewhere first."""
 
     log_level: str = Field("INFO", alias="MM_LOG_LEVEL")
     log_json: bool = Field(False, alias="MM_LOG_JSON")

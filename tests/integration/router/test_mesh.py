@@ -265,3 +265,120 @@ def test_many_concurrent_first_requests_across_pods_all_answered(mesh: Mesh) -> 
     total_loads = sum(mesh.loads(pod).get("hot", 0) for pod in PODS)
     print(f"copies loaded for 9 concurrent first callers on 3 pods: {total_loads}")
     assert 1 <= total_loads <= 3
+
+
+def copies(c: RouterClients, model_id: str) -> dict[str, int]:
+    status = c.mesh.getModelStatus(mm.GetStatusRequest(modelId=model_id))
+    return {ci.location: ci.copyStatus for ci in status.modelCopyInfos}
+
+
+def test_high_request_rate_adds_a_copy_on_another_pod(
+    start_router: StartRouter, start_stub_runtime: StartStub, etcd_server: EtcdServer
+) -> None:
+    env = {"MM_SCALEUP_RPM_THRESHOLD": "600", "MM_RATECHECK_INTERVAL_MS": "500"}
+    with mesh_of(start_router, start_stub_runtime, etcd_server, env=env) as m:
+        time.sleep(0.5)
+        with m.client("pod-a") as a:
+            register(a, "busy")
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and len(copies(a, "busy")) < 2:
+                for _ in range(20):  # well over 600 req/min
+                    a.infer.ModelInfer(request("busy"), timeout=10)
+            loaded = [
+                pod
+                for pod, state in copies(a, "busy").items()
+                if state == mm.ModelStatusInfo.LOADED
+            ]
+        assert len(loaded) >= 2, loaded
+        assert sum(1 for pod in PODS if "busy" in m.loaded(pod)) >= 2
+
+
+def test_copies_of_a_dead_pod_leave_the_registry(
+    start_router: StartRouter, start_stub_runtime: StartStub, etcd_server: EtcdServer
+) -> None:
+    with mesh_of(
+        start_router, start_stub_runtime, etcd_server, env={"MM_REAP_GRACE_SECS": "1"}
+    ) as m:
+        time.sleep(0.5)
+        with m.client("pod-a") as a:
+            register(a, "orphan")
+            a.infer.ModelInfer(request("orphan"), timeout=10)
+            victim = holder_of(m, "orphan")
+            os.kill(m.routers[victim].pid, signal.SIGKILL)
+            survivor = next(pod for pod in PODS if pod != victim)
+        with m.client(survivor) as c:
+            wait_for(lambda: victim not in copies(c, "orphan"), timeout_s=15)
+            assert c.mesh.getModelStatus(mm.GetStatusRequest(modelId="orphan")).status == (
+                mm.ModelStatusInfo.NOT_LOADED
+            )
+
+
+def test_rolling_restart_under_load_fails_no_request(
+    start_router: StartRouter, start_stub_runtime: StartStub, etcd_server: EtcdServer
+) -> None:
+    prefix = f"/roll-{uuid.uuid4().hex[:8]}"
+    env = {"MM_MIN_CHURN_AGE_MS": "0", "MM_INSTANCE_LEASE_TTL_SECS": "2"}
+    models = [f"r{i}" for i in range(4)]
+    with contextlib.ExitStack() as stubs_stack:
+        stubs = {pod: stubs_stack.enter_context(start_stub_runtime()) for pod in PODS}
+        stacks = {pod: contextlib.ExitStack() for pod in PODS}
+
+        def start(pod: str) -> RouterProc:
+            return stacks[pod].enter_context(
+                start_router(
+                    etcd_endpoint=etcd_server.endpoint,
+                    runtime_port=stubs[pod].port,
+                    root_prefix=prefix,
+                    instance_id=pod,
+                    env=env,
+                )
+            )
+
+        routers = {pod: start(pod) for pod in PODS}
+        try:
+            time.sleep(0.5)
+            with clients(routers["pod-a"]) as a:
+                for m in models:
+                    register(a, m)
+                    a.infer.ModelInfer(request(m), timeout=10)
+            ingress = {"pod": "pod-c"}
+            errors: list[Exception] = []
+            answered = [0]
+            stop = threading.Event()
+
+            def traffic() -> None:
+                while not stop.is_set():
+                    pod = ingress["pod"]
+                    with clients(routers[pod]) as c:
+                        for m in models:
+                            try:
+                                assert c.infer.ModelInfer(request(m), timeout=20).model_name == m
+                                answered[0] += 1
+                            except grpc.RpcError as exc:
+                                errors.append(exc)
+
+            worker = threading.Thread(target=traffic)
+            worker.start()
+            for pod in PODS:
+                ingress["pod"] = next(p for p in PODS if p != pod)
+                time.sleep(0.3)
+                os.kill(routers[pod].pid, signal.SIGTERM)
+                wait_for(lambda pod=pod: not _alive(routers[pod].pid), timeout_s=20)
+                stacks[pod].close()
+                routers[pod] = start(pod)
+            time.sleep(0.5)
+            stop.set()
+            worker.join()
+        finally:
+            for stack in stacks.values():
+                stack.close()
+    print(f"rolling restart: {answered[0]} answered, {len(errors)} failed")
+    assert errors == [] and answered[0] > 0
+
+
+def _alive(pid: int) -> bool:
+    try:
+        waited, _ = os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        return False
+    return waited == 0
