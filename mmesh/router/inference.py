@@ -7,6 +7,7 @@ Everything is read from memory: the registry mirror and the local cache; no etcd
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
@@ -159,6 +160,9 @@ class InferenceRouter:
 
     async def _route(self, call: _Call) -> bytes:
         """Try instances until one answers; each failed instance is excluded for this call."""
+        if self.local.is_loaded(call.model_id):  # the warm path: nothing to decide
+            with contextlib.suppress(ModelNotHere, RuntimeUnavailable):
+                return await self._serve_local(call)
         exclude: set[str] = set()
         last_error: RouterError | None = None
         for _ in range(peers.MAX_ITERATIONS):

@@ -257,6 +257,10 @@ class Registry:
             if mirror.remove(ident):
                 self._notify(mirror.table, ident)
             return
+        now = mirror.items.get(ident)
+        old_revision = before.mod_revision if before else 0
+        if now is not None and now.confirmed and now.mod_revision > old_revision:
+            return  # the watch already delivered this write (or a newer one)
         mirror.items[ident] = Versioned(
             wanted, before.mod_revision if before else 0, confirmed=False
         )
