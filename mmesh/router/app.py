@@ -201,6 +201,7 @@ async def build_pod(settings: RouterSettings, life: Lifecycle) -> Pod:
         settings, life, kv, registry, runtime, local, router, janitor, metrics, forwarder, pool
     )
     local.on_change = pod.changed
+    local.is_live = lambda iid: iid == local.instance_id or iid in registry.instances.items
     router.self_record = pod.snapshot
     router.on_served = janitor.count
     registry.on_change(lambda table, ident: _drop_unregistered(registry, local, table, ident))

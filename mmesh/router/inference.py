@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass
 
 from mmesh.core.ids import InstanceId
@@ -156,7 +156,7 @@ class InferenceRouter:
             raise ModelNotHere(f"request for {dest} reached {self.local.instance_id}")
         if not self.local.is_loaded(call.model_id) and not peers.wants_load(call.headers):
             raise ModelNotHere(f"model {call.model_id} is not loaded on {dest}")
-        return await self._serve_local(call)
+        return await self._serve_local(call, peers.excluded(call.headers))
 
     async def _route(self, call: _Call) -> bytes:
         """Try instances until one answers; each failed instance is excluded for this call."""
@@ -187,18 +187,18 @@ class InferenceRouter:
             self.local.is_loaded(call.model_id)
             or (peers.is_balanced(call.headers) and self.local.has_copy(call.model_id))
         ):
-            return await self._attempt(me, self._serve_local(call))
+            return await self._attempt(me, self._serve_local(call, exclude))
         others = {iid: rec for iid, rec in live.items() if iid != me}
         target = choose_copy(record, others, exclude=exclude, inflight=self.pool.inflight)
         if target is None and self.local.is_loading(call.model_id) and me not in exclude:
-            return await self._attempt(me, self._serve_local(call))
+            return await self._attempt(me, self._serve_local(call, exclude))
         if target is None:
             target = choose_loading_copy(record, others, exclude=exclude)
         if target is not None:
             return await self._attempt(target, self._forward(call, target, live, exclude))
         placed = self._place(call.model_id, record, live, exclude)
         if placed == me:
-            return await self._attempt(me, self._serve_local(call))
+            return await self._attempt(me, self._serve_local(call, exclude))
         return await self._attempt(placed, self._forward(call, placed, live, exclude))
 
     def _place(
@@ -255,29 +255,31 @@ class InferenceRouter:
         finally:
             self.pool.inflight[target] -= 1
 
-    async def _serve_local(self, call: _Call) -> bytes:
+    async def _serve_local(self, call: _Call, unreachable: Collection[str] = ()) -> bytes:
         record = self.registry.models.get(call.model_id)
         if record is None:
             raise ModelNotFound(f"model {call.model_id} not found")
         metadata = _forwarded_metadata(call.headers, call.model_id)
+        self.local.touch(call.model_id)
+        await self._ensure_local(call.model_id, record, unreachable)
+        self.on_served(call.model_id)
         try:
-            return await self._serve(call, record, metadata)
+            return await self.forwarder.call(call.method, call.payload, metadata, call.timeout_s)
         except ModelNotHere:
             logger.warning("runtime lost model %s; reloading it once", call.model_id)
             self.local.evict(call.model_id)
             await self.local.drain()
-            return await self._serve(call, record, metadata)
+            await self._ensure_local(call.model_id, record, unreachable)
+            return await self.forwarder.call(call.method, call.payload, metadata, call.timeout_s)
 
-    async def _serve(
-        self, call: _Call, record: ModelRecord, metadata: Sequence[tuple[str, str | bytes]]
-    ) -> bytes:
-        self.local.touch(call.model_id)
-        if not self.local.is_loaded(call.model_id):
-            started = time.monotonic()
-            await self.local.ensure_loaded(call.model_id, record)
-            self.metrics.cache_miss_ms.observe((time.monotonic() - started) * 1000)
-        self.on_served(call.model_id)
-        return await self.forwarder.call(call.method, call.payload, metadata, call.timeout_s)
+    async def _ensure_local(
+        self, model_id: str, record: ModelRecord, unreachable: Collection[str]
+    ) -> None:
+        if self.local.is_loaded(model_id):
+            return
+        started = time.monotonic()
+        await self.local.ensure_loaded(model_id, record, unreachable=unreachable)
+        self.metrics.cache_miss_ms.observe((time.monotonic() - started) * 1000)
 
     async def ensure_copy(
         self,
@@ -300,7 +302,7 @@ class InferenceRouter:
                 return min(holders)
             target = self._place(model_id, record, live, excluded | holders)
             try:
-                await self._load_on(target, model_id, record, live)
+                await self._load_on(target, model_id, record, live, extra=extra)
                 return target
             except (ModelNotHere, RuntimeUnavailable, LoadFailed, NoCapacity) as exc:
                 excluded.add(target)
@@ -309,13 +311,21 @@ class InferenceRouter:
         raise LoadFailed(f"could not place a copy of {model_id}: {last_error}")
 
     async def _load_on(
-        self, target: str, model_id: str, record: ModelRecord, live: Mapping[str, InstanceRecord]
+        self,
+        target: str,
+        model_id: str,
+        record: ModelRecord,
+        live: Mapping[str, InstanceRecord],
+        *,
+        extra: bool,
     ) -> None:
         if target == self.local.instance_id:
-            await self.local.ensure_loaded(model_id, record)
+            await self.local.ensure_loaded(model_id, record, extra=extra)
             return
         endpoint = live[target].endpoint
-        metadata = peers.hop_metadata(model_id=model_id, hops=0, dest=target, load=True, exclude=())
+        metadata = peers.hop_metadata(
+            model_id=model_id, hops=0, dest=target, load=True, exclude=(), extra=extra
+        )
         request = mm.EnsureLoadedRequest(modelId=model_id, sync=True).SerializeToString()
         await self.pool.get(endpoint).call(ENSURE_LOADED, request, metadata, None)
 

@@ -12,13 +12,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Callable, Collection, Coroutine, Iterable
 from typing import Any
 
 from mmesh.core.ids import InstanceId, ModelId
 from mmesh.core.records import ModelRecord, bytes_to_units, units_to_bytes
 from mmesh.router.cache import CacheEntry, EntryState, EvictionPolicy, LocalCache
-from mmesh.router.errors import LoadFailed, NoCapacity, RequestTimeout, RouterError
+from mmesh.router.errors import (
+    LoadFailed,
+    ModelNotHere,
+    NoCapacity,
+    RequestTimeout,
+    RouterError,
+)
 from mmesh.router.metrics import RouterMetrics
 from mmesh.router.modelstatus import is_failure_live
 from mmesh.router.registry import UNCHANGED, Registry, Unchanged
@@ -57,6 +63,7 @@ class LocalModels:
         self.policy = policy
         self.failure_expiry_ms = failure_expiry_ms
         self.on_change = on_change
+        self.is_live: Callable[[str], bool] = lambda instance_id: True
         self._loads: dict[str, asyncio.Future[None]] = {}
         self._failures: dict[str, tuple[int, str]] = {}
         self._slots = asyncio.Semaphore(info.loading_concurrency)
@@ -85,8 +92,20 @@ class LocalModels:
 
     # --- loading ---------------------------------------------------------------------
 
-    async def ensure_loaded(self, model_id: str, record: ModelRecord) -> None:
-        """Return once the model can serve here; loads it (once) if it is not loaded."""
+    async def ensure_loaded(
+        self,
+        model_id: str,
+        record: ModelRecord,
+        *,
+        extra: bool = False,
+        unreachable: Collection[str] = (),
+    ) -> None:
+        """Return once the model can serve here; loads it (once) if it is not loaded.
+
+        A first copy is refused (ModelNotHere) when another live instance already holds or
+        loads one, so two routers that both miss never load the same model twice; `extra`
+        asks for an additional copy on purpose (scale-up, migration, minimum copies).
+        Copies on `unreachable` instances (a request failed there) do not count."""
         if self.is_loaded(model_id):
             return
         future = self._loads.get(model_id)
@@ -96,7 +115,8 @@ class LocalModels:
             # Mark the outcome retrieved even if every waiter was cancelled.
             future.add_done_callback(lambda f: f.cancelled() or f.exception())
             self._loads[model_id] = future
-            self._spawn(self._load(model_id, record, future))
+            skip = frozenset(unreachable)
+            self._spawn(self._load(model_id, record, future, extra=extra, unreachable=skip))
         await asyncio.shield(future)
 
     def _raise_recent_failure(self, model_id: str) -> None:
@@ -108,11 +128,19 @@ class LocalModels:
             raise LoadFailed(f"model {model_id} failed to load: {message}")
         del self._failures[model_id]
 
-    async def _load(self, model_id: str, record: ModelRecord, future: asyncio.Future[None]) -> None:
+    async def _load(
+        self,
+        model_id: str,
+        record: ModelRecord,
+        future: asyncio.Future[None],
+        *,
+        extra: bool,
+        unreachable: frozenset[str],
+    ) -> None:
         started = time.monotonic()
         try:
-            await self._load_steps(model_id, record)
-        except NoCapacity as exc:
+            await self._load_steps(model_id, record, extra=extra, unreachable=unreachable)
+        except (NoCapacity, ModelNotHere) as exc:
             logger.warning("%s", exc)
             future.set_exception(exc)
         except Exception as exc:  # noqa: BLE001 - task top level: every failure is recorded
@@ -126,18 +154,21 @@ class LocalModels:
             self._loads.pop(model_id, None)
             self.on_change()
 
-    async def _load_steps(self, model_id: str, record: ModelRecord) -> None:
+    async def _load_steps(
+        self, model_id: str, record: ModelRecord, *, extra: bool, unreachable: frozenset[str]
+    ) -> None:
         units = bytes_to_units(await self._predicted_size(model_id, record))
         unloading = self._unloads.get(model_id)
         if unloading is not None:
             await asyncio.shield(unloading)
+        await self._claim(model_id, extra=extra, unreachable=unreachable)
         admission = self.cache.admit(
             ModelId(model_id), units, last_used_ms=now_ms(), now_ms=now_ms(), policy=self.policy
         )
         if admission.refusal is not None:
+            await self._unclaim(model_id)
             raise NoCapacity(f"cannot load {model_id} here: {admission.detail}")
         self._unload_victims(admission.victims)
-        await self._claim(model_id)
         queued = time.monotonic()
         async with self._slots:
             self.metrics.loading_queue_ms.observe((time.monotonic() - queued) * 1000)
@@ -176,15 +207,32 @@ class LocalModels:
             size = await self.runtime.model_size(model_id) or self.info.default_model_size_bytes
         return size
 
-    async def _claim(self, model_id: str) -> None:
+    async def _claim(self, model_id: str, *, extra: bool, unreachable: frozenset[str]) -> None:
+        """Record this copy as loading: the one etcd transaction that settles a race."""
         stamp, iid = now_ms(), self.instance_id
 
         def claim(rec: ModelRecord | None) -> ModelRecord | Unchanged:
             if rec is None:
                 raise LoadFailed(f"model {model_id} is no longer registered")
+            holders = sorted(
+                i for i in rec.instance_ids if i != iid and i not in unreachable and self.is_live(i)
+            )
+            if holders and not extra:
+                raise ModelNotHere(f"model {model_id} already has a copy on {holders[0]}")
             return rec.without_failure(iid).with_copy_loading(iid, stamp)
 
         await self.registry.update_model(model_id, claim)
+
+    async def _unclaim(self, model_id: str) -> None:
+        iid = self.instance_id
+        await self.registry.update_model(
+            model_id,
+            lambda rec: (
+                rec.without_copy(iid)
+                if rec is not None and iid in rec.instance_ids and iid not in rec.loaded_in
+                else UNCHANGED
+            ),
+        )
 
     async def _mark_loaded(self, model_id: str) -> ModelRecord | None:
         stamp, iid = now_ms(), self.instance_id

@@ -38,6 +38,7 @@ from mmesh.router.vmodels import SetVModel, plan_promotion, plan_set_vmodel, ref
 logger = logging.getLogger(__name__)
 
 HOUR_MS = 3_600_000
+_SETTLED = frozenset({ModelState.LOADED, ModelState.LOADING_FAILED, ModelState.NOT_FOUND})
 LAST_USED_AGE_ON_ADD_MS = 6 * HOUR_MS
 LAST_USED_AGE_ON_LOAD_NOW_MS = HOUR_MS
 SYNC_POLL_S = 0.05
@@ -144,7 +145,13 @@ class Management:
         self.local.evict(model_id)
 
     async def ensure_loaded(
-        self, raw_id: str, *, sync: bool, last_used_ms: int = 0, here: bool = False
+        self,
+        raw_id: str,
+        *,
+        sync: bool,
+        last_used_ms: int = 0,
+        here: bool = False,
+        extra: bool = False,
     ) -> ModelStatusView:
         """Trigger a load somewhere in the mesh; with `here` (a peer placed the copy on this
         instance) load it locally and let load errors reach the caller."""
@@ -153,7 +160,7 @@ class Management:
         if record is None:
             raise ModelNotFound(f"model {model_id} not found")
         if here:
-            await self.local.ensure_loaded(model_id, record)
+            await self.local.ensure_loaded(model_id, record, extra=extra)
         else:
             await self._trigger_load(model_id, sync=sync)
         return self.model_status(model_id)
@@ -167,6 +174,16 @@ class Management:
         if sync:
             with contextlib.suppress(RouterError):  # reported through the status
                 await load
+            await self._mirror_settled(model_id)
+
+    async def _mirror_settled(self, model_id: str, timeout_s: float = 2.0) -> None:
+        """A copy loaded by a peer reaches this mirror through the watch a moment later;
+        a synchronous caller should see the outcome in the status it gets back."""
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while self.model_status(model_id).state not in _SETTLED:
+            if asyncio.get_running_loop().time() > deadline:
+                return
+            await asyncio.sleep(0.005)
 
     # --- vmodels ---------------------------------------------------------------------
 

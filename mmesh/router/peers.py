@@ -13,7 +13,8 @@ EXCLUDE_HEADER = "mm-exclude"
 DEST_HEADER = "mm-dest"
 """The instance the sender meant; any other receiver answers "model not here"."""
 LOAD_HEADER = "mm-load"
-"""`true`: the receiver loads the model if it has no copy (a cache miss placed there)."""
+"""`true`: the receiver loads the model if it has no copy (a cache miss placed there);
+`extra`: the receiver loads it even though other instances hold copies (scale-up)."""
 BALANCED_HEADER = "mm-balanced"
 
 MAX_ITERATIONS = 8
@@ -34,7 +35,11 @@ def excluded(headers: Mapping[str, str | bytes]) -> set[str]:
 
 
 def wants_load(headers: Mapping[str, str | bytes]) -> bool:
-    return _text(headers, LOAD_HEADER) == "true"
+    return _text(headers, LOAD_HEADER) in ("true", "extra")
+
+
+def wants_extra(headers: Mapping[str, str | bytes]) -> bool:
+    return _text(headers, LOAD_HEADER) == "extra"
 
 
 def destination(headers: Mapping[str, str | bytes]) -> str:
@@ -46,12 +51,19 @@ def is_balanced(headers: Mapping[str, str | bytes]) -> bool:
 
 
 def hop_metadata(
-    *, model_id: str, hops: int, dest: str, load: bool, exclude: Collection[str]
+    *,
+    model_id: str,
+    hops: int,
+    dest: str,
+    load: bool,
+    exclude: Collection[str],
+    extra: bool = False,
 ) -> list[tuple[str, str | bytes]]:
+    load_value = "extra" if extra else "true" if load else "false"
     metadata: list[tuple[str, str | bytes]] = [
         (HOP_HEADER, str(hops + 1)),
         (DEST_HEADER, dest),
-        (LOAD_HEADER, "true" if load else "false"),
+        (LOAD_HEADER, load_value),
     ]
     if model_id.isascii():
         metadata.append(("mm-model-id", model_id))

@@ -123,7 +123,11 @@ class ModelMeshServicer(mm_grpc.ModelMeshServicer):
         headers = dict(context.invocation_metadata() or ())
         here = peers.hop_count(headers) > 0 and peers.destination(headers) == self.instance_id
         view = await self.m.ensure_loaded(
-            request.modelId, sync=request.sync, last_used_ms=request.lastUsedTime, here=here
+            request.modelId,
+            sync=request.sync,
+            last_used_ms=request.lastUsedTime,
+            here=here,
+            extra=peers.wants_extra(headers),
         )
         return status_to_proto(view)
 

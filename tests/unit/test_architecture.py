@@ -30,6 +30,15 @@ EXPECTED_PURE = {
     "mmesh/router/wire.py",
     "mmesh/router/vmodels.py",
     "mmesh/router/modelstatus.py",
+    "mmesh/router/placement.py",
+    "mmesh/operator/deployment.py",
+    "mmesh/operator/naming.py",
+    "mmesh/operator/resources.py",
+    "mmesh/operator/runtime_selection.py",
+    "mmesh/operator/service.py",
+    "mmesh/operator/serving_config.py",
+    "mmesh/operator/status.py",
+    "mmesh/operator/translation.py",
 }
 
 
