@@ -23,7 +23,7 @@ from mmesh.router.cache import EntryState, EvictionPolicy, LocalCache
 from mmesh.router.errors import RouterError
 from mmesh.router.forwarding import Forwarder
 from mmesh.router.inference import InferenceRouter
-from mmesh.router.janitor import Janitor
+from mmesh.router.janitor import Janitor, JanitorPolicy
 from mmesh.router.loading import LocalModels, now_ms
 from mmesh.router.management import Management
 from mmesh.router.membership import Membership
@@ -192,10 +192,17 @@ async def build_pod(settings: RouterSettings, life: Lifecycle) -> Pod:
     janitor = Janitor(
         registry=registry,
         router=router,
+        metrics=metrics,
         instance_id=local.instance_id,
-        rate_interval_s=settings.rate_check_interval_ms / 1000,
-        scaleup_rpm=settings.scaleup_rpm_threshold,
-        reap_grace_s=settings.reap_grace_s,
+        policy=JanitorPolicy(
+            rate_interval_s=settings.rate_check_interval_ms / 1000,
+            scaleup_rpm=settings.scaleup_rpm_threshold,
+            reap_grace_s=settings.reap_grace_s,
+            second_copy_age_s=settings.second_copy_age_s,
+            second_copy_gap_s=settings.second_copy_gap_s,
+            failure_expiry_ms=settings.load_failure_expiry_ms,
+        ),
+        lease=lambda: pod.membership.lease if pod.membership else None,
     )
     pod = Pod(
         settings, life, kv, registry, runtime, local, router, janitor, metrics, forwarder, pool

@@ -13,6 +13,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Collection, Coroutine, Iterable
+from dataclasses import replace
 from typing import Any
 
 from mmesh.core.ids import InstanceId, ModelId
@@ -264,7 +265,7 @@ class LocalModels:
         if entry is None or entry.state is EntryState.UNLOADING:
             return
         self.cache.remove(ModelId(model_id))
-        self._start_unload(model_id, reason="removed")
+        self._start_unload(model_id, reason="removed", last_used_ms=entry.last_used_ms)
 
     def _unload_victims(self, victims: Iterable[CacheEntry]) -> None:
         stamp = now_ms()
@@ -273,16 +274,18 @@ class LocalModels:
             self.metrics.evictions.inc()
             self.metrics.age_at_eviction_ms.observe(idle_ms)
             logger.info("evicting %s (idle %d ms) to make room", victim.model_id, idle_ms)
-            self._start_unload(victim.model_id, reason="evicted")
+            self._start_unload(victim.model_id, reason="evicted", last_used_ms=victim.last_used_ms)
 
-    def _start_unload(self, model_id: str, *, reason: str) -> None:
-        task = asyncio.ensure_future(self._unload(model_id, reason=reason))
+    def _start_unload(self, model_id: str, *, reason: str, last_used_ms: int) -> None:
+        task = asyncio.ensure_future(
+            self._unload(model_id, reason=reason, last_used_ms=last_used_ms)
+        )
         self._unloads[model_id] = task
         self._background.add(task)
         task.add_done_callback(self._background.discard)
         task.add_done_callback(lambda _: self._unloads.pop(model_id, None))
 
-    async def _unload(self, model_id: str, *, reason: str) -> None:
+    async def _unload(self, model_id: str, *, reason: str, last_used_ms: int) -> None:
         started = time.monotonic()
         for attempt in range(1, UNLOAD_ATTEMPTS + 1):
             try:
@@ -299,7 +302,9 @@ class LocalModels:
         self.on_change()
         iid, stamp = self.instance_id, now_ms()
         try:
-            await self.registry.update_model(model_id, lambda rec: _without_copy(rec, iid, stamp))
+            await self.registry.update_model(
+                model_id, lambda rec: _without_copy(rec, iid, stamp, last_used_ms)
+            )
         except Exception:
             logger.exception(
                 "could not drop the copy of %s (%s) from the registry", model_id, reason
@@ -332,7 +337,15 @@ class LocalModels:
         return units_to_bytes(self.cache.capacity_units)
 
 
-def _without_copy(rec: ModelRecord | None, iid: InstanceId, stamp: int) -> ModelRecord | Unchanged:
+def _without_copy(
+    rec: ModelRecord | None, iid: InstanceId, stamp: int, last_used_ms: int
+) -> ModelRecord | Unchanged:
+    """Drop this copy; the record keeps the model's last use (`lu`), which the registry
+    learns here for free, in the same write, so the leader can reload it proactively."""
     if rec is None or iid not in rec.instance_ids:
         return UNCHANGED
-    return rec.without_copy(iid)
+    return replace(
+        rec.without_copy(iid),
+        last_used_ms=max(rec.last_used_ms, last_used_ms),
+        last_unload_ms=stamp,
+    )

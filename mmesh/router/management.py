@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from mmesh.core.ids import InvalidIdError, ModelId, parse_model_id, parse_vmodel_id
@@ -105,6 +105,7 @@ class Management:
         sync: bool,
         last_used_ms: int = 0,
         auto_delete: bool = False,
+        min_copies: int = 0,
     ) -> ModelStatusView:
         model_id = _model_id(raw_id)
         if not info.type:
@@ -116,6 +117,7 @@ class Management:
             encoded_key=info.key or None,
             auto_delete=auto_delete,
             last_used_ms=last_used_ms or now_ms() - age,
+            min_copies=min_copies,
         )
 
         def register(rec: ModelRecord | None) -> ModelRecord | Unchanged:
@@ -129,6 +131,8 @@ class Management:
                 raise AlreadyExists(
                     f"Model already exists with different type/path/key: {model_id}"
                 )
+            if min_copies != rec.min_copies:
+                return replace(rec, min_copies=min_copies)
             return UNCHANGED
 
         await self.registry.update_model(model_id, register)
@@ -218,6 +222,7 @@ class Management:
         load_now: bool = False,
         force: bool = False,
         sync: bool = False,
+        min_copies: int = 0,
     ) -> VModelStatusView:
         vmodel_id, target = self._vmodel_id(raw_vmodel_id), _model_id(raw_target)
         req = SetVModel(
@@ -227,7 +232,14 @@ class Management:
         # Refuse before creating the target: a rejected call must not leave an orphan model.
         plan_set_vmodel(before, req, active_loaded=False)
         if info is not None:
-            await self.register(target, info, load_now=False, sync=False, auto_delete=auto_delete)
+            await self.register(
+                target,
+                info,
+                load_now=False,
+                sync=False,
+                auto_delete=auto_delete,
+                min_copies=min_copies,
+            )
         elif self.registry.models.get(target) is None:
             raise ModelNotFound(f"model {target} not found")
         after = await self.registry.update_vmodel(

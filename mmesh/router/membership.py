@@ -44,6 +44,10 @@ class Membership:
         await self._publish()
         self._task = asyncio.create_task(self._run(), name="membership")
 
+    @property
+    def lease(self) -> Lease | None:
+        return self._lease
+
     def changed(self) -> None:
         self._changed.set()
 

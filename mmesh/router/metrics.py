@@ -106,6 +106,17 @@ class RouterMetrics:
         self.used_bps = Gauge(
             "modelmesh_instance_used_bps", "Cache space in use, basis points", registry=r
         )
+        self.cluster_models_loaded = Gauge(
+            "modelmesh_models_loaded_total", "Models with a loaded copy (leader only)", registry=r
+        )
+        self.cluster_models_failed = Gauge(
+            "modelmesh_models_with_failure_total",
+            "Models with a recent load failure (leader only)",
+            registry=r,
+        )
+        self.cluster_models_managed = Gauge(
+            "modelmesh_models_managed_total", "Registered models (leader only)", registry=r
+        )
         self.models_total = Gauge(
             "modelmesh_instance_models_total", "Models in this instance's cache", registry=r
         )

@@ -16,7 +16,7 @@ from mmesh.core.proto import grpc_predict_v2_pb2 as v2
 from mmesh.core.proto import model_mesh_pb2 as mm
 from mmesh.core.proto import model_mesh_pb2_grpc as mm_grpc
 from mmesh.router import peers
-from mmesh.router.errors import ModelNotFound, RouterError
+from mmesh.router.errors import InvalidRequest, ModelNotFound, RouterError
 from mmesh.router.forwarding import FAILURE_TRAILER, failure_kind
 from mmesh.router.inference import InferenceRouter
 from mmesh.router.management import Management, ModelInfo, VModelStatusView
@@ -81,6 +81,18 @@ def vmodel_to_proto(view: VModelStatusView) -> mm.VModelStatusInfo:
     return info
 
 
+MIN_COPIES_HEADER = "mm-min-copies"
+"""Our registration option: keep at least this many copies loaded, used or not."""
+
+
+def _min_copies(context: Context) -> int:
+    value = dict(context.invocation_metadata() or ()).get(MIN_COPIES_HEADER, "0")
+    text = value.decode() if isinstance(value, bytes) else str(value)
+    if not text.isdigit():
+        raise InvalidRequest(f"{MIN_COPIES_HEADER} must be a non-negative integer, got {text!r}")
+    return int(text)
+
+
 def _info(msg: mm.ModelInfo) -> ModelInfo:
     return ModelInfo(type=msg.type, path=msg.path, key=msg.key)
 
@@ -100,6 +112,7 @@ class ModelMeshServicer(mm_grpc.ModelMeshServicer):
             load_now=request.loadNow,
             sync=request.sync,
             last_used_ms=request.lastUsedTime,
+            min_copies=_min_copies(context),
         )
         return status_to_proto(view)
 
@@ -146,6 +159,7 @@ class ModelMeshServicer(mm_grpc.ModelMeshServicer):
             load_now=request.loadNow,
             force=request.force,
             sync=request.sync,
+            min_copies=_min_copies(context),
         )
         return vmodel_to_proto(view)
 

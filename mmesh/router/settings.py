@@ -66,6 +66,10 @@ class RouterSettings(BaseSettings):
     """Requests per minute on one copy above which another copy is added."""
     rate_check_interval_ms: int = Field(10_000, ge=100, alias="MM_RATECHECK_INTERVAL_MS")
     reap_grace_s: float = Field(30.0, alias="MM_REAP_GRACE_SECS")
+    second_copy_age_s: float = Field(420.0, alias="MM_SECOND_COPY_MIN_AGE_SECS")
+    """A single-copy model in use for this long gets a second copy (high availability)."""
+    second_copy_gap_s: float = Field(2400.0, alias="MM_SECOND_COPY_MAX_GAP_SECS")
+    """A pause in use longer than this restarts the second-copy clock."""
     """How long an instance must be gone before its copies leave the registry."""
     migrate_cutoff_s: float = Field(3600.0, alias="MM_SHUTDOWN_MIGRATE_CUTOFF_SECS")
     """On shutdown, models used more recently than this get a copy elsewhere first."""
