@@ -6,6 +6,7 @@ import contextlib
 import os
 import random
 import signal
+import subprocess
 import threading
 import time
 import uuid
@@ -382,3 +383,135 @@ def _alive(pid: int) -> bool:
     except ChildProcessError:
         return False
     return waited == 0
+
+
+def leader_of(etcd: EtcdServer, mesh: Mesh) -> str | None:
+    prefix = mesh.routers["pod-a"].root_prefix
+    out = subprocess.run(
+        [
+            "/usr/bin/etcdctl",
+            f"--endpoints={etcd.endpoint}",
+            "get",
+            "--print-value-only",
+            f"{prefix}/mm/modelmesh-serving/leader",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=10,
+        env={**os.environ, "ETCDCTL_API": "3"},
+    ).stdout.strip()
+    return out or None
+
+
+def test_one_leader_and_another_takes_over_when_it_dies(
+    start_router: StartRouter, start_stub_runtime: StartStub, etcd_server: EtcdServer
+) -> None:
+    with mesh_of(
+        start_router, start_stub_runtime, etcd_server, env={"MM_REAP_GRACE_SECS": "0.4"}
+    ) as m:
+        wait_for(lambda: leader_of(etcd_server, m) in PODS)
+        first = leader_of(etcd_server, m)
+        assert first is not None
+        os.kill(m.routers[first].pid, signal.SIGKILL)
+        wait_for(lambda: leader_of(etcd_server, m) not in (None, first), timeout_s=15)
+        assert leader_of(etcd_server, m) in set(PODS) - {first}
+
+
+def test_minimum_copies_are_kept_without_traffic(
+    start_router: StartRouter, start_stub_runtime: StartStub, etcd_server: EtcdServer
+) -> None:
+    with (
+        mesh_of(
+            start_router, start_stub_runtime, etcd_server, env={"MM_REAP_GRACE_SECS": "0.4"}
+        ) as m,
+        m.client("pod-a") as a,
+    ):
+        a.mesh.registerModel(
+            mm.RegisterModelRequest(modelId="pinned", modelInfo=mm.ModelInfo(type="stub")),
+            metadata=[("mm-min-copies", "2")],
+            timeout=10,
+        )
+        wait_for(lambda: sum(1 for pod in PODS if "pinned" in m.loaded(pod)) == 2, timeout_s=15)
+        time.sleep(1)  # and not more than asked for
+        assert sum(1 for pod in PODS if "pinned" in m.loaded(pod)) == 2
+        with pytest.raises(grpc.RpcError) as err:
+            a.mesh.registerModel(
+                mm.RegisterModelRequest(modelId="bad", modelInfo=mm.ModelInfo(type="stub")),
+                metadata=[("mm-min-copies", "two")],
+                timeout=10,
+            )
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_model_in_steady_use_gets_a_second_copy(
+    start_router: StartRouter, start_stub_runtime: StartStub, etcd_server: EtcdServer
+) -> None:
+    env = {"MM_SECOND_COPY_MIN_AGE_SECS": "1", "MM_RATECHECK_INTERVAL_MS": "300"}
+    with (
+        mesh_of(start_router, start_stub_runtime, etcd_server, env=env) as m,
+        m.client("pod-a") as a,
+    ):
+        register(a, "steady")
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and len(copies(a, "steady")) < 2:
+            a.infer.ModelInfer(request("steady"), timeout=10)  # a few per second: not busy
+            time.sleep(0.1)
+        assert sum(1 for pod in PODS if "steady" in m.loaded(pod)) == 2
+
+
+def test_recently_used_model_is_loaded_into_free_space_before_any_request(
+    start_router: StartRouter, start_stub_runtime: StartStub, etcd_server: EtcdServer
+) -> None:
+    with (
+        mesh_of(
+            start_router, start_stub_runtime, etcd_server, env={"MM_REAP_GRACE_SECS": "0.4"}
+        ) as m,
+        m.client("pod-a") as a,
+    ):
+        a.mesh.registerModel(
+            mm.RegisterModelRequest(
+                modelId="warm-up",
+                modelInfo=mm.ModelInfo(type="stub"),
+                lastUsedTime=int(time.time() * 1000),
+            ),
+            timeout=10,
+        )
+        a.mesh.registerModel(
+            mm.RegisterModelRequest(modelId="long-ago", modelInfo=mm.ModelInfo(type="stub")),
+            timeout=10,
+        )
+        wait_for(lambda: any("warm-up" in m.loaded(pod) for pod in PODS), timeout_s=15)
+        assert not any("long-ago" in m.loaded(pod) for pod in PODS)
+
+
+def test_copies_spread_over_zones(
+    start_router: StartRouter, start_stub_runtime: StartStub, etcd_server: EtcdServer
+) -> None:
+    prefix = f"/zones-{uuid.uuid4().hex[:8]}"
+    zones = {"pod-a": "zone-1", "pod-b": "zone-1", "pod-c": "zone-2"}
+    with contextlib.ExitStack() as stack:
+        routers = {}
+        for pod, zone in zones.items():
+            stub = stack.enter_context(start_stub_runtime())
+            routers[pod] = stack.enter_context(
+                start_router(
+                    etcd_endpoint=etcd_server.endpoint,
+                    runtime_port=stub.port,
+                    root_prefix=prefix,
+                    instance_id=pod,
+                    env={"MM_ZONE": zone, "MM_REAP_GRACE_SECS": "0.4"},
+                )
+            )
+        time.sleep(0.5)
+        with clients(routers["pod-a"]) as a:
+            for i in range(4):
+                a.mesh.registerModel(
+                    mm.RegisterModelRequest(modelId=f"ha-{i}", modelInfo=mm.ModelInfo(type="stub")),
+                    metadata=[("mm-min-copies", "2")],
+                    timeout=10,
+                )
+            for i in range(4):
+                wait_for(lambda i=i: len(copies(a, f"ha-{i}")) == 2, timeout_s=15)
+                holders = set(copies(a, f"ha-{i}"))
+                assert {zones[p] for p in holders} == {"zone-1", "zone-2"}, holders
