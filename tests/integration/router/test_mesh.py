@@ -292,6 +292,13 @@ def test_high_request_rate_adds_a_copy_on_another_pod(
             ]
         assert len(loaded) >= 2, loaded
         assert sum(1 for pod in PODS if "busy" in m.loaded(pod)) >= 2
+        # The rate falls to nothing; other models need the space: the idle copies go.
+        with m.client("pod-b") as b:
+            for i in range(9):
+                register(b, f"filler-{i}")
+                b.infer.ModelInfer(request(f"filler-{i}"), timeout=10)
+                time.sleep(0.02)
+            wait_for(lambda: len(copies(b, "busy")) < 2)
 
 
 def test_copies_of_a_dead_pod_leave_the_registry(
