@@ -378,7 +378,9 @@ def _runtime_kind(body: Raw) -> RuntimeKind:
     try:
         return RuntimeKind(kind)
     except ValueError:
-        raise _BadField(f"kind must be ServingRuntime or ClusterServingRuntime, got {kind!r}")
+        raise _BadField(
+            f"kind must be ServingRuntime or ClusterServingRuntime, got {kind!r}"
+        ) from None
 
 
 def _strings(obj: Raw, key: str, where: str) -> list[str]:

@@ -69,9 +69,9 @@ class ResourceRequirements(_Section):
 
 
 class TLSConfig(_Section):
-    secret_name: str = Field("", alias="secretName")
+    secret_name: str = Field(default="", alias="secretName")
     """Secret with tls.crt / tls.key (and optional ca.crt); empty = TLS off."""
-    client_auth: Literal["", "require", "optional"] = Field("", alias="clientAuth")
+    client_auth: Literal["", "require", "optional"] = Field(default="", alias="clientAuth")
 
     @property
     def enabled(self) -> bool:
@@ -80,24 +80,24 @@ class TLSConfig(_Section):
 
 class MetricsConfig(_Section):
     enabled: bool = True
-    port: int = Field(2112, gt=0, lt=65536)
+    port: int = Field(default=2112, gt=0, lt=65536)
     scheme: Literal["http", "https"] = "http"
     disable_prometheus_operator_support: bool = Field(
-        False, alias="disablePrometheusOperatorSupport"
+        default=False, alias="disablePrometheusOperatorSupport"
     )
 
 
 class ScaleToZeroConfig(_Section):
     enabled: bool = True
-    grace_period_seconds: int = Field(60, ge=0, alias="gracePeriodSeconds")
+    grace_period_seconds: int = Field(default=60, ge=0, alias="gracePeriodSeconds")
 
 
 class RestProxyConfig(_Section):
     """V2 REST. mmesh's router serves it itself; `image`/`resources` are accepted, unused."""
 
     enabled: bool = True
-    port: int = Field(8008, gt=0, lt=65536)
-    skip_verify: bool = Field(False, alias="skipVerify")
+    port: int = Field(default=8008, gt=0, lt=65536)
+    skip_verify: bool = Field(default=False, alias="skipVerify")
     image: ImageConfig | None = None
     resources: ResourceRequirements | None = None
 
@@ -114,25 +114,29 @@ class EnvVar(_Section):
 class ServingConfig(_Section):
     """The merged `model-serving-config` (reference: modelmesh-features.md §3.3)."""
 
-    inference_service_name: str = Field("modelmesh-serving", alias="inferenceServiceName")
+    inference_service_name: str = Field(default="modelmesh-serving", alias="inferenceServiceName")
     """Name of the Service in front of every runtime pod, and the mesh (MM_SERVICE_NAME)."""
-    inference_service_port: int = Field(8033, gt=0, lt=65536, alias="inferenceServicePort")
-    storage_secret_name: str = Field("storage-config", alias="storageSecretName")
-    pods_per_runtime: int = Field(2, ge=0, alias="podsPerRuntime")
-    tls: TLSConfig = Field(default_factory=TLSConfig)
-    headless_service: bool = Field(True, alias="headlessService")
-    enable_access_logging: bool = Field(False, alias="enableAccessLogging")
-    service_account_name: str = Field("", alias="serviceAccountName")
-    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
-    scale_to_zero: ScaleToZeroConfig = Field(default_factory=ScaleToZeroConfig, alias="scaleToZero")
-    grpc_max_message_size_bytes: int = Field(16_777_216, gt=0, alias="grpcMaxMessageSizeBytes")
-    rest_proxy: RestProxyConfig = Field(default_factory=RestProxyConfig, alias="restProxy")
+    inference_service_port: int = Field(default=8033, gt=0, lt=65536, alias="inferenceServicePort")
+    storage_secret_name: str = Field(default="storage-config", alias="storageSecretName")
+    pods_per_runtime: int = Field(default=2, ge=0, alias="podsPerRuntime")
+    tls: TLSConfig = TLSConfig()
+    headless_service: bool = Field(default=True, alias="headlessService")
+    enable_access_logging: bool = Field(default=False, alias="enableAccessLogging")
+    service_account_name: str = Field(default="", alias="serviceAccountName")
+    metrics: MetricsConfig = MetricsConfig()
+    scale_to_zero: ScaleToZeroConfig = Field(default=ScaleToZeroConfig(), alias="scaleToZero")
+    grpc_max_message_size_bytes: int = Field(
+        default=16_777_216, gt=0, alias="grpcMaxMessageSizeBytes"
+    )
+    rest_proxy: RestProxyConfig = Field(default=RestProxyConfig(), alias="restProxy")
     runtime_pod_labels: dict[str, str] = Field(default_factory=dict, alias="runtimePodLabels")
     runtime_pod_annotations: dict[str, str] = Field(
         default_factory=dict, alias="runtimePodAnnotations"
     )
-    image_pull_secrets: tuple[LocalObjectReference, ...] = Field((), alias="imagePullSecrets")
-    allow_any_pvc: bool = Field(False, alias="allowAnyPVC")
+    image_pull_secrets: tuple[LocalObjectReference, ...] = Field(
+        default=(), alias="imagePullSecrets"
+    )
+    allow_any_pvc: bool = Field(default=False, alias="allowAnyPVC")
     model_mesh_image: ImageConfig = Field(
         default_factory=lambda: ImageConfig(name="mmesh-router", tag="latest"),
         alias="modelMeshImage",
@@ -148,13 +152,15 @@ class ServingConfig(_Section):
         default_factory=ResourceRequirements, alias="storageHelperResources"
     )
     built_in_server_types: tuple[str, ...] = Field(
-        ("triton", "mlserver", "ovms", "torchserve"), alias="builtInServerTypes"
+        default=("triton", "mlserver", "ovms", "torchserve"), alias="builtInServerTypes"
     )
-    payload_processors: tuple[str, ...] = Field((), alias="payloadProcessors")
-    internal_model_mesh_env_vars: tuple[EnvVar, ...] = Field((), alias="internalModelMeshEnvVars")
-    etcd_secret_name: str = Field("model-serving-etcd", alias="etcdSecretName")
+    payload_processors: tuple[str, ...] = Field(default=(), alias="payloadProcessors")
+    internal_model_mesh_env_vars: tuple[EnvVar, ...] = Field(
+        default=(), alias="internalModelMeshEnvVars"
+    )
+    etcd_secret_name: str = Field(default="model-serving-etcd", alias="etcdSecretName")
     """Deprecated in the reference (env ETCD_SECRET_NAME); kept so old ConfigMaps validate."""
-    model_mesh_endpoint: str = Field("", alias="modelMeshEndpoint")
+    model_mesh_endpoint: str = Field(default="", alias="modelMeshEndpoint")
     """Development only in the reference; accepted and unused."""
 
 
@@ -164,8 +170,8 @@ class ServingConfig(_Section):
 def merge_config(defaults_yaml: str, user_yaml: str | None) -> ServingConfig:
     """The user's ConfigMap YAML merged over the defaults; raise InvalidConfig if bad.
 
-    An empty or missing user document means "defaults only". Problems in the defaults
-    are a packaging bug and raise InvalidConfig too, saying so.
+    An empty or missing user document means "defaults only". Bad defaults (a packaging
+    bug) raise InvalidConfig too.
     """
     defaults = _normalized(_load(defaults_yaml, "defaults"), ServingConfig)
     user = _normalized(_load(user_yaml or "", "config.yaml"), ServingConfig)

@@ -155,7 +155,7 @@ def _storage(isvc: InferenceService, model: PredictorModel) -> StorageLocation:
                 f"the InferenceService {isvc.name} must have either the storageUri or the "
                 "storage.path"
             )
-        path, uri_params = storage.path, {}
+        path, uri_params = storage.path, dict[str, str]()
     else:
         if storage is not None and storage.path is not None:
             raise _invalid(
