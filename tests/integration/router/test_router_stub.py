@@ -348,3 +348,20 @@ def test_model_with_a_vmodel_cannot_be_unregistered(mesh) -> None:
             c.mesh.unregisterModel(mm.UnregisterModelRequest(modelId="held"), timeout=10)
         assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
         assert "alias" in (err.value.details() or "")
+
+
+def test_binary_model_id_headers_route_utf8_ids(mesh) -> None:
+    router, _ = mesh
+    with clients(router) as c:
+        register(c, "modèle-ü")
+        by_model = c.infer.ModelInfer(
+            infer_request(""), timeout=10, metadata=[("mm-model-id-bin", "modèle-ü".encode())]
+        )
+        assert by_model.model_name == "modèle-ü"
+        c.mesh.setVModel(
+            mm.SetVModelRequest(vModelId="álias", targetModelId="modèle-ü"), timeout=10
+        )
+        by_vmodel = c.infer.ModelInfer(
+            infer_request(""), timeout=10, metadata=[("mm-vmodel-id-bin", "álias".encode())]
+        )
+        assert by_vmodel.model_name == "modèle-ü"
