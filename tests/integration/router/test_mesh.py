@@ -268,6 +268,10 @@ def test_many_concurrent_first_requests_across_pods_all_answered(mesh: Mesh) -> 
     assert 1 <= total_loads <= 3
 
 
+def loaded_copies(c: RouterClients, model_id: str) -> int:
+    return sum(1 for state in copies(c, model_id).values() if state == mm.ModelStatusInfo.LOADED)
+
+
 def copies(c: RouterClients, model_id: str) -> dict[str, int]:
     status = c.mesh.getModelStatus(mm.GetStatusRequest(modelId=model_id))
     return {ci.location: ci.copyStatus for ci in status.modelCopyInfos}
@@ -282,7 +286,7 @@ def test_high_request_rate_adds_a_copy_on_another_pod(
         with m.client("pod-a") as a:
             register(a, "busy")
             deadline = time.monotonic() + 10
-            while time.monotonic() < deadline and len(copies(a, "busy")) < 2:
+            while time.monotonic() < deadline and loaded_copies(a, "busy") < 2:
                 for _ in range(20):  # well over 600 req/min
                     a.infer.ModelInfer(request("busy"), timeout=10)
             loaded = [
@@ -461,7 +465,7 @@ def test_model_in_steady_use_gets_a_second_copy(
     ):
         register(a, "steady")
         deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and len(copies(a, "steady")) < 2:
+        while time.monotonic() < deadline and loaded_copies(a, "steady") < 2:
             a.infer.ModelInfer(request("steady"), timeout=10)  # a few per second: not busy
             time.sleep(0.1)
         assert sum(1 for pod in PODS if "steady" in m.loaded(pod)) == 2
@@ -519,6 +523,6 @@ def test_copies_spread_over_zones(
                     timeout=10,
                 )
             for i in range(4):
-                wait_for(lambda i=i: len(copies(a, f"ha-{i}")) == 2, timeout_s=15)
+                wait_for(lambda i=i: loaded_copies(a, f"ha-{i}") == 2, timeout_s=15)
                 holders = set(copies(a, f"ha-{i}"))
                 assert {zones[p] for p in holders} == {"zone-1", "zone-2"}, holders
