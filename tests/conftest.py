@@ -5,4 +5,5 @@ pytest_plugins = [
     "tests.fixtures.runtimes",
     "tests.fixtures.router",
     "tests.fixtures.models",
+    "tests.fixtures.kube",
 ]

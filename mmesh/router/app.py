@@ -224,6 +224,7 @@ async def start_servers(pod: Pod) -> None:
         default_owner=settings.default_vmodel_owner,
         place=pod.router.ensure_copy,
     )
+    management.drives_transitions = lambda: pod.janitor.is_leader
     server = grpc.aio.server(
         options=[
             ("grpc.max_send_message_length", settings.max_message_bytes),

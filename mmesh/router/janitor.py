@@ -107,7 +107,6 @@ class Janitor:
 
     async def _every(self, period_s: float, step: Callable[[], object]) -> None:
         while True:
-            await asyncio.sleep(period_s)
             try:
                 result = step()
                 if asyncio.iscoroutine(result):
@@ -116,6 +115,7 @@ class Janitor:
                 logger.warning("background task skipped a round: %s", exc)
             except Exception:
                 logger.exception("background task failed")
+            await asyncio.sleep(period_s)
 
     # --- rates, scale-up and second copies -------------------------------------------
 

@@ -84,6 +84,8 @@ class Management:
         self.default_owner = default_owner
         self._place = place or local.ensure_loaded
         self._by_target: dict[str, set[str]] = {}
+        self.drives_transitions: Callable[[], bool] = lambda: True
+        """Whether this router loads the targets of vmodels moved by others (the leader)."""
         self._tasks: set[asyncio.Task[None]] = set()
         registry.on_change(self._on_registry_change)
 
@@ -305,6 +307,8 @@ class Management:
         if table is Table.VMODELS:
             record = self.registry.vmodels.get(ident)
             self._index(ident, record)
+            if record is not None and record.in_transition:
+                self._spawn(self._advance(ident))  # e.g. the operator moved the target
             return
         if table is Table.REGISTRY:
             for vmodel_id in list(self._by_target.get(ident, ())):
@@ -323,11 +327,18 @@ class Management:
         target = self.registry.models.get(current.target_model)
         loaded = target is not None and bool(target.instances_in(CopyState.LOADED))
         failed = self.model_status(current.target_model).state is ModelState.LOADING_FAILED
+        active_loaded = self._loaded(current.active_model)
+        unplaced = target is not None and not target.instance_ids and not failed
+        if active_loaded and unplaced and self.drives_transitions():
+            await self._trigger_load(current.target_model, sync=False)
 
         def promote(cur: VModelRecord | None) -> VModelRecord | Unchanged:
             if cur is None:
                 return UNCHANGED
-            return plan_promotion(cur, target_loaded=loaded, target_failed=failed) or UNCHANGED
+            plan = plan_promotion(
+                cur, target_loaded=loaded, target_failed=failed, active_loaded=active_loaded
+            )
+            return plan or UNCHANGED
 
         after = await self.registry.update_vmodel(vmodel_id, promote)
         if after is not None and after.active_model != current.active_model:

@@ -54,12 +54,14 @@ def plan_set_vmodel(
 
 
 def plan_promotion(
-    current: VModelRecord, *, target_loaded: bool, target_failed: bool
+    current: VModelRecord, *, target_loaded: bool, target_failed: bool, active_loaded: bool = True
 ) -> VModelRecord | None:
-    """The next record for a vmodel in transition, or None when nothing changes."""
+    """The next record for a vmodel in transition, or None when nothing changes. The target
+    becomes active once it has a loaded copy, or at once when the active model is loaded
+    nowhere (no request would be served faster by waiting)."""
     if not current.in_transition:
         return None
-    if target_loaded:
+    if target_loaded or not active_loaded:
         return current.with_target_active()
     if target_failed != current.target_failed:
         return VModelRecord(

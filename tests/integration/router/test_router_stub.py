@@ -365,3 +365,38 @@ def test_binary_model_id_headers_route_utf8_ids(mesh) -> None:
             infer_request(""), timeout=10, metadata=[("mm-vmodel-id-bin", "álias".encode())]
         )
         assert by_vmodel.model_name == "modèle-ü"
+
+
+def test_target_set_directly_in_etcd_is_loaded_and_promoted(mesh, etcd_server) -> None:
+    """The operator moves a vmodel's target by writing etcd; the routers do the rest."""
+    import os
+    import subprocess
+
+    from mmesh.core.ids import ModelId
+    from mmesh.core.records import ModelRecord, VModelRecord
+
+    router, stub = mesh
+    base = f"{router.root_prefix}/mm/modelmesh-serving"
+    with clients(router) as c:
+        c.mesh.setVModel(
+            mm.SetVModelRequest(
+                vModelId="op-isvc", targetModelId="op-isvc__v1", modelInfo=mm.ModelInfo(type="stub")
+            ),
+            timeout=10,
+        )
+        c.infer.ModelInfer(infer_request("op-isvc"), timeout=10)
+        env = {**os.environ, "ETCDCTL_API": "3"}
+        etcdctl = ["/usr/bin/etcdctl", f"--endpoints={etcd_server.endpoint}", "put"]
+        new_model = ModelRecord(model_type="stub", auto_delete=True).to_json().decode()
+        subprocess.run([*etcdctl, f"{base}/registry/op-isvc__v2", new_model], env=env, check=True)
+        moved = VModelRecord(ModelId("op-isvc__v1"), ModelId("op-isvc__v2")).to_json().decode()
+        subprocess.run([*etcdctl, f"{base}/vmodels/op-isvc", moved], env=env, check=True)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            vm = c.mesh.getVModelStatus(mm.GetVModelStatusRequest(vModelId="op-isvc"))
+            if vm.status == mm.VModelStatusInfo.DEFINED and vm.activeModelId == "op-isvc__v2":
+                break
+            time.sleep(0.05)
+        assert vm.activeModelId == "op-isvc__v2" and vm.status == mm.VModelStatusInfo.DEFINED
+        assert vm.activeModelStatus.status == mm.ModelStatusInfo.LOADED
+        assert stub.stats()["loads"].get("op-isvc__v2") == 1

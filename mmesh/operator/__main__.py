@@ -1,0 +1,39 @@
+"""`python -m mmesh.operator`: the operator (kopf, cluster-wide, standalone).
+
+kopf watches every namespace (`-A`); in namespace scope the handlers filter to
+NAMESPACE themselves. Standalone: one replica, no kopf peering resources needed.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import kopf
+from pydantic import ValidationError
+
+from mmesh.core.logs import setup_logging
+from mmesh.operator import handlers
+from mmesh.operator.settings import OperatorSettings
+
+
+def main() -> None:
+    try:
+        settings = OperatorSettings()  # type: ignore[call-arg]  # fields come from the env
+        settings.etcd_connection()  # fail fast on a bad ETCD_CONNECTION
+    except (ValidationError, ValueError, OSError) as exc:
+        sys.exit(f"mmesh operator: bad configuration:\n{exc}")
+    setup_logging(settings.log_level, json_format=settings.log_json)
+    liveness = None
+    if settings.health_port:
+        liveness = f"http://{settings.health_host}:{settings.health_port}/healthz"
+    assert handlers.__all__  # imported for its side effect: the handlers are registered
+    kopf.run(
+        clusterwide=True,
+        standalone=True,
+        liveness_endpoint=liveness,
+        memo=kopf.Memo(settings=settings),
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,181 @@
+"""InferenceService handlers: register in etcd, unregister on delete, report status.
+
+Only InferenceServices annotated `serving.kserve.io/deploymentMode: ModelMesh` are ours.
+Create/update/resume are one level-triggered reconcile: parse, translate, upsert the vmodel
+and model records, ask for a namespace reconcile (runtime scale-from-zero), wake the status
+reporter. Delete (behind a finalizer) removes the records. The status is written by one
+daemon per InferenceService, woken by the registry watch (and by the handlers): it reads
+the records, decodes the reference status and merge-patches it when it changed. While a
+model is Loading it re-reads every second (no etcd event marks a load that only takes time).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import kopf
+
+from mmesh.core.ids import VModelId
+from mmesh.operator import status as st
+from mmesh.operator.errors import FailureReason, InvalidSpec
+from mmesh.operator.handlers.lifecycle import Context, context, managed
+from mmesh.operator.handlers.runtimes import RETRY_S, Indexes, namespace_sync
+from mmesh.operator.naming import ISVC_SOURCE
+from mmesh.operator.resources import (
+    DEPLOYMENT_MODE_ANNOTATION,
+    GROUP,
+    ISVC_VERSION,
+    MODELMESH_DEPLOYMENT_MODE,
+    InferenceService,
+)
+from mmesh.operator.runtime_selection import Requirement, supporting_runtimes
+from mmesh.operator.service import endpoints
+from mmesh.operator.translation import Registration, to_registration
+
+logger = logging.getLogger(__name__)
+
+ISVC = (GROUP, ISVC_VERSION, "inferenceservices")
+MODELMESH = {DEPLOYMENT_MODE_ANNOTATION: MODELMESH_DEPLOYMENT_MODE}
+IDLE_RECHECK_S = 60.0
+"""Re-read now and then even without events (load failures expire with time)."""
+
+
+def _translate(body: Mapping[str, Any]) -> Registration:
+    return to_registration(InferenceService.from_body(body))
+
+
+@kopf.index(*ISVC, annotations=MODELMESH, when=managed)
+def isvc_idx(body: kopf.Body, namespace: str | None, **_: Any) -> dict[str, Requirement] | None:
+    """namespace -> requirement of every live, valid ModelMesh InferenceService."""
+    if body.get("metadata", {}).get("deletionTimestamp"):
+        return None  # on its way out: no longer keeps runtimes up
+    try:
+        return {namespace or "": _translate(body).requirement}
+    except InvalidSpec:
+        return None
+
+
+@kopf.on.create(*ISVC, annotations=MODELMESH, when=managed, backoff=RETRY_S)
+@kopf.on.update(*ISVC, annotations=MODELMESH, when=managed, backoff=RETRY_S)
+@kopf.on.resume(*ISVC, annotations=MODELMESH, when=managed, backoff=RETRY_S)
+async def reconcile_isvc(
+    body: kopf.Body, name: str, namespace: str | None, memo: Any, **kwargs: Any
+) -> None:
+    ctx, namespace = context(memo), namespace or ""
+    try:
+        registration = _translate(body)  # parse + decide
+        await ctx.registrations.upsert(registration, ctx.service_name)  # act
+    except InvalidSpec as exc:  # the status reporter shows it; retrying cannot help
+        logger.warning("InferenceService %s/%s: %s", namespace, name, exc.message)
+    namespace_sync(ctx).request(namespace, Indexes.of(kwargs))
+    ctx.wakeups.wake(namespace, name)  # report
+
+
+@kopf.on.delete(*ISVC, annotations=MODELMESH, when=managed, backoff=RETRY_S)
+async def unregister_isvc(name: str, namespace: str | None, memo: Any, **kwargs: Any) -> None:
+    ctx, namespace = context(memo), namespace or ""
+    await ctx.registrations.delete(namespace, VModelId(name), ctx.service_name, ISVC_SOURCE)
+    namespace_sync(ctx).request(namespace, Indexes.of(kwargs))
+    logger.info("InferenceService %s/%s unregistered", namespace, name)
+
+
+@kopf.daemon(*ISVC, annotations=MODELMESH, when=managed, cancellation_backoff=2.0)
+async def report_status(
+    body: kopf.Body, name: str, namespace: str | None, memo: Any, stopped: Any, **kwargs: Any
+) -> None:
+    ctx, namespace = context(memo), namespace or ""
+    wake, stop = ctx.wakeups.register(namespace, name), asyncio.ensure_future(stopped.wait())
+    sent: dict[str, Any] = {}
+    try:
+        while not stopped:
+            wake.clear()
+            previous = _managed_status(body.get("status") or {})
+            desired, loading = await observe_status(ctx, body, Indexes.of(kwargs))  # decide
+            if desired != previous:  # `body` may lag our last patch: clear what either holds
+                patch = st.status_patch(_union(previous, sent), desired)
+                if not await asyncio.to_thread(ctx.kube.patch_isvc_status, namespace, name, patch):
+                    return  # act + report; the object is gone
+                sent = desired
+            await _wait(wake, stop, ctx.settings.status_repoll_s if loading else IDLE_RECHECK_S)
+    finally:
+        stop.cancel()
+        ctx.wakeups.unregister(namespace, name)
+
+
+# ---------------------------------------------------------------- status helpers
+
+
+async def observe_status(
+    ctx: Context, body: Mapping[str, Any], indexes: Indexes
+) -> tuple[dict[str, Any], bool]:
+    """The status the InferenceService should show now, and whether a model is Loading."""
+    meta = body.get("metadata", {})
+    namespace, name = str(meta.get("namespace", "")), str(meta.get("name", ""))
+    problem, registration, waiting = None, None, False
+    try:
+        registration = _translate(body)
+        supporting_runtimes(registration, indexes.runtimes_of(namespace))
+        labels = registration.requirement.labels
+        waiting = not ctx.registrations.has_instance_for(namespace, ctx.service_name, labels)
+    except InvalidSpec as exc:
+        problem = exc
+    vmodel, models = await ctx.registrations.observe(namespace, VModelId(name), ctx.service_name)
+    if vmodel is not None and vmodel.owner not in ("", ISVC_SOURCE):
+        problem = InvalidSpec(FailureReason.INVALID_PREDICTOR_SPEC, _foreign(name, vmodel.owner))
+        vmodel, models = None, {}
+    observation = st.Observation(
+        vmodel,
+        models,
+        model_id=registration.model_id if registration else None,
+        problem=problem,
+        waiting_for_runtime=waiting,
+    )
+    desired = st.decode_status(
+        observation,
+        endpoints=endpoints(ctx.config, namespace),
+        now_ms=int(time.time() * 1000),
+        previous=_managed_status(body.get("status") or {}),
+    )
+    states = desired["modelStatus"]["states"].values()
+    return desired, st.ModelState.LOADING.value in states
+
+
+def _foreign(name: str, owner: str) -> str:
+    return f"vmodel {name} already exists with the same name from a different source ({owner!r})"
+
+
+def _managed_status(status: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: _plain(status[k]) for k in st.MANAGED_STATUS_KEYS if k in status}
+
+
+def _union(a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, Any]:
+    """Every key of either (nested maps merged): the fields a patch may have to clear."""
+    out = dict(a)
+    for key, value in b.items():
+        old = out.get(key)
+        if isinstance(old, Mapping) and isinstance(value, Mapping):
+            out[key] = _union(old, value)
+        else:
+            out[key] = value
+    return out
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
+
+
+async def _wait(event: asyncio.Event, stop: asyncio.Future[Any], seconds: float) -> None:
+    """Until the event is set, the daemon is told to stop, or `seconds` pass."""
+    woken = asyncio.ensure_future(event.wait())
+    try:
+        await asyncio.wait({woken, stop}, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        woken.cancel()

@@ -1,0 +1,265 @@
+"""ServingRuntime / ClusterServingRuntime handlers and the per-namespace reconcile.
+
+Runtimes are indexed (namespace -> ServingRuntime; CLUSTER -> ClusterServingRuntime), and
+any runtime event asks for a namespace reconcile. `NamespaceSync` coalesces those requests
+into one worker per namespace that (level-triggered, from the indexes) renders every
+runtime's Deployment with its scale decision, the `modelmesh-serving` Service and the etcd
+Secret the runtime pods mount, applies them, and deletes Deployments of runtimes that are
+gone or disabled. Failed reconciles are retried after 5 s; a running scale-to-zero grace
+period re-runs the reconcile when it ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import kopf
+
+from mmesh.operator.deployment import (
+    NamespaceFacts,
+    ScaleDecision,
+    render_deployment,
+    scale_decision,
+)
+from mmesh.operator.errors import InvalidRuntime
+from mmesh.operator.handlers.lifecycle import Context, context, managed
+from mmesh.operator.kube import Kube, Manifest, contains, secret_manifest
+from mmesh.operator.resources import GROUP, RUNTIME_VERSION, RuntimeKind, ServingRuntime
+from mmesh.operator.runtime_selection import (
+    Requirement,
+    effective_runtimes,
+    is_enabled,
+    runtime_has_models,
+)
+from mmesh.operator.service import MANAGED_LABELS, SERVICE_LABEL, needs_recreate, render_service
+
+logger = logging.getLogger(__name__)
+
+SR = (GROUP, RUNTIME_VERSION, "servingruntimes")
+CSR = (GROUP, RUNTIME_VERSION, "clusterservingruntimes")
+CLUSTER = "*"
+"""Index key of ClusterServingRuntimes (they belong to every namespace)."""
+RETRY_S = 5.0
+_STATE = "namespaces"
+
+
+@dataclass(frozen=True, slots=True)
+class Indexes:
+    """The kopf indexes a namespace reconcile reads (live views, always current)."""
+
+    runtimes: kopf.Index[str, ServingRuntime]
+    cluster_runtimes: kopf.Index[str, ServingRuntime]
+    models: kopf.Index[str, Requirement]
+
+    @classmethod
+    def of(cls, kwargs: Mapping[str, Any]) -> Indexes:
+        """From a handler's kwargs (kopf passes every index to every handler)."""
+        return cls(kwargs["runtimes_idx"], kwargs["cluster_runtimes_idx"], kwargs["isvc_idx"])
+
+    def runtimes_of(self, namespace: str) -> tuple[ServingRuntime, ...]:
+        """The namespace's runtimes, a ServingRuntime hiding a cluster one of its name."""
+        here = [*self.runtimes.get(namespace, []), *self.cluster_runtimes.get(CLUSTER, [])]
+        return effective_runtimes(here)
+
+    def namespaces(self) -> set[str]:
+        return {*self.runtimes.keys(), *self.models.keys()}
+
+
+@dataclass(frozen=True, slots=True)
+class NamespacePlan:
+    namespace: str
+    deployments: tuple[Manifest, ...]
+    keep: frozenset[str]
+    """Deployments to leave alone (their runtime is invalid right now)."""
+    service: Manifest
+    secret: Manifest | None
+    recheck_after_s: float | None
+
+
+@dataclass
+class NamespaceSync:
+    """Coalesced, level-triggered reconciles of each namespace's Deployments and Service."""
+
+    ctx: Context
+    indexes: Indexes | None = None
+    _dirty: set[str] = field(default_factory=set)
+    _workers: dict[str, asyncio.Task[None]] = field(default_factory=dict)
+    _had_models: set[tuple[str, str]] = field(default_factory=set)
+    _no_models_since: dict[tuple[str, str], float] = field(default_factory=dict)
+
+    def request(self, namespace: str | None, indexes: Indexes) -> None:
+        """Reconcile `namespace` (None: every known namespace) soon."""
+        self.indexes = indexes
+        known = indexes.namespaces() | {self.ctx.settings.namespace}
+        for ns in known if namespace is None else {namespace}:
+            if not self.ctx.manages(ns):
+                continue
+            self._dirty.add(ns)
+            if ns not in self._workers or self._workers[ns].done():
+                self._workers[ns] = self.ctx.spawn(self._work(ns), f"sync {ns}")
+
+    async def _work(self, namespace: str) -> None:
+        while namespace in self._dirty and self.indexes is not None:
+            self._dirty.discard(namespace)
+            try:
+                plan = self.plan(namespace, self.indexes, now=time.monotonic())
+                await asyncio.to_thread(apply_plan, self.ctx.kube, plan)
+            except Exception:
+                logger.exception("reconciling namespace %s failed; retrying", namespace)
+                self._later(RETRY_S, namespace)
+                continue
+            if plan.recheck_after_s is not None:
+                self._later(plan.recheck_after_s, namespace)
+
+    def _later(self, delay: float, namespace: str) -> None:
+        indexes = self.indexes
+        if indexes is not None:
+            asyncio.get_running_loop().call_later(delay, self.request, namespace, indexes)
+
+    def plan(self, namespace: str, indexes: Indexes, *, now: float) -> NamespacePlan:
+        """Decide every object of the namespace (no awaits: one consistent view)."""
+        config, settings = self.ctx.config, self.ctx.settings
+        facts = NamespaceFacts(namespace, etcd_secret_name=settings.etcd_secret_name)
+        models = list(indexes.models.get(namespace, []))
+        deployments: list[Manifest] = []
+        keep: set[str] = set()
+        rechecks: list[float] = []
+        for runtime in (r for r in indexes.runtimes_of(namespace) if is_enabled(r)):
+            decision = self._scale(namespace, runtime, models, now)
+            try:
+                deployments.append(
+                    render_deployment(runtime, config, facts, replicas=decision.replicas)
+                )
+            except InvalidRuntime as exc:
+                logger.error("cannot deploy %s in %s: %s", runtime.name, namespace, exc)
+                keep.add(f"{config.inference_service_name}-{runtime.name}")
+            if decision.recheck_after_s is not None:
+                rechecks.append(decision.recheck_after_s)
+        return NamespacePlan(
+            namespace,
+            tuple(deployments),
+            frozenset(keep),
+            render_service(config, namespace=namespace),
+            self._secret(namespace),
+            min(rechecks, default=None),
+        )
+
+    def _scale(
+        self, namespace: str, runtime: ServingRuntime, models: Iterable[Requirement], now: float
+    ) -> ScaleDecision:
+        config = self.ctx.config
+        key = (namespace, runtime.name)
+        has = runtime_has_models(runtime, list(models), rest_enabled=config.rest_proxy.enabled)
+        if has:
+            self._had_models.add(key)
+            self._no_models_since.pop(key, None)
+        elif key in self._had_models:
+            self._had_models.discard(key)
+            self._no_models_since[key] = now
+        return scale_decision(
+            runtime,
+            has_models=has,
+            no_models_since=self._no_models_since.get(key),
+            now=now,
+            grace_s=config.scale_to_zero.grace_period_seconds,
+            pods_per_runtime=config.pods_per_runtime,
+            scale_to_zero=config.scale_to_zero.enabled,
+        )
+
+    def _secret(self, namespace: str) -> Manifest | None:
+        settings = self.ctx.settings
+        if settings.namespace_scope:
+            return None  # namespace scope: the runtime pods mount the operator's own Secret
+        root = self.ctx.registrations.scope.root_for(namespace)
+        text = settings.etcd_connection_for(root)
+        secret = secret_manifest(namespace, settings.etcd_secret_name, {"etcd_connection": text})
+        secret["metadata"]["labels"] = dict(MANAGED_LABELS)
+        return secret
+
+
+def apply_plan(kube: Kube, plan: NamespacePlan) -> None:
+    """Make the namespace match the plan (blocking; runs in a worker thread)."""
+    ns = plan.namespace
+    if plan.secret is not None:
+        _apply_secret(kube, plan.secret)
+    for deployment in plan.deployments:
+        kube.apply(deployment)
+    service_name = plan.service["metadata"]["name"]
+    wanted = {d["metadata"]["name"] for d in plan.deployments} | plan.keep
+    for existing in kube.list("Deployment", ns, {**MANAGED_LABELS, SERVICE_LABEL: service_name}):
+        if existing["metadata"]["name"] not in wanted:
+            kube.delete("Deployment", ns, existing["metadata"]["name"])
+    current = kube.get("Service", ns, service_name)
+    if current is not None and needs_recreate(current, plan.service):
+        kube.delete("Service", ns, service_name)
+    kube.apply(plan.service)
+    for other in kube.list("Service", ns, MANAGED_LABELS):
+        if other["metadata"]["name"] != service_name and SERVICE_LABEL in other["metadata"].get(
+            "labels", {}
+        ):
+            kube.delete("Service", ns, other["metadata"]["name"])
+
+
+def _apply_secret(kube: Kube, secret: Manifest) -> None:
+    """Write the runtime pods' etcd Secret, but never over one someone else made (it may be
+    the operator's own connection: rewriting its root prefix would move the mesh)."""
+    meta = secret["metadata"]
+    existing = kube.get("Secret", meta["namespace"], meta["name"])
+    labels = (existing or {}).get("metadata", {}).get("labels") or {}
+    if existing is not None and not contains(labels, MANAGED_LABELS):
+        logger.warning(
+            "leaving Secret %s/%s alone: not made by mmesh", meta["namespace"], meta["name"]
+        )
+        return
+    kube.apply(secret)
+
+
+def namespace_sync(ctx: Context) -> NamespaceSync:
+    sync = ctx.state.get(_STATE)
+    if not isinstance(sync, NamespaceSync):
+        sync = ctx.state[_STATE] = NamespaceSync(ctx)
+    return sync
+
+
+def _parsed(body: kopf.Body, kind: RuntimeKind) -> ServingRuntime | None:
+    try:
+        return ServingRuntime.from_body(body, kind)
+    except InvalidRuntime as exc:
+        logger.error("ignoring %s: %s", kind.value, exc)
+        return None
+
+
+# ---------------------------------------------------------------- kopf handlers
+
+
+@kopf.index(*SR, when=managed)
+def runtimes_idx(
+    body: kopf.Body, namespace: str | None, **_: Any
+) -> dict[str, ServingRuntime] | None:
+    runtime = _parsed(body, RuntimeKind.SERVING_RUNTIME)
+    return None if runtime is None else {namespace or "": runtime}
+
+
+@kopf.index(*CSR)
+def cluster_runtimes_idx(body: kopf.Body, **_: Any) -> dict[str, ServingRuntime] | None:
+    runtime = _parsed(body, RuntimeKind.CLUSTER_SERVING_RUNTIME)
+    return None if runtime is None else {CLUSTER: runtime}
+
+
+@kopf.on.event(*SR, when=managed)
+async def runtime_changed(namespace: str | None, memo: Any, **kwargs: Any) -> None:
+    ctx = context(memo)
+    namespace_sync(ctx).request(namespace, Indexes.of(kwargs))
+    ctx.wakeups.wake(namespace)
+
+
+@kopf.on.event(*CSR)
+async def cluster_runtime_changed(memo: Any, **kwargs: Any) -> None:
+    ctx = context(memo)
+    namespace_sync(ctx).request(None, Indexes.of(kwargs))
+    ctx.wakeups.wake()
