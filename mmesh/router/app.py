@@ -45,6 +45,7 @@ class Lifecycle:
     ready: bool = False
     shutting_down: bool = False
     stop: asyncio.Event = field(default_factory=asyncio.Event)
+    migrated: asyncio.Event = field(default_factory=asyncio.Event)
 
     def is_ready(self) -> bool:
         return self.ready and not self.shutting_down
@@ -110,6 +111,17 @@ def http_app(is_ready: Callable[[], bool], metrics: RouterMetrics | None) -> web
     app.router.add_get("/live", live)
     if metrics is not None:
         app.router.add_get("/metrics", scrape)
+    return app
+
+
+def prestop_app(life: Lifecycle) -> web.Application:
+    async def prestop(_: web.Request) -> web.Response:
+        life.stop.set()
+        await life.migrated.wait()
+        return web.Response(text="models moved; shutting down")
+
+    app = web.Application()
+    app.router.add_get("/prestop", prestop)
     return app
 
 
@@ -245,6 +257,9 @@ async def start_servers(pod: Pod) -> None:
     pod.server = server
     probes = http_app(pod.is_ready, None)
     pod.runners.append(await start_site(probes, settings.host, settings.probe_port))
+    if settings.prestop_port:
+        prestop = prestop_app(pod.life)
+        pod.runners.append(await start_site(prestop, settings.host, settings.prestop_port))
     if settings.metrics_port:
         scrape = http_app(pod.is_ready, pod.metrics)
         pod.runners.append(await start_site(scrape, settings.host, settings.metrics_port))
@@ -329,6 +344,7 @@ async def shutdown(pod: Pod) -> None:
             await pod.membership.publish_now()
     await pod.janitor.stop()
     await migrate_recent_models(pod, deadline - grace_s / 3)
+    pod.life.migrated.set()
     if pod.server is not None:
         await pod.server.stop(max(1.0, deadline - time.monotonic()))
     for runner in pod.runners:

@@ -35,6 +35,9 @@ class RouterSettings(BaseSettings):
     rest_port: int = Field(8008, alias="REST_PROXY_LISTEN_PORT")
     """V2 REST; 0 disables it."""
     probe_port: int = Field(8089, alias="MM_PROBE_PORT")
+    prestop_port: int = Field(8090, alias="MM_PRESTOP_WAIT_PORT")
+    """`GET /prestop` here starts the shutdown and answers once models have moved; the
+    runtime containers' preStop hook calls it so they outlive the router's migration."""
     metrics: str = Field("prometheus:port=2112;scheme=http", alias="MM_METRICS")
     """`prometheus:port=N[;scheme=http]` or `disabled`."""
 

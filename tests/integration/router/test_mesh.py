@@ -9,6 +9,7 @@ import signal
 import subprocess
 import threading
 import time
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
@@ -526,3 +527,16 @@ def test_copies_spread_over_zones(
                 wait_for(lambda i=i: loaded_copies(a, f"ha-{i}") == 2, timeout_s=15)
                 holders = set(copies(a, f"ha-{i}"))
                 assert {zones[p] for p in holders} == {"zone-1", "zone-2"}, holders
+
+
+def test_prestop_returns_once_recent_models_have_moved(mesh: Mesh) -> None:
+    with mesh.client("pod-a") as a:
+        register(a, "mover")
+        a.infer.ModelInfer(request("mover"), timeout=10)
+    leaving = holder_of(mesh, "mover")
+    url = f"http://127.0.0.1:{mesh.routers[leaving].prestop_port}/prestop"
+    with urllib.request.urlopen(url, timeout=30) as resp:
+        assert resp.status == 200
+    moved_to = [pod for pod in PODS if pod != leaving and "mover" in mesh.loaded(pod)]
+    assert moved_to, "the model had no copy elsewhere when /prestop answered"
+    wait_for(lambda: not _alive(mesh.routers[leaving].pid), timeout_s=15)
