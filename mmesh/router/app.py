@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 import time
@@ -178,6 +179,11 @@ async def build_pod(settings: RouterSettings, life: Lifecycle) -> Pod:
     kv = await EtcdKV.connect(conn)
     registry = Registry(kv, KeyLayout(conn.root_prefix, settings.service_name))
     await registry.start()
+    # The mirror of a large registry is hundreds of thousands of long-lived objects; left in
+    # the collector's generations, every full collection traverses them all and stalls
+    # requests for 100+ ms. They are acyclic data that live as long as the process.
+    gc.collect()
+    gc.freeze()
     runtime = RuntimeClient(f"{settings.runtime_host}:{settings.runtime_port}")
     info = await runtime.wait_ready(settings.startup_timeout_s)
     check_runtime_info(info)

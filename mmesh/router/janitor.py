@@ -16,12 +16,12 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from mmesh.core.errors import StoreUnavailable
 from mmesh.core.ids import InstanceId
 from mmesh.core.kv import Lease
-from mmesh.core.records import CopyState, ModelRecord, bytes_to_units
+from mmesh.core.records import InstanceRecord, ModelRecord, bytes_to_units
 from mmesh.router.errors import RouterError
 from mmesh.router.inference import InferenceRouter
 from mmesh.router.loading import now_ms
@@ -35,6 +35,8 @@ PROACTIVE_RECENT_MS = 3_600_000
 """Only models used within this long are loaded into free space ahead of requests."""
 PROACTIVE_PER_RUN = 3
 MIN_COPIES_PER_RUN = 5
+SURVEY_CHUNK = 2000
+"""Records examined between two yields to the event loop."""
 
 
 def drop_instances(rec: ModelRecord | None, dead: frozenset[str]) -> ModelRecord | Unchanged:
@@ -173,10 +175,25 @@ class Janitor:
         await self.elect()
         if not self.is_leader:
             return
-        await self.reap()
-        self.ensure_min_copies()
-        self.load_proactively()
-        self.publish_gauges()
+        survey = await self.survey()
+        await self.reap(survey)
+        self.ensure_min_copies(survey)
+        self.load_proactively(survey)
+        self.publish_gauges(survey)
+
+    async def survey(self) -> Survey:
+        """One pass over every record, yielding to requests every SURVEY_CHUNK records: a
+        registry of 100K models must never stall the event loop."""
+        live = self.router.live_peers()
+        now, expiry = now_ms(), self.policy.failure_expiry_ms
+        result = Survey(live=live)
+        cutoff = now - PROACTIVE_RECENT_MS
+        for n, (model_id, versioned) in enumerate(list(self.registry.models.items.items())):
+            if n % SURVEY_CHUNK == SURVEY_CHUNK - 1:
+                await asyncio.sleep(0)
+            rec = versioned.record
+            result.note(model_id, rec, now_ms=now, expiry_ms=expiry, cutoff_ms=cutoff)
+        return result
 
     async def elect(self) -> None:
         """Take the leader key if nobody holds it; it goes with this instance's lease."""
@@ -192,9 +209,8 @@ class Janitor:
             current = await self.registry.kv.get(key)
         self.is_leader = current is not None and current.value.decode() == self.instance_id
 
-    async def reap(self) -> None:
-        live = set(self.registry.instances.items) | {self.instance_id}
-        dead = self._dead_instances(live)
+    async def reap(self, survey: Survey) -> None:
+        dead = self._dead_instances(survey.mentioned - set(survey.live) - {self.instance_id})
         if not dead:
             return
         for model_id, versioned in list(self.registry.models.items.items()):
@@ -203,12 +219,8 @@ class Janitor:
                 await self.registry.update_model(model_id, lambda r: drop_instances(r, dead))
         logger.info("dropped the copies of departed instances %s", sorted(dead))
 
-    def _dead_instances(self, live: set[str]) -> frozenset[str]:
+    def _dead_instances(self, missing: set[str]) -> frozenset[str]:
         now = time.monotonic()
-        mentioned: set[str] = set()
-        for versioned in self.registry.models.items.values():
-            mentioned |= set(versioned.record.instance_ids) | set(versioned.record.failed_in)
-        missing = mentioned - live
         for iid in list(self._missing_since):
             if iid not in missing:
                 del self._missing_since[iid]
@@ -217,58 +229,69 @@ class Janitor:
         grace = self.policy.reap_grace_s
         return frozenset(i for i in missing if now - self._missing_since[i] >= grace)
 
-    def ensure_min_copies(self) -> None:
-        live = self.router.live_peers()
-        serving = [i for i, rec in live.items() if not rec.shutting_down]
+    def ensure_min_copies(self, survey: Survey) -> None:
+        serving = sum(1 for rec in survey.live.values() if not rec.shutting_down)
         started = 0
-        for model_id, versioned in list(self.registry.models.items.items()):
-            rec = versioned.record
-            want = min(rec.min_copies, len(serving))
-            have = sum(1 for iid in rec.instance_ids if iid in live)
-            if have < want and model_id not in self._scaling:
+        for model_id, have, min_copies in survey.under_copied:
+            want = min(min_copies, serving)
+            record = self.registry.models.get(model_id)
+            if have < want and record is not None and model_id not in self._scaling:
                 logger.info("model %s has %d of its %d minimum copies", model_id, have, want)
-                self._add_copy(model_id, rec)
+                self._add_copy(model_id, record)
                 started += 1
                 if started >= MIN_COPIES_PER_RUN:
                     return
 
-    def load_proactively(self) -> None:
+    def load_proactively(self, survey: Survey) -> None:
         """Models used recently but loaded nowhere go into free space before a request has
         to wait for them."""
-        live = self.router.live_peers()
         size = bytes_to_units(self.router.local.info.default_model_size_bytes)
         roomy = [
-            i for i, rec in live.items() if not rec.shutting_down and rec.free_units >= 2 * size
+            i
+            for i, rec in survey.live.items()
+            if not rec.shutting_down and rec.free_units >= 2 * size
         ]
         if not roomy:
             return
-        cutoff = now_ms() - PROACTIVE_RECENT_MS
-        expiry = self.policy.failure_expiry_ms
-        idle = sorted(
-            (
-                (v.record.last_used_ms, m)
-                for m, v in self.registry.models.items.items()
-                if v.record.last_used_ms >= cutoff
-                and m not in self._scaling
-                and not any(iid in live for iid in v.record.instance_ids)
-                and not failed_instances(v.record, now_ms=now_ms(), expiry_ms=expiry)
-            ),
-            reverse=True,
-        )
+        idle = sorted(survey.recent_unloaded, reverse=True)
         for _, model_id in idle[: min(PROACTIVE_PER_RUN, len(roomy))]:
             record = self.registry.models.get(model_id)
-            if record is not None:
+            if record is not None and model_id not in self._scaling:
                 logger.info("loading recently used model %s into free space", model_id)
                 self._add_copy(model_id, record)
 
-    def publish_gauges(self) -> None:
-        live = set(self.router.live_peers())
-        expiry, now = self.policy.failure_expiry_ms, now_ms()
-        records = [v.record for v in self.registry.models.items.values()]
-        self.metrics.cluster_models_managed.set(len(records))
-        self.metrics.cluster_models_loaded.set(
-            sum(1 for r in records if any(i in live for i in r.instances_in(CopyState.LOADED)))
+    def publish_gauges(self, survey: Survey) -> None:
+        self.metrics.cluster_models_managed.set(survey.managed)
+        self.metrics.cluster_models_loaded.set(survey.loaded)
+        self.metrics.cluster_models_failed.set(survey.failed)
+
+
+@dataclass
+class Survey:
+    """What the leader learns from one pass over the registry."""
+
+    live: dict[str, InstanceRecord]
+    mentioned: set[str] = field(default_factory=set)
+    under_copied: list[tuple[str, int, int]] = field(default_factory=list)
+    recent_unloaded: list[tuple[int, str]] = field(default_factory=list)
+    managed: int = 0
+    loaded: int = 0
+    failed: int = 0
+
+    def note(
+        self, model_id: str, rec: ModelRecord, *, now_ms: int, expiry_ms: int, cutoff_ms: int
+    ) -> None:
+        self.managed += 1
+        self.mentioned.update(rec.instance_ids)
+        self.mentioned.update(rec.failed_in)
+        holders = sum(1 for iid in rec.instance_ids if iid in self.live)
+        if any(iid in self.live for iid in rec.loaded_in):
+            self.loaded += 1
+        has_failures = bool(rec.failed_in) and bool(
+            failed_instances(rec, now_ms=now_ms, expiry_ms=expiry_ms)
         )
-        self.metrics.cluster_models_failed.set(
-            sum(1 for r in records if failed_instances(r, now_ms=now, expiry_ms=expiry))
-        )
+        self.failed += has_failures
+        if rec.min_copies > holders:
+            self.under_copied.append((model_id, holders, rec.min_copies))
+        if not holders and not has_failures and rec.last_used_ms >= cutoff_ms:
+            self.recent_unloaded.append((rec.last_used_ms, model_id))
