@@ -297,6 +297,7 @@ class Mesh:
             "REST_PROXY_LISTEN_PORT": str(ports[2]),
             "MM_METRICS": f"prometheus:port={ports[3]};scheme=http",
             "MM_PROBE_PORT": str(ports[4]),
+            "MM_PRESTOP_WAIT_PORT": "0",
             "MM_LOG_JSON": "true",
             "MM_LOG_LEVEL": "INFO",
             "SHUTDOWN_TIMEOUT_MS": "3000",

@@ -138,7 +138,7 @@ def start_router(stack: Stack) -> None:
     hook_dir = stack.tmp / "hook"
     hook_dir.mkdir()
     shutil.copy(BENCH / "decode_hook.py", hook_dir / "sitecustomize.py")
-    ports = [free_port() for _ in range(5)]
+    ports = [free_port() for _ in range(6)]
     stack.router_port, stack.rest_port, stack.decode_port = ports[0], ports[1], ports[4]
     kv_store = {"endpoints": f"http://{stack.etcd_endpoint}", "root_prefix": stack.root_prefix}
     env = {
@@ -150,6 +150,8 @@ def start_router(stack: Stack) -> None:
         "REST_PROXY_LISTEN_PORT": str(ports[1]),
         "MM_METRICS": f"prometheus:port={ports[2]};scheme=http",
         "MM_PROBE_PORT": str(ports[3]),
+        "MM_INTERNAL_GRPC_PORT": str(ports[5]),
+        "MM_PRESTOP_WAIT_PORT": "0",
         "SHUTDOWN_TIMEOUT_MS": "5000",
         "PYTHONPATH": str(hook_dir),
         "MMBENCH_DECODE_PORT": str(stack.decode_port),

@@ -182,24 +182,23 @@ class InferenceRouter:
 
     async def _route_once(self, call: _Call, record: ModelRecord, exclude: set[str]) -> bytes:
         me = self.local.instance_id
-        live = self.live_peers()
         if me not in exclude and (
             self.local.is_loaded(call.model_id)
             or (peers.is_balanced(call.headers) and self.local.has_copy(call.model_id))
         ):
             return await self._attempt(me, self._serve_local(call, exclude))
-        others = {iid: rec for iid, rec in live.items() if iid != me}
+        others = self.peer_records()
         target = choose_copy(record, others, exclude=exclude, inflight=self.pool.inflight)
         if target is None and self.local.is_loading(call.model_id) and me not in exclude:
             return await self._attempt(me, self._serve_local(call, exclude))
         if target is None:
             target = choose_loading_copy(record, others, exclude=exclude)
         if target is not None:
-            return await self._attempt(target, self._forward(call, target, live, exclude))
-        placed = self._place(call.model_id, record, live, exclude)
+            return await self._attempt(target, self._forward(call, target, others, exclude))
+        placed = self._place(call.model_id, record, self.live_peers(), exclude)
         if placed == me:
             return await self._attempt(me, self._serve_local(call, exclude))
-        return await self._attempt(placed, self._forward(call, placed, live, exclude))
+        return await self._attempt(placed, self._forward(call, placed, others, exclude))
 
     def _place(
         self,
@@ -328,6 +327,11 @@ class InferenceRouter:
         )
         request = mm.EnsureLoadedRequest(modelId=model_id, sync=True).SerializeToString()
         await self.pool.get(endpoint).call(ENSURE_LOADED, request, metadata, None)
+
+    def peer_records(self) -> dict[str, InstanceRecord]:
+        """The other live instances (their lease holds), straight from the mirror."""
+        me = self.local.instance_id
+        return {iid: v.record for iid, v in self.registry.instances.items.items() if iid != me}
 
     def live_peers(self) -> dict[str, InstanceRecord]:
         """Instances with a live record (their lease holds), this one from its own state."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import time
 from collections import Counter
@@ -35,6 +36,9 @@ PROACTIVE_RECENT_MS = 3_600_000
 """Only models used within this long are loaded into free space ahead of requests."""
 PROACTIVE_PER_RUN = 3
 MIN_COPIES_PER_RUN = 5
+GC_FREEZE_INTERVAL_S = 60.0
+GC_UNFREEZE_EVERY = 60
+"""Freezes between two full collections that also reclaim cycles among frozen objects."""
 SURVEY_CHUNK = 2000
 """Records examined between two yields to the event loop."""
 
@@ -85,6 +89,7 @@ class Janitor:
         self._missing_since: dict[str, float] = {}
         self._scaling: set[str] = set()
         self._tasks: list[asyncio.Task[None]] = []
+        self._gc = GcFreezer()
 
     def count(self, model_id: str) -> None:
         """Called for each request this instance's runtime serves."""
@@ -94,6 +99,7 @@ class Janitor:
         self._tasks = [
             asyncio.create_task(self._every(self.policy.rate_interval_s, self.check_rates)),
             asyncio.create_task(self._every(self.policy.reap_grace_s / 2, self.leader_duties)),
+            asyncio.create_task(self._every(GC_FREEZE_INTERVAL_S, self._gc.tick)),
         ]
 
     async def stop(self) -> None:
@@ -295,3 +301,20 @@ class Survey:
             self.under_copied.append((model_id, holders, rec.min_copies))
         if not holders and not has_failures and rec.last_used_ms >= cutoff_ms:
             self.recent_unloaded.append((rec.last_used_ms, model_id))
+
+
+class GcFreezer:
+    """Keeps long-lived objects (registry records, cache entries) out of the collector's
+    generations: a full collection that traverses hundreds of thousands of them stalls
+    every request for 100+ ms. Survivors are frozen every minute; once an hour everything is
+    thawed so one full collection can reclaim cycles that died while frozen."""
+
+    def __init__(self) -> None:
+        self.ticks = 0
+
+    def tick(self) -> None:
+        self.ticks += 1
+        if self.ticks % GC_UNFREEZE_EVERY == 0:
+            gc.unfreeze()
+            gc.collect()
+        gc.freeze()
