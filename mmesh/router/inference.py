@@ -11,7 +11,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Collection, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from mmesh.core.ids import InstanceId
 from mmesh.core.proto import model_mesh_pb2 as mm
@@ -47,6 +47,8 @@ VMODEL_ID_HEADER = "mm-vmodel-id"
 LEGACY_MODEL_ID_HEADER = "tas-model-id"
 
 ENSURE_LOADED = "/mmesh.ModelMesh/ensureLoaded"
+PLACED_MEMORY_S = 2.0
+"""How long this router counts a copy it placed on a peer against that peer's free space."""
 
 # Methods whose request names the model in a field: (field path, read as vmodel id first).
 ID_EXTRACTION: Mapping[str, tuple[int, ...]] = {
@@ -83,6 +85,7 @@ class InferenceRouter:
         self.pool = pool or PeerPool(max_message_bytes=16 * 1024 * 1024)
         self.self_record = self_record or InstanceRecord
         self.on_served: Callable[[str], None] = lambda model_id: None
+        self._placed: dict[str, list[tuple[float, int]]] = {}
         info = local.info
         self._injection = {f"/{m}": path for m, path in info.id_injection.items()}
         self._allow_any = info.allow_any_method
@@ -208,7 +211,9 @@ class InferenceRouter:
         exclude: set[str],
     ) -> str:
         size = bytes_to_units(self.local.info.default_model_size_bytes)
-        candidates = [Peer(iid, rec) for iid, rec in live.items()]
+        candidates = [
+            Peer(iid, self._with_recent_placements(iid, rec)) for iid, rec in live.items()
+        ]
         choice = choose_placement(
             record,
             candidates,
@@ -218,6 +223,7 @@ class InferenceRouter:
             failure_expiry_ms=self.local.failure_expiry_ms,
         )
         if isinstance(choice, str):
+            self._placed.setdefault(choice, []).append((time.monotonic(), size))
             return choice
         failed = failed_instances(record, now_ms=now_ms(), expiry_ms=self.local.failure_expiry_ms)
         if failed:
@@ -227,6 +233,21 @@ class InferenceRouter:
             )
             raise LoadFailed(f"model {model_id} failed to load: {messages}")
         raise NoCapacity(f"cannot load model {model_id}: {choice.reason}")
+
+    def _with_recent_placements(self, iid: str, rec: InstanceRecord) -> InstanceRecord:
+        """A peer's record plus the copies this router just sent it: its own record lags by
+        up to a publish interval, and without this every miss in a burst would pick the same
+        "emptiest" peer."""
+        if iid == self.local.instance_id:
+            return rec
+        recent = [p for p in self._placed.get(iid, ()) if time.monotonic() - p[0] < PLACED_MEMORY_S]
+        self._placed[iid] = recent
+        if not recent:
+            return rec
+        units = sum(u for _, u in recent)
+        return replace(
+            rec, used_units=rec.used_units + units, model_count=rec.model_count + len(recent)
+        )
 
     async def _attempt(self, instance_id: str, work: Awaitable[bytes]) -> bytes:
         """Run one routing attempt; failures that another instance could avoid say where."""

@@ -298,6 +298,7 @@ def test_high_request_rate_adds_a_copy_on_another_pod(
         assert len(loaded) >= 2, loaded
         assert sum(1 for pod in PODS if "busy" in m.loaded(pod)) >= 2
         # The rate falls to nothing; other models need the space: the idle copies go.
+        time.sleep(1.0)  # let a scale-up decided in the last rate window finish loading
         with m.client("pod-b") as b:
             for i in range(9):
                 register(b, f"filler-{i}")
