@@ -1,7 +1,9 @@
 """`python -m mmesh.operator`: the operator (kopf, cluster-wide, standalone).
 
-kopf watches every namespace (`-A`); in namespace scope the handlers filter to
-NAMESPACE themselves. Standalone: one replica, no kopf peering resources needed.
+kopf watches every namespace (`-A`); the handlers filter to the managed namespaces
+themselves (NAMESPACE, plus those labelled `modelmesh-enabled: "true"` in cluster scope).
+Standalone as far as kopf is concerned (no peering resources): replicas elect a leader on
+an etcd lease instead (mmesh.operator.leadership), and only the leader writes.
 """
 
 from __future__ import annotations

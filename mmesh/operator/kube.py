@@ -11,6 +11,7 @@ block: kopf handlers reach them through `asyncio.to_thread` (toolchain.md 4a).
 from __future__ import annotations
 
 import base64
+import builtins
 import enum
 import json
 import logging
@@ -169,6 +170,30 @@ class Kube:
         try:
             self.custom.patch_namespaced_custom_object_status(
                 GROUP, ISVC_VERSION, namespace, ISVC_PLURAL, name, {"status": dict(status)},
+                _content_type=MERGE_PATCH, **_raw(),
+            )  # fmt: skip
+        except ApiException as exc:
+            if exc.status == 404:
+                return False
+            raise
+        return True
+
+    def list_namespaces(self) -> builtins.list[Manifest]:
+        return list(_body(self.core.list_namespace(**_raw())).get("items") or [])
+
+    def list_isvcs(self) -> builtins.list[Manifest]:
+        """Every InferenceService of the cluster."""
+        items = _body(
+            self.custom.list_cluster_custom_object(GROUP, ISVC_VERSION, ISVC_PLURAL, **_raw())
+        )
+        return list(items.get("items") or [])
+
+    def annotate_isvc(self, namespace: str, name: str, key: str, value: str) -> bool:
+        """Merge-patch one annotation onto an InferenceService; False if it is gone."""
+        body = {"metadata": {"annotations": {key: value}}}
+        try:
+            self.custom.patch_namespaced_custom_object(
+                GROUP, ISVC_VERSION, namespace, ISVC_PLURAL, name, body,
                 _content_type=MERGE_PATCH, **_raw(),
             )  # fmt: skip
         except ApiException as exc:

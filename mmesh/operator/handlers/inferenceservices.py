@@ -7,6 +7,9 @@ reporter. Delete (behind a finalizer) removes the records. The status is written
 daemon per InferenceService, woken by the registry watch (and by the handlers): it reads
 the records, decodes the reference status and merge-patches it when it changed. While a
 model is Loading it re-reads every second (no etcd event marks a load that only takes time).
+Only the leader registers and patches statuses (followers' reporters only watch). etcd
+being unreachable is a kopf TemporaryError (retried every 2 s) in the handlers, and a
+retry in the reporters. Events: Registered, the InvalidSpec reason, Loaded, FailedToLoad.
 """
 
 from __future__ import annotations
@@ -19,10 +22,12 @@ from typing import Any
 
 import kopf
 
+from mmesh.core.errors import StoreUnavailable
 from mmesh.core.ids import VModelId
 from mmesh.operator import status as st
 from mmesh.operator.errors import FailureReason, InvalidSpec
-from mmesh.operator.handlers.lifecycle import Context, context, managed
+from mmesh.operator.handlers import events
+from mmesh.operator.handlers.lifecycle import Context, context, leading, managed
 from mmesh.operator.handlers.runtimes import RETRY_S, Indexes, namespace_sync
 from mmesh.operator.naming import ISVC_SOURCE
 from mmesh.operator.resources import (
@@ -42,13 +47,15 @@ ISVC = (GROUP, ISVC_VERSION, "inferenceservices")
 MODELMESH = {DEPLOYMENT_MODE_ANNOTATION: MODELMESH_DEPLOYMENT_MODE}
 IDLE_RECHECK_S = 60.0
 """Re-read now and then even without events (load failures expire with time)."""
+ETCD_RETRY_S = 2.0
+"""How soon a handler or status reporter tries again while etcd is unreachable."""
 
 
 def _translate(body: Mapping[str, Any]) -> Registration:
     return to_registration(InferenceService.from_body(body))
 
 
-@kopf.index(*ISVC, annotations=MODELMESH, when=managed)
+@kopf.index(*ISVC, annotations=MODELMESH)
 def isvc_idx(body: kopf.Body, namespace: str | None, **_: Any) -> dict[str, Requirement] | None:
     """namespace -> requirement of every live, valid ModelMesh InferenceService."""
     if body.get("metadata", {}).get("deletionTimestamp"):
@@ -59,26 +66,36 @@ def isvc_idx(body: kopf.Body, namespace: str | None, **_: Any) -> dict[str, Requ
         return None
 
 
-@kopf.on.create(*ISVC, annotations=MODELMESH, when=managed, backoff=RETRY_S)
-@kopf.on.update(*ISVC, annotations=MODELMESH, when=managed, backoff=RETRY_S)
-@kopf.on.resume(*ISVC, annotations=MODELMESH, when=managed, backoff=RETRY_S)
+@kopf.on.create(*ISVC, annotations=MODELMESH, when=leading, backoff=RETRY_S)
+@kopf.on.update(*ISVC, annotations=MODELMESH, when=leading, backoff=RETRY_S)
+@kopf.on.resume(*ISVC, annotations=MODELMESH, when=leading, backoff=RETRY_S)
 async def reconcile_isvc(
     body: kopf.Body, name: str, namespace: str | None, memo: Any, **kwargs: Any
 ) -> None:
     ctx, namespace = context(memo), namespace or ""
     try:
         registration = _translate(body)  # parse + decide
-        await ctx.registrations.upsert(registration, ctx.service_name)  # act
+        vmodel = await ctx.registrations.upsert(registration, ctx.service_name)  # act
     except InvalidSpec as exc:  # the status reporter shows it; retrying cannot help
         logger.warning("InferenceService %s/%s: %s", namespace, name, exc.message)
+        events.post(body, type=events.WARNING, reason=exc.reason.value, message=exc.message)
+    except StoreUnavailable as exc:
+        raise kopf.TemporaryError(f"etcd unavailable: {exc}", delay=ETCD_RETRY_S) from exc
+    else:
+        if _spec_changed(kwargs):  # not on resume, nor on a leader's touch (metadata only)
+            message = f"registered as vmodel {name} targeting model {vmodel.target_model}"
+            events.post(body, type=events.NORMAL, reason=events.REGISTERED, message=message)
     namespace_sync(ctx).request(namespace, Indexes.of(kwargs))
     ctx.wakeups.wake(namespace, name)  # report
 
 
-@kopf.on.delete(*ISVC, annotations=MODELMESH, when=managed, backoff=RETRY_S)
+@kopf.on.delete(*ISVC, annotations=MODELMESH, when=leading, backoff=RETRY_S)
 async def unregister_isvc(name: str, namespace: str | None, memo: Any, **kwargs: Any) -> None:
     ctx, namespace = context(memo), namespace or ""
-    await ctx.registrations.delete(namespace, VModelId(name), ctx.service_name, ISVC_SOURCE)
+    try:
+        await ctx.registrations.delete(namespace, VModelId(name), ctx.service_name, ISVC_SOURCE)
+    except StoreUnavailable as exc:
+        raise kopf.TemporaryError(f"etcd unavailable: {exc}", delay=ETCD_RETRY_S) from exc
     namespace_sync(ctx).request(namespace, Indexes.of(kwargs))
     logger.info("InferenceService %s/%s unregistered", namespace, name)
 
@@ -90,16 +107,26 @@ async def report_status(
     ctx, namespace = context(memo), namespace or ""
     wake, stop = ctx.wakeups.register(namespace, name), asyncio.ensure_future(stopped.wait())
     sent: dict[str, Any] = {}
+    shown = _active_state(body.get("status") or {})
     try:
         while not stopped:
             wake.clear()
             previous = _managed_status(body.get("status") or {})
-            desired, loading = await observe_status(ctx, body, Indexes.of(kwargs))  # decide
+            try:
+                desired, loading = await observe_status(ctx, body, Indexes.of(kwargs))  # decide
+            except StoreUnavailable as exc:  # keep the last status; the watch wakes us later
+                logger.warning("status of %s/%s: etcd unavailable (%s)", namespace, name, exc)
+                await _wait(wake, stop, ETCD_RETRY_S)
+                continue
+            if not ctx.leads:  # a follower only watches
+                await _wait(wake, stop, IDLE_RECHECK_S)
+                continue
             if desired != previous:  # `body` may lag our last patch: clear what either holds
                 patch = st.status_patch(_union(previous, sent), desired)
                 if not await asyncio.to_thread(ctx.kube.patch_isvc_status, namespace, name, patch):
                     return  # act + report; the object is gone
                 sent = desired
+            shown = _announce(body, desired, shown)
             await _wait(wake, stop, ctx.settings.status_repoll_s if loading else IDLE_RECHECK_S)
     finally:
         stop.cancel()
@@ -142,6 +169,36 @@ async def observe_status(
     )
     states = desired["modelStatus"]["states"].values()
     return desired, st.ModelState.LOADING.value in states
+
+
+def _spec_changed(kwargs: Mapping[str, Any]) -> bool:
+    """Whether the handler runs for a new InferenceService or a change of its spec."""
+    if str(kwargs.get("reason")) == "create":
+        return True
+    return str(kwargs.get("reason")) == "update" and any(
+        tuple(item[1])[:1] == ("spec",) for item in kwargs.get("diff") or ()
+    )
+
+
+def _active_state(status: Mapping[str, Any]) -> str:
+    return str(status.get("modelStatus", {}).get("states", {}).get("activeModelState", ""))
+
+
+def _announce(body: Mapping[str, Any], desired: Mapping[str, Any], shown: str) -> str:
+    """Post an Event when the active model becomes Loaded or FailedToLoad; the new state."""
+    state = _active_state(desired)
+    if state == shown:
+        return state
+    model_status = desired.get("modelStatus", {})
+    if state == st.ModelState.LOADED.value:
+        copies = model_status.get("copies", {}).get("totalCopies", 0)
+        message = f"model loaded ({copies} copies)"
+        events.post(body, type=events.NORMAL, reason=events.LOADED, message=message)
+    elif state == st.ModelState.FAILED_TO_LOAD.value:
+        info = model_status.get("lastFailureInfo", {})
+        message = f"{info.get('reason', 'ModelLoadFailed')}: {info.get('message', '')}"
+        events.post(body, type=events.WARNING, reason=events.FAILED_TO_LOAD, message=message)
+    return state
 
 
 def _foreign(name: str, owner: str) -> str:

@@ -1,10 +1,13 @@
 """Operator start and stop, and the shared `Context` every handler reaches through `memo`.
 
 Startup (before kopf watches anything): tune kopf (finalizer and annotation names, events),
-connect etcd, build the Kubernetes client, read `model-serving-config` once, and start the
-registry watch that wakes the per-InferenceService status reporters. This module is the
-only place that chooses implementations (EtcdKV, Kube). Cleanup stops the watch and closes
-etcd.
+connect etcd, try once to become the leader, build the Kubernetes client, read
+`model-serving-config` and (cluster scope) the enabled namespaces once, and start the
+registry watch that wakes the per-InferenceService status reporters and the leader
+election loop. The handlers that write are filtered by `leading`; a replica that becomes the
+leader later touches every InferenceService so kopf hands them over again. This module is
+the only place that chooses implementations (EtcdKV, Kube). Cleanup releases the
+leadership, stops the watch and closes etcd.
 """
 
 from __future__ import annotations
@@ -12,7 +15,8 @@ from __future__ import annotations
 import asyncio
 import importlib.resources
 import logging
-from collections.abc import Coroutine, Mapping
+import time
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +24,7 @@ import kopf
 
 from mmesh.core.etcd import EtcdKV
 from mmesh.operator.kube import Kube
+from mmesh.operator.leadership import Leadership, default_identity, leader_key
 from mmesh.operator.registrations import MeshScope, Registrations
 from mmesh.operator.serving_config import DEFAULTS_FILE, ServingConfig, merge_config
 from mmesh.operator.settings import CONFIG_MAP_KEY, CONFIG_MAP_NAME, OperatorSettings
@@ -28,6 +33,9 @@ logger = logging.getLogger(__name__)
 
 FINALIZER = "serving.kserve.io/mmesh-finalizer"
 ANNOTATIONS_PREFIX = "mmesh.serving.kserve.io"
+ENABLED_LABEL = "modelmesh-enabled"
+LEADER_ANNOTATION = "serving.kserve.io/mmesh-leader"
+"""Set by a new leader on every InferenceService: the update makes kopf handle it again."""
 
 
 class Wakeups:
@@ -60,9 +68,14 @@ class Context:
     registrations: Registrations
     defaults_yaml: str
     config: ServingConfig
+    leadership: Leadership
     wakeups: Wakeups = field(default_factory=Wakeups)
     tasks: set[asyncio.Task[Any]] = field(default_factory=set)
     state: dict[str, Any] = field(default_factory=dict)
+    enabled_namespaces: set[str] = field(default_factory=set)
+    """Cluster scope: the namespaces labelled `modelmesh-enabled: "true"` (not Terminating)."""
+    on_leader: list[Callable[[], None]] = field(default_factory=list)
+    """Called when this replica becomes the leader after startup."""
     """Per-module shell state (e.g. the namespace sync), keyed by module."""
 
     @property
@@ -76,9 +89,17 @@ class Context:
         task.add_done_callback(self.tasks.discard)
         return task
 
+    @property
+    def leads(self) -> bool:
+        """Whether this replica is the leader (only the leader writes anything)."""
+        return self.leadership.is_leader
+
     def manages(self, namespace: str | None) -> bool:
-        """Namespace scope serves only the operator's namespace; cluster scope, all."""
-        return not self.settings.namespace_scope or namespace == self.settings.namespace
+        """Namespace scope serves only the operator's namespace; cluster scope, that one and
+        every namespace labelled `modelmesh-enabled: "true"` (reference §3.8)."""
+        if namespace == self.settings.namespace:
+            return True
+        return not self.settings.namespace_scope and namespace in self.enabled_namespaces
 
 
 def context(memo: Any) -> Context:
@@ -92,6 +113,20 @@ def managed(namespace: str | None, memo: Any, **_: Any) -> bool:
     """kopf `when=` filter: the object lives in a namespace this operator serves."""
     ctx = getattr(memo, "ctx", None)
     return isinstance(ctx, Context) and ctx.manages(namespace)
+
+
+def leading(namespace: str | None, memo: Any, **_: Any) -> bool:
+    """kopf `when=` filter of the handlers that write: `managed`, and this replica leads
+    (a follower leaves the object alone, without even kopf's progress annotations)."""
+    ctx = getattr(memo, "ctx", None)
+    return isinstance(ctx, Context) and ctx.manages(namespace) and ctx.leads
+
+
+def is_enabled_namespace(body: Mapping[str, Any]) -> bool:
+    """A Namespace labelled `modelmesh-enabled: "true"` and not Terminating."""
+    labels = body.get("metadata", {}).get("labels") or {}
+    terminating = body.get("status", {}).get("phase") == "Terminating"
+    return labels.get(ENABLED_LABEL) == "true" and not terminating
 
 
 def load_config(defaults_yaml: str, config_map: Mapping[str, Any] | None) -> ServingConfig:
@@ -129,10 +164,43 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> N
     defaults = _defaults_yaml(ours)
     found = await asyncio.to_thread(kube.read_config_map, ours.namespace, CONFIG_MAP_NAME)
     config = load_config(defaults, found)
-    ctx = Context(ours, kube, Registrations(kv, scope), defaults, config)
+    leadership = Leadership(kv, leader_key(connection.root_prefix), default_identity())
+    await leadership.try_acquire()  # the leader at start needs no catch-up: kopf resumes all
+    ctx = Context(ours, kube, Registrations(kv, scope), defaults, config, leadership)
+    if not ours.namespace_scope:
+        found_ns = await asyncio.to_thread(kube.list_namespaces)
+        ctx.enabled_namespaces = {
+            str(n["metadata"]["name"]) for n in found_ns if is_enabled_namespace(n)
+        }
+    leadership.on_gain = lambda: _took_over(ctx)
     ctx.spawn(ctx.registrations.watch(ctx.wakeups.wake), "registry").add_done_callback(_watch_ended)
+    ctx.spawn(leadership.run(), "leadership")
     memo.ctx = ctx
     logger.info("operator started: etcd %s, namespace %s", connection.endpoint_text, ours.namespace)
+
+
+async def _took_over(ctx: Context) -> None:
+    """Newly the leader: have kopf look at every InferenceService again (the handlers
+    skipped them while following), then redo every namespace and every status."""
+    await touch_isvcs(ctx)
+    for hook in ctx.on_leader:
+        hook()
+    ctx.wakeups.wake()
+
+
+async def touch_isvcs(ctx: Context, namespace: str | None = None) -> None:
+    """Annotate the InferenceServices (of `namespace`, or all managed ones) so that kopf
+    hands them to the handlers again: their filters skipped them until now."""
+    stamp = f"{ctx.leadership.identity}@{time.time():.0f}"
+    try:
+        found = await asyncio.to_thread(ctx.kube.list_isvcs)
+        for isvc in found:
+            meta = isvc.get("metadata", {})
+            ns, name = str(meta.get("namespace", "")), str(meta.get("name", ""))
+            if namespace in (None, ns) and ctx.manages(ns):
+                await asyncio.to_thread(ctx.kube.annotate_isvc, ns, name, LEADER_ANNOTATION, stamp)
+    except Exception:  # the next event of each object catches up anyway
+        logger.exception("touching the InferenceServices failed")
 
 
 def _watch_ended(task: asyncio.Task[None]) -> None:
@@ -147,6 +215,7 @@ async def stop(memo: kopf.Memo, **_: Any) -> None:
     ctx = getattr(memo, "ctx", None)
     if not isinstance(ctx, Context):
         return
+    await ctx.leadership.release()  # a successor need not wait for the lease to expire
     await ctx.registrations.kv.close()  # ends the registry watch cleanly
     for task in ctx.tasks:
         task.cancel()

@@ -6,7 +6,8 @@ into one worker per namespace that (level-triggered, from the indexes) renders e
 runtime's Deployment with its scale decision, the `modelmesh-serving` Service and the etcd
 Secret the runtime pods mount, applies them, and deletes Deployments of runtimes that are
 gone or disabled. Failed reconciles are retried after 5 s; a running scale-to-zero grace
-period re-runs the reconcile when it ends.
+period re-runs the reconcile when it ends. Only the leader reconciles (a new leader redoes
+every namespace); a Deployment scaled to zero or up from zero gets an Event.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from mmesh.operator.deployment import (
     scale_decision,
 )
 from mmesh.operator.errors import InvalidRuntime
+from mmesh.operator.handlers import events
 from mmesh.operator.handlers.lifecycle import Context, context, managed
 from mmesh.operator.kube import Kube, Manifest, contains, secret_manifest
 from mmesh.operator.resources import GROUP, RUNTIME_VERSION, RuntimeKind, ServingRuntime
@@ -92,9 +94,19 @@ class NamespaceSync:
     _had_models: set[tuple[str, str]] = field(default_factory=set)
     _no_models_since: dict[tuple[str, str], float] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        self.ctx.on_leader.append(self.request_all)
+
+    def request_all(self) -> None:
+        """Reconcile every known namespace soon (e.g. after becoming the leader)."""
+        if self.indexes is not None:
+            self.request(None, self.indexes)
+
     def request(self, namespace: str | None, indexes: Indexes) -> None:
-        """Reconcile `namespace` (None: every known namespace) soon."""
+        """Reconcile `namespace` (None: every known namespace) soon; only the leader acts."""
         self.indexes = indexes
+        if not self.ctx.leads:
+            return  # `request_all` runs when this replica takes over
         known = indexes.namespaces() | {self.ctx.settings.namespace}
         for ns in known if namespace is None else {namespace}:
             if not self.ctx.manages(ns):
@@ -106,9 +118,13 @@ class NamespaceSync:
     async def _work(self, namespace: str) -> None:
         while namespace in self._dirty and self.indexes is not None:
             self._dirty.discard(namespace)
+            if not self.ctx.leads:
+                return
             try:
                 plan = self.plan(namespace, self.indexes, now=time.monotonic())
-                await asyncio.to_thread(apply_plan, self.ctx.kube, plan)
+                changes = await asyncio.to_thread(apply_plan, self.ctx.kube, plan)
+                for change in changes:
+                    change.announce()
             except Exception:
                 logger.exception("reconciling namespace %s failed; retrying", namespace)
                 self._later(RETRY_S, namespace)
@@ -182,13 +198,47 @@ class NamespaceSync:
         return secret
 
 
-def apply_plan(kube: Kube, plan: NamespacePlan) -> None:
-    """Make the namespace match the plan (blocking; runs in a worker thread)."""
+@dataclass(frozen=True, slots=True)
+class ScaleChange:
+    """A runtime Deployment scaled to zero, or up from zero (or created scaled up)."""
+
+    deployment: Manifest
+    before: int | None
+    """Replicas before; None: the Deployment did not exist."""
+    after: int
+
+    def announce(self) -> None:
+        meta = self.deployment["metadata"]
+        what = f"runtime Deployment {meta['namespace']}/{meta['name']}"
+        if self.after == 0:
+            reason, message = events.SCALED_TO_ZERO, f"{what} scaled to zero (no model needs it)"
+        else:
+            reason, message = events.SCALED_UP, f"{what} scaled up to {self.after} replicas"
+        events.post(self.deployment, type=events.NORMAL, reason=reason, message=message)
+        logger.info("%s", message)
+
+
+def _scale_change(before: Manifest | None, after: Manifest) -> ScaleChange | None:
+    old = None if before is None else int(before.get("spec", {}).get("replicas") or 0)
+    new = int(after.get("spec", {}).get("replicas") or 0)
+    if ((old or 0) == 0) != (new == 0):
+        return ScaleChange({**(before or {}), **after}, old, new)
+    return None
+
+
+def apply_plan(kube: Kube, plan: NamespacePlan) -> list[ScaleChange]:
+    """Make the namespace match the plan (blocking; runs in a worker thread); return the
+    runtime Deployments it scaled to zero or up from zero."""
     ns = plan.namespace
+    changes: list[ScaleChange] = []
     if plan.secret is not None:
         _apply_secret(kube, plan.secret)
     for deployment in plan.deployments:
+        meta = deployment["metadata"]
+        before = kube.get("Deployment", meta["namespace"], meta["name"])
         kube.apply(deployment)
+        if (change := _scale_change(before, deployment)) is not None:
+            changes.append(change)
     service_name = plan.service["metadata"]["name"]
     wanted = {d["metadata"]["name"] for d in plan.deployments} | plan.keep
     for existing in kube.list("Deployment", ns, {**MANAGED_LABELS, SERVICE_LABEL: service_name}):
@@ -203,6 +253,7 @@ def apply_plan(kube: Kube, plan: NamespacePlan) -> None:
             "labels", {}
         ):
             kube.delete("Service", ns, other["metadata"]["name"])
+    return changes
 
 
 def _apply_secret(kube: Kube, secret: Manifest) -> None:
@@ -237,7 +288,7 @@ def _parsed(body: kopf.Body, kind: RuntimeKind) -> ServingRuntime | None:
 # ---------------------------------------------------------------- kopf handlers
 
 
-@kopf.index(*SR, when=managed)
+@kopf.index(*SR)
 def runtimes_idx(
     body: kopf.Body, namespace: str | None, **_: Any
 ) -> dict[str, ServingRuntime] | None:

@@ -102,7 +102,18 @@ class Cluster:
         return self.api.kubectl(*args, stdin=stdin, check=check)
 
     def apply(self, namespace: str, manifest: str) -> None:
+        """Apply into `namespace`, first made a ModelMesh one (`modelmesh-enabled: "true"`)."""
+        self.namespace(namespace)
         self.kubectl("apply", "--validate=false", "-n", namespace, "-f", "-", stdin=manifest)
+
+    def namespace(self, name: str, *, enabled: bool = True) -> None:
+        labels = {"modelmesh-enabled": "true"} if enabled else {}
+        doc = {
+            "apiVersion": "v1",
+            "kind": "Namespace",
+            "metadata": {"name": name, "labels": labels},
+        }
+        self.kubectl("apply", "--validate=false", "-f", "-", stdin=json.dumps(doc))
 
     def layout(self, namespace: str) -> KeyLayout:
         return KeyLayout(f"{self.operator.root_prefix}/mm_ns/{namespace}", SERVICE)
@@ -125,6 +136,16 @@ class Cluster:
         obj = await self.isvc(namespace, name)
         assert obj is not None, f"{namespace}/{name} is gone"
         return dict(obj.get("status") or {})
+
+    def event_reasons(self, namespace: str, kind: str, name: str) -> set[str]:
+        """The reasons of the v1 Events about one object (`kubectl get events`)."""
+        listed = json.loads(self.kubectl("get", "events", "-n", namespace, "-o", "json"))
+        return {
+            str(e.get("reason"))
+            for e in listed.get("items") or []
+            if (e.get("involvedObject", {}).get("kind"), e["involvedObject"].get("name"))
+            == (kind, name)
+        }
 
     async def vmodel(self, namespace: str, name: str) -> VModelRecord | None:
         item = await self.kv.get(self.layout(namespace).vmodel_key(VModelId(name)))
@@ -273,6 +294,16 @@ async def test_tutorial_inference_service_becomes_ready(cluster: Cluster) -> Non
     assert table[0].split()[:3] == ["NAME", "URL", "READY"]
     assert table[1].split()[:3] == [name, url, "True"]
 
+    # Events on the InferenceService for what happened to it
+    async def posted() -> set[str] | None:
+        reasons = cluster.event_reasons(ns, "InferenceService", name)
+        return reasons if {"Registered", "Loaded"} <= reasons else None
+
+    await eventually(posted)
+    listed = cluster.kubectl("get", "events", "-n", ns)
+    assert "Registered" in listed and "Loaded" in listed
+    assert "ScaledUp" in cluster.event_reasons(ns, "Deployment", "modelmesh-serving-mlserver-1.x")
+
 
 async def test_runtime_pod_up_means_standby(cluster: Cluster) -> None:
     ns, name = "standby", "sb"
@@ -385,6 +416,8 @@ async def test_bad_inference_services_get_a_clear_status(
 
     status = await eventually(failed)
     assert condition(status, "Ready") == "False"
+    invalid = {reason} if reason == "InvalidPredictorSpec" else set()  # caught at registration
+    await eventually(lambda: _has_events(cluster, ns, name, {"FailedToLoad", *invalid}))
     assert status["modelStatus"]["states"]["activeModelState"] == "FailedToLoad"
     message = status["modelStatus"]["lastFailureInfo"]["message"]
     if reason == "InvalidPredictorSpec":
@@ -394,6 +427,12 @@ async def test_bad_inference_services_get_a_clear_status(
     else:
         assert "no-such" in message or "mt:no-such-format" in message
         assert await cluster.vmodel(ns, name) is not None  # placed once a runtime appears
+
+
+async def _has_events(cluster: Cluster, ns: str, name: str, reasons: set[str]) -> bool:
+    found = await asyncio.to_thread(cluster.event_reasons, ns, "InferenceService", name)
+    assert reasons <= found, f"events {found}, want {reasons}"
+    return True
 
 
 async def test_restart_neither_duplicates_nor_loses_registrations(cluster: Cluster) -> None:
@@ -445,3 +484,33 @@ async def test_config_map_reload_and_scale_to_zero(cluster: Cluster) -> None:
 
     cluster.kubectl("delete", "-n", ns, "isvc", name, "--wait=false")
     await eventually(lambda: replicas(0))
+
+    async def scaled_events() -> bool:
+        found = await asyncio.to_thread(cluster.event_reasons, ns, "Deployment", deployment)
+        assert {"ScaledUp", "ScaledToZero"} <= found, f"events {found}"
+        return True
+
+    await eventually(scaled_events)
+
+
+async def test_only_modelmesh_enabled_namespaces_are_managed(cluster: Cluster) -> None:
+    ns, name = "not-yet", "later"
+    cluster.namespace(ns, enabled=False)
+    cluster.kubectl(
+        "apply", "--validate=false", "-n", ns, "-f", "-", stdin=isvc_yaml(name, SKLEARN)
+    )
+    await asyncio.sleep(1.5)
+    assert await cluster.vmodel(ns, name) is None  # not a ModelMesh namespace: left alone
+    assert cluster.kube.get("Deployment", ns, "modelmesh-serving-mlserver-1.x") is None
+
+    cluster.namespace(ns, enabled=True)  # label it: the operator picks it up
+    await eventually(lambda: cluster.vmodel(ns, name))
+
+    async def deployed() -> bool:
+        found = await asyncio.to_thread(
+            cluster.kube.get, "Deployment", ns, "modelmesh-serving-mlserver-1.x"
+        )
+        return found is not None and found["spec"]["replicas"] > 0  # scaled up for the model
+
+    await eventually(deployed)
+    await eventually(lambda: cluster.status(ns, name))
