@@ -49,7 +49,8 @@ def etcd_keys(endpoint: str, prefix: str) -> dict[str, dict[str, object]]:
         timeout=10,
         env={**os.environ, "ETCDCTL_API": "3"},
     ).stdout.splitlines()
-    return {out[i]: json.loads(out[i + 1]) for i in range(0, len(out) - 1, 2)}
+    pairs = {out[i]: out[i + 1] for i in range(0, len(out) - 1, 2)}
+    return {k: json.loads(v) for k, v in pairs.items() if not k.endswith("/leader")}
 
 
 def test_warm_requests_survive_an_etcd_restart_and_registrations_stay(
