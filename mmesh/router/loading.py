@@ -16,6 +16,7 @@ from collections.abc import Callable, Collection, Coroutine, Iterable
 from dataclasses import replace
 from typing import Any
 
+from mmesh.core.errors import StoreUnavailable
 from mmesh.core.ids import InstanceId, ModelId
 from mmesh.core.records import ModelRecord, bytes_to_units, units_to_bytes
 from mmesh.router.cache import CacheEntry, EntryState, EvictionPolicy, LocalCache
@@ -177,7 +178,17 @@ class LocalModels:
         self._unload_victims(self.cache.loaded(ModelId(model_id), bytes_to_units(size), now_ms()))
         self.metrics.loaded_size.observe(size)
         self._failures.pop(model_id, None)
-        if await self._mark_loaded(model_id) is None:
+        # Requests waiting on this load go ahead now; the registry learns of the copy in the
+        # background (the cold request does not wait for that etcd round trip).
+        self._spawn(self._record_loaded(model_id))
+
+    async def _record_loaded(self, model_id: str) -> None:
+        try:
+            recorded = await self._mark_loaded(model_id)
+        except StoreUnavailable as exc:
+            logger.warning("could not record the copy of %s as loaded: %s", model_id, exc)
+            return
+        if recorded is None:
             logger.info("model %s was unregistered while it loaded; unloading", model_id)
             self.evict(model_id)
 

@@ -92,10 +92,13 @@ class Management:
     # --- models ----------------------------------------------------------------------
 
     def model_status(self, model_id: str) -> ModelStatusView:
+        record = self.registry.models.get(model_id)
+        iid = self.local.instance_id
+        if record is not None and iid not in record.loaded_in and self.local.is_loaded(model_id):
+            # This router knows its copy is loaded before the registry write lands.
+            record = record.with_copy_loaded(iid, now_ms())
         return decode_model_status(
-            self.registry.models.get(model_id),
-            now_ms=now_ms(),
-            failure_expiry_ms=self.failure_expiry_ms,
+            record, now_ms=now_ms(), failure_expiry_ms=self.failure_expiry_ms
         )
 
     async def register(

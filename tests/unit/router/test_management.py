@@ -51,6 +51,10 @@ class FakeLocal:
 
     def __init__(self) -> None:
         self.evicted: list[str] = []
+        self.instance_id = "fake-local"
+
+    def is_loaded(self, model_id: str) -> bool:
+        return False  # copies come from FakeCluster, recorded in the registry
 
     async def ensure_loaded(self, model_id: str, record: ModelRecord) -> None:
         raise AssertionError("loads must go through `place`")
