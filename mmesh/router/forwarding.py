@@ -78,7 +78,9 @@ def _mapped(exc: grpc.aio.AioRpcError, target: str) -> Exception:
         return FAILURE_KINDS[kind](details)
     if code == grpc.StatusCode.NOT_FOUND:
         return ModelNotHere(details)
-    if code == grpc.StatusCode.UNAVAILABLE:
+    if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED):
+        # CANCELLED here is the other side going away (a pod stopping), not our caller:
+        # another copy can answer.
         return RuntimeUnavailable(f"model server at {target} unavailable: {details}")
     return Passthrough(code.name, details)
 

@@ -178,9 +178,9 @@ class LocalModels:
         self._unload_victims(self.cache.loaded(ModelId(model_id), bytes_to_units(size), now_ms()))
         self.metrics.loaded_size.observe(size)
         self._failures.pop(model_id, None)
-        # Requests waiting on this load go ahead now; the registry learns of the copy in the
-        # background (the cold request does not wait for that etcd round trip).
-        self._spawn(self._record_loaded(model_id))
+        # Recorded before the waiting requests go ahead, so that any router asked right after
+        # the first answer already reports the copy as loaded.
+        await self._record_loaded(model_id)
 
     async def _record_loaded(self, model_id: str) -> None:
         try:
