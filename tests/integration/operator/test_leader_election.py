@@ -51,7 +51,7 @@ async def test_only_the_leader_reconciles_and_a_follower_takes_over(
 
     ns = "leader"
     cluster.apply(ns, isvc_yaml("first", SKLEARN))
-    await eventually(lambda: cluster.vmodel(ns, "first"))
+    await eventually(lambda: cluster.vmodel(ns, "first"), timeout_s=30)
     await eventually(lambda: cluster.status(ns, "first"))  # the leader reports
     assert "Handler 'reconcile_isvc'" in leader.logs()
     assert "Handler 'reconcile_isvc'" not in follower.logs()  # the follower stays idle
