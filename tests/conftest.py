@@ -6,4 +6,5 @@ pytest_plugins = [
     "tests.fixtures.router",
     "tests.fixtures.models",
     "tests.fixtures.kube",
+    "tests.fixtures.cluster",
 ]

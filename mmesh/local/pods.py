@@ -192,6 +192,9 @@ class LocalPod:
             return
         run.waiting, run.started_at, run.started_mono = None, _stamp(), now
         run.liveness_failures = 0
+        pidfile = self.folder / "pids" / run.name
+        pidfile.parent.mkdir(parents=True, exist_ok=True)
+        pidfile.write_text(f"{run.proc.pid}\n")  # where `kill $(cat ...)` finds a container
 
     # ------------------------------------------------------------ probes
 
