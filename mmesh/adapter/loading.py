@@ -28,6 +28,10 @@ from mmesh.core.ids import InvalidIdError, parse_model_id
 
 logger = logging.getLogger(__name__)
 
+RESERVED_ID_PREFIXES = ("_", ".")
+"""The model root holds the backends' repositories (`_mlserver_models`) and the puller's
+ownership marker (`.mmesh-models`); a model id must not name either."""
+
 
 @dataclass(frozen=True, slots=True)
 class SizingPolicy:
@@ -135,8 +139,9 @@ def _valid_id(raw: str) -> str:
         model_id = parse_model_id(raw)
     except InvalidIdError as exc:
         raise InvalidModelRequest(str(exc)) from exc
-    if model_id.startswith("_"):
+    if model_id.startswith(RESERVED_ID_PREFIXES):
         raise InvalidModelRequest(
-            f"invalid model id {raw!r}: ids starting with '_' are reserved for the adapter"
+            f"invalid model id {raw!r}: ids starting with '_' or '.' are reserved for the "
+            "adapter's own entries in the model directory"
         )
     return model_id

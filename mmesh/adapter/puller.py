@@ -2,22 +2,30 @@
 
 parse the modelKey -> read storage-config (on every pull, so secret updates apply) ->
 resolve the storage spec -> plan the local target -> download or link -> size on disk.
+
+Every error a pull raises has the storage secrets masked out of its message (and its
+library cause dropped), whatever produced it: the message reaches the router, the model's
+status and the logs, and storage-config entries hold credentials.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import traceback
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from mmesh.adapter.backends.files import disk_size_bytes, remove_tree
-from mmesh.adapter.errors import InvalidModelRequest
+from mmesh.adapter.errors import AdapterError, InvalidModelRequest, StorageError
 from mmesh.adapter.layout import parse_schema
 from mmesh.adapter.storage.config import read_storage_configs
 from mmesh.adapter.storage.provider import StorageProvider, provider_for
 from mmesh.adapter.storage.spec import ModelKey, plan_local_target, resolve_storage
+from mmesh.core.redaction import scrub, secret_values
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +54,12 @@ class Puller:
 
     async def pull(self, model_id: str, model_path: str, key: ModelKey) -> PulledModel:
         configs = await asyncio.to_thread(read_storage_configs, self._storage_config_dir)
+        with secrets_masked(secret_values([configs, key.storage_params])):
+            return await self._pull(model_id, model_path, key, configs)
+
+    async def _pull(
+        self, model_id: str, model_path: str, key: ModelKey, configs: dict[str, dict[str, Any]]
+    ) -> PulledModel:
         spec = resolve_storage(key, configs)
         target = plan_local_target(PurePosixPath(self.root_model_dir), model_id, model_path)
         provider = provider_for(spec, pvc_mounts_dir=self._pvc_mounts_dir)
@@ -88,3 +102,27 @@ class Puller:
             logger.info("removing model files left from an earlier life: %s", path.name)
             remove_tree(path)
         marker.touch()
+
+
+@contextlib.contextmanager
+def secrets_masked(secrets: Collection[str]) -> Iterator[None]:
+    """Re-raise what the block raises with `secrets` masked out of the message.
+
+    Our own errors keep their class (and so their status code); anything else, a
+    library's own exception, becomes a StorageError. The cause is dropped in both cases,
+    so a traceback cannot show a library's unmasked message either.
+    """
+    try:
+        yield
+    except AdapterError as exc:
+        message = str(exc)
+        masked = scrub(message, secrets)
+        if masked == message:
+            raise
+        exc.args = (masked,)
+        raise exc from None
+    except Exception as exc:  # noqa: BLE001 - any library's error may quote a secret
+        details = scrub("".join(traceback.format_exception(exc)), secrets)
+        logger.warning("model pull failed unexpectedly:\n%s", details)
+        kind = type(exc).__name__
+        raise StorageError(scrub(f"pull failed: {kind}: {exc}", secrets)) from None

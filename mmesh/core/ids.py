@@ -22,8 +22,10 @@ VModelId = NewType("VModelId", str)
 InstanceId = NewType("InstanceId", str)
 """One router instance (the last 12 chars of its pod name)."""
 
-MAX_ID_LENGTH = 512
-"""Longest id accepted, in characters."""
+MAX_ID_BYTES = 255
+"""Longest id accepted, in bytes of UTF-8: the most one file-name component may hold on
+Linux (NAME_MAX), since the adapter makes `<model root>/<modelId>` a directory. Ids the
+operator makes are far shorter: a 63-character InferenceService name + `__isvc-` + 10 hex."""
 
 _SHOWN_CHARS = 60  # how much of a rejected id an error message repeats
 
@@ -42,22 +44,33 @@ class InvalidIdError(ValueError):
 def id_problem(raw: str) -> str | None:
     """Say why `raw` cannot be an id, or return None when it can.
 
-    An id is 1..512 characters, is not '.' or '..', and holds no '/' and no
-    control character (NUL, C0, DEL, C1): each of those would break a key
-    segment or a directory name.
+    An id is 1..255 bytes of UTF-8, is not '.' or '..', and holds no '/', no
+    control character (NUL, C0, DEL, C1) and no lone surrogate: each of those
+    would break a key segment, a directory name or a log line. Dots elsewhere
+    ('a..b', '...') are harmless inside one path segment and are allowed.
     """
     if not raw:
         return "must not be empty"
-    if len(raw) > MAX_ID_LENGTH:
-        return f"must be at most {MAX_ID_LENGTH} characters, got {len(raw)}"
+    size = _utf8_size(raw)
+    if size > MAX_ID_BYTES:
+        return f"must be at most {MAX_ID_BYTES} bytes of UTF-8, got {size}"
     if raw in (".", ".."):
         return "must not be '.' or '..'"
     if "/" in raw:
         return "must not contain '/'"
     for char in raw:
-        if unicodedata.category(char) == "Cc":
+        category = unicodedata.category(char)
+        if category == "Cc":
             return f"must not contain control character U+{ord(char):04X}"
+        if category == "Cs":
+            return f"must not contain lone surrogate U+{ord(char):04X}"
     return None
+
+
+def _utf8_size(raw: str) -> int:
+    # "surrogatepass" so that a lone surrogate gets a size instead of an error; the
+    # character loop then refuses it.
+    return len(raw.encode("utf-8", "surrogatepass"))
 
 
 def _checked(kind: str, raw: str) -> str:

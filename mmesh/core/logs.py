@@ -6,6 +6,10 @@ terminal, or one JSON object per line for log collectors in a cluster.
 Modules never configure logging themselves; they only
 `logging.getLogger(__name__)` and pass structured fields with
 `extra={"model_id": ...}`, which the JSON format emits as top-level keys.
+
+The storage and HTTP client libraries log every request's URL and headers below
+WARNING, credentials included (S3 `Authorization`, a `user:password@` endpoint), so their
+loggers stay at WARNING whatever level mmesh itself logs at.
 """
 
 from __future__ import annotations
@@ -18,6 +22,9 @@ from typing import TextIO
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 _HANDLER_NAME = "mmesh"
+
+QUIET_LIBRARIES = ("botocore", "boto3", "s3transfer", "urllib3", "requests", "azure", "google")
+"""Loggers held at WARNING: below it they print request URLs and headers (secrets)."""
 
 # Attributes every LogRecord has; anything else on a record came from `extra=`.
 _STANDARD_ATTRS = frozenset(
@@ -69,3 +76,5 @@ def setup_logging(level: str, *, json_format: bool, stream: TextIO | None = None
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(parse_level(level))
+    for name in QUIET_LIBRARIES:
+        logging.getLogger(name).setLevel(logging.WARNING)

@@ -8,6 +8,7 @@ import sys
 from pydantic import ValidationError
 
 from mmesh.core.logs import setup_logging
+from mmesh.core.redaction import settings_error_text
 from mmesh.router.app import serve
 from mmesh.router.settings import RouterSettings
 
@@ -16,7 +17,9 @@ def main() -> None:
     try:
         settings = RouterSettings()  # type: ignore[call-arg]  # fields come from the env
         settings.resolved_instance_id  # noqa: B018 - fail fast on a missing instance id
-    except (ValidationError, ValueError) as exc:
+    except ValidationError as exc:  # its text would repeat KV_STORE, password and all
+        sys.exit(f"mmesh router: bad configuration:\n{settings_error_text(exc)}")
+    except ValueError as exc:
         sys.exit(f"mmesh router: bad configuration:\n{exc}")
     setup_logging(settings.log_level, json_format=settings.log_json)
     asyncio.run(serve(settings))

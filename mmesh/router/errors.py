@@ -6,6 +6,7 @@
       AlreadyExists          same id registered with other attributes; owner -> ALREADY_EXISTS
       HasReferents           model still referenced by a vmodel; CAS lost    -> FAILED_PRECONDITION
       NoCapacity             nowhere to place the model, even after eviction -> RESOURCE_EXHAUSTED
+      TooManyRequests        the model's in-flight bound here is reached     -> RESOURCE_EXHAUSTED
       LoadFailed             the runtime failed to load the model            -> INTERNAL
       ModelNotHere           the copy vanished; retry elsewhere (internal)   -> UNAVAILABLE
       RuntimeUnavailable     the local runtime or a peer does not answer     -> UNAVAILABLE
@@ -15,11 +16,14 @@
 
 `grpc_code` names a `grpc.StatusCode` member; `http_status` is what the REST face answers.
 A status passed through from a runtime keeps the runtime's own code (`Passthrough`).
+`checked_model_id` / `checked_vmodel_id` apply the id rules of `mmesh.core.ids` to what a
+client sent, as InvalidRequest.
 """
 
 from __future__ import annotations
 
 from mmesh.core.errors import MeshError
+from mmesh.core.ids import InvalidIdError, ModelId, VModelId, parse_model_id, parse_vmodel_id
 
 
 class RouterError(MeshError):
@@ -50,6 +54,11 @@ class HasReferents(RouterError):
 class NoCapacity(RouterError):
     grpc_code = "RESOURCE_EXHAUSTED"
     http_status = 503
+
+
+class TooManyRequests(RouterError):
+    grpc_code = "RESOURCE_EXHAUSTED"
+    http_status = 429
 
 
 class LoadFailed(RouterError):
@@ -97,3 +106,19 @@ _HTTP_FOR_GRPC = {
     "UNIMPLEMENTED": 501, "DEADLINE_EXCEEDED": 504, "PERMISSION_DENIED": 403,
     "UNAUTHENTICATED": 401, "OUT_OF_RANGE": 400, "CANCELLED": 499,
 }  # fmt: skip
+
+
+def checked_model_id(raw: str) -> ModelId:
+    """`raw` as a model id, or InvalidRequest (INVALID_ARGUMENT) naming the rule it breaks."""
+    try:
+        return parse_model_id(raw)
+    except InvalidIdError as exc:
+        raise InvalidRequest(str(exc)) from None
+
+
+def checked_vmodel_id(raw: str) -> VModelId:
+    """`raw` as a vmodel id, or InvalidRequest (INVALID_ARGUMENT) naming the rule it breaks."""
+    try:
+        return parse_vmodel_id(raw)
+    except InvalidIdError as exc:
+        raise InvalidRequest(str(exc)) from None

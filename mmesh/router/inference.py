@@ -3,6 +3,10 @@
 The model id comes from field 1 of the request (ModelInfer, ModelMetadata: read as a
 vmodel id first, then as a model id) or from the `mm-model-id` / `mm-vmodel-id` headers.
 Everything is read from memory: the registry mirror and the local cache; no etcd call.
+A name the mirror does not know is checked against the id rules before it is reported
+as not found (INVALID_ARGUMENT for `a/b`, '..', control characters, overlong names);
+names the mirror knows passed those rules when they were registered. Each model may have
+at most MM_MAX_INFLIGHT_PER_MODEL requests in flight through this router (0: no bound).
 """
 
 from __future__ import annotations
@@ -25,9 +29,14 @@ from mmesh.router.errors import (
     NoCapacity,
     RouterError,
     RuntimeUnavailable,
+    TooManyRequests,
     Unimplemented,
+    checked_model_id,
+    checked_vmodel_id,
 )
 from mmesh.router.forwarding import Forwarder
+from mmesh.router.inflight import InflightLimiter
+from mmesh.router.limit_settings import LimitSettings
 from mmesh.router.loading import LocalModels, now_ms
 from mmesh.router.metrics import RouterMetrics
 from mmesh.router.peers import PeerPool
@@ -60,11 +69,21 @@ ID_EXTRACTION: Mapping[str, tuple[int, ...]] = {
 def _header(headers: Mapping[str, str | bytes], name: str) -> str | None:
     value = headers.get(name)
     if value is None:
-        binary = headers.get(f"{name}-bin")
-        if binary is None:
+        value = headers.get(f"{name}-bin")
+        if value is None:
             return None
-        return binary.decode() if isinstance(binary, bytes) else binary
-    return value.decode() if isinstance(value, bytes) else value
+    if isinstance(value, str):
+        return value
+    try:
+        return value.decode()
+    except UnicodeDecodeError:
+        raise InvalidRequest(f"header {name}: not UTF-8 text") from None
+
+
+def _limiter_from_env() -> InflightLimiter:
+    # Until RouterSettings carries MM_MAX_INFLIGHT_PER_MODEL and app.py passes `inflight`.
+    settings = LimitSettings()  # type: ignore[call-arg]  # fields come from the env
+    return InflightLimiter(settings.max_inflight_per_model)
 
 
 class InferenceRouter:
@@ -77,6 +96,7 @@ class InferenceRouter:
         metrics: RouterMetrics,
         pool: PeerPool | None = None,
         self_record: Callable[[], InstanceRecord] | None = None,
+        inflight: InflightLimiter | None = None,
     ) -> None:
         self.registry = registry
         self.local = local
@@ -84,6 +104,7 @@ class InferenceRouter:
         self.metrics = metrics
         self.pool = pool or PeerPool(max_message_bytes=16 * 1024 * 1024)
         self.self_record = self_record or InstanceRecord
+        self.inflight = inflight or _limiter_from_env()
         self.on_served: Callable[[str], None] = lambda model_id: None
         self._placed: dict[str, list[tuple[float, int]]] = {}
         info = local.info
@@ -120,13 +141,13 @@ class InferenceRouter:
     def _by_vmodel(self, vmodel_id: str) -> tuple[str, ModelRecord]:
         vmodel = self.registry.vmodels.get(vmodel_id)
         if vmodel is None:
-            raise ModelNotFound(f"vmodel {vmodel_id} not found")
+            raise ModelNotFound(f"vmodel {checked_vmodel_id(vmodel_id)} not found")
         return self._by_model(vmodel.active_model)
 
     def _by_model(self, model_id: str) -> tuple[str, ModelRecord]:
         record = self.registry.models.get(model_id)
         if record is None:
-            raise ModelNotFound(f"model {model_id} not found")
+            raise ModelNotFound(f"model {checked_model_id(model_id)} not found")
         return model_id, record
 
     async def invoke(
@@ -145,7 +166,22 @@ class InferenceRouter:
         call = _Call(method, model_id, payload, headers, timeout_s)
         if peers.hop_count(headers):
             return await self._serve_forwarded(call)
+        if self.inflight.bounded:
+            return await self._route_admitted(call)
         return await self._route(call)
+
+    async def _route_admitted(self, call: _Call) -> bytes:
+        """`_route` for a request the model's in-flight bound has room for."""
+        if not self.inflight.try_enter(call.model_id):
+            limit = self.inflight.limit
+            raise TooManyRequests(
+                f"model {call.model_id} already has {limit} requests in flight on this "
+                f"router, its limit (MM_MAX_INFLIGHT_PER_MODEL={limit}); retry later"
+            )
+        try:
+            return await self._route(call)
+        finally:
+            self.inflight.leave(call.model_id)
 
     async def call(self, method: str, request: bytes, headers: Mapping[str, str]) -> bytes:
         """The REST face's entry: the same path as a gRPC call."""

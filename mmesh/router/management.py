@@ -15,7 +15,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
-from mmesh.core.ids import InvalidIdError, ModelId, parse_model_id, parse_vmodel_id
 from mmesh.core.records import CopyState, ModelRecord, Table, VModelRecord
 from mmesh.router.errors import (
     AlreadyExists,
@@ -23,6 +22,8 @@ from mmesh.router.errors import (
     InvalidRequest,
     ModelNotFound,
     RouterError,
+    checked_model_id,
+    checked_vmodel_id,
 )
 from mmesh.router.loading import LocalModels, now_ms
 from mmesh.router.modelstatus import (
@@ -59,13 +60,6 @@ class VModelStatusView:
     active: ModelStatusView | None = None
     target: ModelStatusView | None = None
     owner: str = ""
-
-
-def _model_id(raw: str) -> ModelId:
-    try:
-        return parse_model_id(raw)
-    except InvalidIdError as exc:
-        raise InvalidRequest(str(exc)) from exc
 
 
 class Management:
@@ -112,7 +106,7 @@ class Management:
         auto_delete: bool = False,
         min_copies: int = 0,
     ) -> ModelStatusView:
-        model_id = _model_id(raw_id)
+        model_id = checked_model_id(raw_id)
         if not info.type:
             raise InvalidRequest("modelInfo.type must be non-empty")
         age = LAST_USED_AGE_ON_LOAD_NOW_MS if load_now else LAST_USED_AGE_ON_ADD_MS
@@ -146,7 +140,7 @@ class Management:
         return self.model_status(model_id)
 
     async def unregister(self, raw_id: str) -> None:
-        model_id = _model_id(raw_id)
+        model_id = checked_model_id(raw_id)
         users = referents(dict(self._vmodel_records()), model_id)
         if users:
             raise HasReferents(f"model {model_id} has referents: {', '.join(users)}")
@@ -164,7 +158,7 @@ class Management:
     ) -> ModelStatusView:
         """Trigger a load somewhere in the mesh; with `here` (a peer placed the copy on this
         instance) load it locally and let load errors reach the caller."""
-        model_id = _model_id(raw_id)
+        model_id = checked_model_id(raw_id)
         record = self.registry.models.get(model_id)
         if record is None:
             raise ModelNotFound(f"model {model_id} not found")
@@ -229,7 +223,7 @@ class Management:
         sync: bool = False,
         min_copies: int = 0,
     ) -> VModelStatusView:
-        vmodel_id, target = self._vmodel_id(raw_vmodel_id), _model_id(raw_target)
+        vmodel_id, target = checked_vmodel_id(raw_vmodel_id), checked_model_id(raw_target)
         req = SetVModel(
             vmodel_id, target, owner, update_only, expected_target, force, self.default_owner
         )
@@ -267,7 +261,7 @@ class Management:
         return self.vmodel_status(vmodel_id)
 
     async def delete_vmodel(self, raw_vmodel_id: str, owner: str = "") -> None:
-        vmodel_id = self._vmodel_id(raw_vmodel_id)
+        vmodel_id = checked_vmodel_id(raw_vmodel_id)
         current = self.registry.vmodels.get(vmodel_id)
         if current is None or (owner and current.owner != owner):
             return
@@ -277,12 +271,6 @@ class Management:
         if deleted is None:
             for model_id in {current.active_model, current.target_model}:
                 await self._retire(model_id)
-
-    def _vmodel_id(self, raw: str) -> str:
-        try:
-            return parse_vmodel_id(raw)
-        except InvalidIdError as exc:
-            raise InvalidRequest(str(exc)) from exc
 
     def _loaded(self, model_id: str) -> bool:
         record = self.registry.models.get(model_id)

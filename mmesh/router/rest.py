@@ -7,6 +7,8 @@ the same routing, loading and errors as gRPC without a second network hop. The a
 
 Every answer is JSON. Router errors keep their `http_status`; aiohttp's own (404, 405,
 413) are rewritten as JSON; anything unexpected is logged with its traceback and becomes 500.
+A body over the limit (MM_SVC_GRPC_MAX_MSG_SIZE, the gRPC face's too) is 413 naming the
+limit; a model with too many requests in flight is 429. Bodies are never logged.
 """
 
 from __future__ import annotations
@@ -146,7 +148,10 @@ def _json_errors(max_body_bytes: int) -> Middleware:
         try:
             return await handler(request)
         except RouterError as exc:
-            logger.debug("REST %s %s failed: %s", request.method, request.path, exc)
+            # The class only: a message about a bad body may quote the body, and request
+            # payloads are never logged. The client gets the message.
+            kind = type(exc).__name__
+            logger.debug("REST %s %s: %d %s", request.method, request.path, exc.http_status, kind)
             return _error(exc.http_status, str(exc))
         except web.HTTPException as exc:
             if exc.status < 400:

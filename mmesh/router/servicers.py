@@ -16,7 +16,13 @@ from mmesh.core.proto import grpc_predict_v2_pb2 as v2
 from mmesh.core.proto import model_mesh_pb2 as mm
 from mmesh.core.proto import model_mesh_pb2_grpc as mm_grpc
 from mmesh.router import peers
-from mmesh.router.errors import InvalidRequest, ModelNotFound, RouterError
+from mmesh.router.errors import (
+    InvalidRequest,
+    ModelNotFound,
+    RouterError,
+    checked_model_id,
+    checked_vmodel_id,
+)
 from mmesh.router.forwarding import FAILURE_TRAILER, failure_kind
 from mmesh.router.inference import InferenceRouter
 from mmesh.router.management import Management, ModelInfo, VModelStatusView
@@ -127,7 +133,7 @@ class ModelMeshServicer(mm_grpc.ModelMeshServicer):
     async def getModelStatus(
         self, request: mm.GetStatusRequest, context: Context
     ) -> mm.ModelStatusInfo:
-        return status_to_proto(self.m.model_status(request.modelId))
+        return status_to_proto(self.m.model_status(checked_model_id(request.modelId)))
 
     @grpc_errors
     async def ensureLoaded(
@@ -174,7 +180,8 @@ class ModelMeshServicer(mm_grpc.ModelMeshServicer):
     async def getVModelStatus(
         self, request: mm.GetVModelStatusRequest, context: Context
     ) -> mm.VModelStatusInfo:
-        return vmodel_to_proto(self.m.vmodel_status(request.vModelId, request.owner))
+        vmodel_id = checked_vmodel_id(request.vModelId)
+        return vmodel_to_proto(self.m.vmodel_status(vmodel_id, request.owner))
 
 
 class RouterAnswered:

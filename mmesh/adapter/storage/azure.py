@@ -30,7 +30,12 @@ from mmesh.adapter.errors import (
     StorageUnreachable,
     UnsupportedStorage,
 )
-from mmesh.adapter.storage.spec import StorageSpec, StorageType, object_relative_path
+from mmesh.adapter.storage.spec import (
+    StorageSpec,
+    StorageType,
+    object_relative_path,
+    redact_url,
+)
 
 _DENIED_CODES = frozenset(
     {
@@ -76,7 +81,8 @@ class AzureBlobProvider:
                 f"azure provider needs an azure spec with a container, got {spec!r}"
             )
         client = self._client(spec)
-        where = _Where(client.primary_endpoint, spec.container, remote_path)
+        # The SDK's endpoint carries a connection string's SAS token in its query.
+        where = _Where(redact_url(client.primary_endpoint), spec.container, remote_path)
         with _map_errors(where):
             async with client:
                 await self._pull(client, where, target)

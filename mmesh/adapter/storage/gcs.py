@@ -34,7 +34,12 @@ from mmesh.adapter.errors import (
     StorageUnreachable,
     UnsupportedStorage,
 )
-from mmesh.adapter.storage.spec import StorageSpec, StorageType, object_relative_path
+from mmesh.adapter.storage.spec import (
+    StorageSpec,
+    StorageType,
+    object_relative_path,
+    redact_url,
+)
 
 DEFAULT_TOKEN_URI = "https://oauth2.googleapis.com/token"
 READ_ONLY_SCOPE = "https://www.googleapis.com/auth/devstorage.read_only"
@@ -71,7 +76,7 @@ class GcsProvider:
     def _pull(self, spec: StorageSpec, remote_path: str, target: Path) -> Path:
         if spec.type != StorageType.GCS or not spec.bucket:
             raise UnsupportedStorage(f"gcs provider needs a gcs spec with a bucket, got {spec!r}")
-        endpoint = spec.endpoint_url or "https://storage.googleapis.com"
+        endpoint = redact_url(spec.endpoint_url or "https://storage.googleapis.com")
         where = _Where(endpoint, spec.bucket, remote_path, listing=True)
         prefix = "" if not remote_path else remote_path.rstrip("/") + "/"
         with _map_errors(where):

@@ -148,6 +148,8 @@ def _map_errors(shown: str) -> Iterator[None]:
         raise StorageUnreachable(f"GET {shown}: timed out") from exc
     except aiohttp.InvalidURL as exc:
         raise UnsupportedStorage(f"invalid http storage url {shown!r}") from exc
+    except ValueError as exc:  # aiohttp refuses e.g. URL credentials plus an Authorization header
+        raise UnsupportedStorage(f"GET {shown}: the request cannot be made: {exc}") from exc
     except (aiohttp.ClientError, ssl.SSLError, ConnectionError) as exc:
         raise StorageUnreachable(f"GET {shown} failed: {str(exc) or type(exc).__name__}") from exc
     except OSError as exc:

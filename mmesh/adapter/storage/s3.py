@@ -38,7 +38,12 @@ from mmesh.adapter.errors import (
     StorageUnreachable,
     UnsupportedStorage,
 )
-from mmesh.adapter.storage.spec import StorageSpec, StorageType, object_relative_path
+from mmesh.adapter.storage.spec import (
+    StorageSpec,
+    StorageType,
+    object_relative_path,
+    redact_url,
+)
 
 DEFAULT_REGION = "us-east-1"
 
@@ -98,7 +103,8 @@ class S3Provider:
     def _pull(self, spec: StorageSpec, remote_path: str, target: Path) -> Path:
         if spec.type != StorageType.S3 or not spec.bucket:
             raise UnsupportedStorage(f"s3 provider needs an s3 spec with a bucket, got {spec!r}")
-        where = _Where(spec.endpoint_url or "the default AWS endpoint", spec.bucket, remote_path)
+        endpoint = redact_url(spec.endpoint_url or "") or "the default AWS endpoint"
+        where = _Where(endpoint, spec.bucket, remote_path)
         with _ca_bundle(spec.certificate) as verify, _map_errors(where):
             client = self._client(spec, verify)
             prefix = "" if not remote_path else remote_path.rstrip("/") + "/"
@@ -129,7 +135,8 @@ class S3Provider:
                 config=config,
             )
         except ValueError as exc:  # botocore rejects malformed endpoint URLs this way
-            raise UnsupportedStorage(f"invalid s3 endpoint_url: {exc}") from exc
+            shown = redact_url(spec.endpoint_url or "")
+            raise UnsupportedStorage(f"invalid s3 endpoint_url {shown!r}") from exc
 
     def _download_tree(
         self, client: Any, bucket: str, objects: list[tuple[str, PurePosixPath]], target: Path

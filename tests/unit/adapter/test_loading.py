@@ -131,7 +131,9 @@ async def test_different_ids_load_in_parallel() -> None:
     assert backend.loaded == {f"m{i}" for i in range(5)}
 
 
-@pytest.mark.parametrize("bad_id", ["", "..", "a/b", "_mlserver_models"])
+@pytest.mark.parametrize(
+    "bad_id", ["", "..", "a/b", "_mlserver_models", ".mmesh-models", "nul\x00", "x" * 256]
+)
 async def test_bad_model_ids_are_rejected_before_any_work(bad_id: str) -> None:
     puller, backend = FakePuller(), FakeBackend()
     loader = make_loader(puller, backend)

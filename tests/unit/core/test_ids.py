@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from mmesh.core.ids import (
-    MAX_ID_LENGTH,
+    MAX_ID_BYTES,
     InvalidIdError,
     parse_instance_id,
     parse_model_id,
@@ -22,7 +22,9 @@ VALID = [
     "mnist-svm",
     "mnist-svm__isvc-6b2eb0b8bf",
     "a",
-    "x" * MAX_ID_LENGTH,
+    "x" * MAX_ID_BYTES,
+    "é" * (MAX_ID_BYTES // 2),
+    "a-63-character-isvc-name-".ljust(63, "x") + "__isvc-0123456789",
     "with space",
     "ünïcode-模型",
     "...",
@@ -33,7 +35,9 @@ VALID = [
 
 INVALID = [
     ("", "must not be empty"),
-    ("x" * (MAX_ID_LENGTH + 1), "at most 512 characters"),
+    ("x" * (MAX_ID_BYTES + 1), "at most 255 bytes of UTF-8, got 256"),
+    ("é" * 128, "at most 255 bytes of UTF-8, got 256"),
+    ("x" * 100_000, "got 100000"),
     (".", "'.' or '..'"),
     ("..", "'.' or '..'"),
     ("a/b", "must not contain '/'"),
@@ -44,6 +48,9 @@ INVALID = [
     ("new\nline", "U+000A"),
     ("del\x7f", "U+007F"),
     ("c1\x85", "U+0085"),
+    ("bell\x07", "U+0007"),
+    ("esc\x1b[31m", "U+001B"),
+    ("lone\ud800surrogate", "lone surrogate U+D800"),
 ]
 
 

@@ -8,7 +8,7 @@ import logging
 
 import pytest
 
-from mmesh.core.logs import JsonFormatter, parse_level, setup_logging
+from mmesh.core.logs import QUIET_LIBRARIES, JsonFormatter, parse_level, setup_logging
 
 
 @pytest.fixture
@@ -78,3 +78,21 @@ def test_levels():
 def test_formatter_alone():
     record = logging.LogRecord("n", logging.ERROR, __file__, 1, "x=%d", (5,), None)
     assert json.loads(JsonFormatter().format(record))["message"] == "x=5"
+
+
+def test_storage_client_libraries_stay_quiet_at_debug(root_logger):
+    """botocore & co. print request headers (credentials) at DEBUG and INFO."""
+    out = io.StringIO()
+    setup_logging("DEBUG", json_format=False, stream=out)
+    logging.getLogger("botocore.endpoint").debug("Authorization: AWS4 Credential=AKID")
+    logging.getLogger("azure.core.pipeline").info("Request headers: ...")
+    logging.getLogger("botocore.hooks").warning("a real problem")
+    logging.getLogger("mmesh.adapter").debug("ours")
+
+    lines = out.getvalue().splitlines()
+    assert [line.split(" ", 3)[3] for line in lines] == [
+        "botocore.hooks a real problem",
+        "mmesh.adapter ours",
+    ]
+    for name in QUIET_LIBRARIES:
+        logging.getLogger(name).setLevel(logging.NOTSET)
