@@ -1,4 +1,4 @@
-"""How one container of a pod template becomes a local process: pure decisions, no I/O.
+"""Pure: how one container of a pod template becomes a local process.
 
 A pod on the local cluster has no network namespace and no mounts of its own, so three
 translations stand in for them:

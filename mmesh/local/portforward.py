@@ -11,6 +11,8 @@ from collections.abc import Callable
 
 log = logging.getLogger(__name__)
 
+WAIT_FOR_POD_S = 5.0
+
 Endpoints = Callable[[], list[tuple[str, int]]]
 """(address, port) of the ready pods behind the Service, asked on every new connection."""
 
@@ -48,6 +50,18 @@ class ServiceForward:
                     end.close()
 
     async def _connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
+        """A connection to the next ready pod; waits up to `WAIT_FOR_POD_S` for one to turn
+        ready (a pod restarting, or the first one starting), so a client that is a moment early
+        is not refused."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + WAIT_FOR_POD_S
+        while True:
+            upstream = await self._connect_once()
+            if upstream is not None or loop.time() >= deadline:
+                return upstream
+            await asyncio.sleep(0.2)
+
+    async def _connect_once(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
         addresses = self._endpoints()
         start = next(self._turn)
         for i in range(len(addresses)):

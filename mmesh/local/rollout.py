@@ -1,4 +1,4 @@
-"""What the pod runner does next for one Deployment: pure decisions, no I/O.
+"""Pure: what the pod runner does next for one Deployment.
 
 A rolling update in the spirit of Kubernetes' default strategy, kept simple: pods of the current
 template are started up to the wanted count; pods of an older template stop once as many current
