@@ -175,7 +175,11 @@ class LocalCluster:
         ]
         self._say(f"starting the S3 server on 127.0.0.1:{port} and uploading the sample models")
         await self._launch("s3", argv, lambda: _http_ok(endpoint))
-        await asyncio.to_thread(samples.upload_samples, endpoint, self.config.workdir / "samples")
+        python = self.config.mlserver_venv / "bin" / "python"
+        keys = await asyncio.to_thread(
+            samples.upload_samples, endpoint, self.config.workdir / "samples", python
+        )
+        self._say(f"sample models in s3://{samples.TUTORIAL_BUCKET}: {', '.join(keys)}")
         return endpoint
 
     async def _launch(self, name: str, argv: list[str], up: Callable[[], bool]) -> None:

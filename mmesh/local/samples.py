@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
 from pathlib import Path
 
 # The tutorial's request: row 898 of scikit-learn's digits, an 8.
@@ -14,6 +16,8 @@ TUTORIAL_DIGIT = [
 
 TUTORIAL_BUCKET = "modelmesh-example-models"
 TUTORIAL_MODEL_KEY = "sklearn/mnist-svm.joblib"
+EXTRA_MODEL_KEYS = {"xgboost": "xgboost/mnist-xgb.json", "lightgbm": "lightgbm/mnist-lgbm.bst"}
+"""Where the optional xgboost and lightgbm samples go, when the model server venv has them."""
 
 
 def train_mnist_svm(path: Path) -> Path:
@@ -30,8 +34,25 @@ def train_mnist_svm(path: Path) -> Path:
     return path
 
 
-def upload_samples(endpoint_url: str, workdir: Path) -> None:
-    """Create the quickstart bucket on an S3 endpoint and put the sample models in it."""
+def train_extras(model_server_python: Path, workdir: Path) -> dict[str, Path]:
+    """The xgboost and lightgbm samples, trained by the model server's Python (the only one
+    that has those libraries); empty when it has neither or does not exist."""
+    if not model_server_python.exists():
+        return {}
+    script = Path(__file__).with_name("train_extras.py")
+    done = subprocess.run(
+        [str(model_server_python), str(script), str(workdir / "extras")],
+        capture_output=True, text=True, timeout=300, check=True,
+    )  # fmt: skip
+    written = json.loads(done.stdout.strip().splitlines()[-1])
+    return {name: Path(path) for name, path in written.items()}
+
+
+def upload_samples(
+    endpoint_url: str, workdir: Path, model_server_python: Path | None = None
+) -> list[str]:
+    """Create the quickstart bucket on an S3 endpoint and put the sample models in it; the
+    keys uploaded."""
     import boto3
 
     s3 = boto3.client(
@@ -46,6 +67,12 @@ def upload_samples(endpoint_url: str, workdir: Path) -> None:
         s3.create_bucket(Bucket=TUTORIAL_BUCKET)
     model = train_mnist_svm(workdir / "mnist-svm.joblib")
     s3.upload_file(str(model), TUTORIAL_BUCKET, TUTORIAL_MODEL_KEY)
+    keys = [TUTORIAL_MODEL_KEY]
+    extras = train_extras(model_server_python, workdir) if model_server_python else {}
+    for name, path in extras.items():
+        s3.upload_file(str(path), TUTORIAL_BUCKET, EXTRA_MODEL_KEYS[name])
+        keys.append(EXTRA_MODEL_KEYS[name])
+    return keys
 
 
 if __name__ == "__main__":
