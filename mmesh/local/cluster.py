@@ -12,6 +12,7 @@ import base64
 import contextlib
 import json
 import logging
+import secrets
 import subprocess
 import sys
 import urllib.request
@@ -53,6 +54,9 @@ class ClusterConfig:
     mlserver_venv: Path = ROOT / ".venv-mlserver"
     operator_env: Mapping[str, str] = field(default_factory=dict)
     """Extra environment for the operator process."""
+    s3_secret_key: str = field(default_factory=lambda: f"local-{secrets.token_hex(12)}")
+    """The storage Secret's secret key (the S3 server accepts any); random, so a scan of logs,
+    events and status for it means something."""
 
     def images(self) -> dict[str, str]:
         """Image repository name -> the local folder of executables that stands for it."""
@@ -285,7 +289,7 @@ def bootstrap_objects(config: ClusterConfig, etcd: str, s3: str) -> list[dict[st
     storage = {
         "type": "s3",
         "access_key_id": S3_CREDENTIAL,
-        "secret_access_key": S3_CREDENTIAL,
+        "secret_access_key": config.s3_secret_key,
         "endpoint_url": s3,
         "region": "us-east-1",
         "default_bucket": samples.TUTORIAL_BUCKET,

@@ -5,8 +5,10 @@ The tests share one cluster and run in file order, as the tutorial's steps do.
 
 from __future__ import annotations
 
+import base64
 import json
 import re
+import urllib.request
 
 import pytest
 
@@ -127,6 +129,29 @@ def test_a_bad_inference_service_is_reported_and_serving_goes_on(local_cluster: 
     assert "False" in row
     assert infer_grpc(local_cluster)["outputs"][0]["contents"]["int64Contents"] == ["8"]  # type: ignore[index]
     local_cluster.kubectl("delete", "isvc", "no-such-format")
+
+
+def test_no_storage_secret_in_logs_events_status_or_metrics(local_cluster: Cluster) -> None:
+    secret = json.loads(local_cluster.kubectl("get", "secret", "storage-config", "-o", "json"))
+    entry = json.loads(base64.b64decode(secret["data"]["localMinIO"]))
+    value = entry["secret_access_key"]
+    assert len(value) > 16  # a distinctive value, so finding none means something
+
+    logs = [
+        *local_cluster.workdir.glob("logs/*.log"),
+        *local_cluster.workdir.glob("pods/*/logs/*.log"),
+    ]
+    assert any("mm.log" in str(p) for p in logs) and any("operator" in str(p) for p in logs)
+    leaked = [str(p) for p in logs if value in p.read_text(errors="replace")]
+    assert not leaked, f"the storage secret is in {leaked}"
+    for kind in ("events", "isvc", "pods", "deployments"):
+        assert value not in local_cluster.kubectl("get", kind, "-o", "json"), kind
+    pods = json.loads(local_cluster.kubectl("get", "pods", "-o", "json"))["items"]
+    for pod in pods:
+        url = f"http://{pod['status']['podIP']}:2112/metrics"
+        with urllib.request.urlopen(url, timeout=5) as response:
+            metrics = response.read().decode()
+        assert "modelmesh_" in metrics and value not in metrics
 
 
 def test_delete_unregisters_the_model(local_cluster: Cluster) -> None:
