@@ -5,10 +5,11 @@ gRPC channel (receive limit raised well past gRPC's 4 MiB default, short
 reconnect backoff, keepalive pings), authenticates when a user is set, uses
 TLS when the connection says so, and checks that the server answers before
 returning. Every aetcd/gRPC failure leaves this module as a MeshError:
-StoreUnavailable naming the endpoint, LeaseExpired or RevisionCompacted, each
-chained to its cause. Range reads are paginated at one revision; watches
-reconnect from the last delivered revision. Key prefixes (root_prefix) are
-records.KeyLayout's business, not this module's.
+StoreUnavailable naming the endpoint (StoreAuthFailed, naming the user but never
+the password, when etcd refuses the credentials at connect), LeaseExpired or
+RevisionCompacted, each chained to its cause. Range reads are paginated at one
+revision; watches reconnect from the last delivered revision. Key prefixes
+(root_prefix) are records.KeyLayout's business, not this module's.
 """
 
 from __future__ import annotations
@@ -85,6 +86,23 @@ def _describe(exc: BaseException) -> str:
 def _mentions(exc: BaseException, *phrases: str) -> bool:
     text = " ".join(str(c) for c in _causes(exc)).lower()
     return any(p in text for p in phrases)
+
+
+class StoreAuthFailed(StoreUnavailable):
+    """etcd refused the user name and password (or has authentication turned off).
+
+    Retrying with the same credentials cannot help; the message names the user."""
+
+
+_AUTH_REJECTED = (
+    "authentication failed",
+    "invalid user id or password",
+    "authentication is not enabled",
+)
+
+
+def _auth_rejected(exc: BaseException) -> bool:
+    return _mentions(exc, *_AUTH_REJECTED)
 
 
 def _lease_missing(exc: BaseException) -> bool:
@@ -258,8 +276,14 @@ class EtcdKV:
             try:
                 await store._probe()
             except StoreUnavailable as exc:
-                failures.append(exc)
                 await store.close()
+                if conn.username is not None and _auth_rejected(exc):
+                    cause = exc.__cause__ or exc
+                    raise StoreAuthFailed(
+                        f"etcd authentication failed for user {conn.username!r} at "
+                        f"{endpoint} ({_describe(cause)})"
+                    ) from cause
+                failures.append(exc)
                 continue
             return store
         raise StoreUnavailable("; ".join(str(f) for f in failures)) from failures[-1].__cause__

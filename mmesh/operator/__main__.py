@@ -14,6 +14,7 @@ import kopf
 from pydantic import ValidationError
 
 from mmesh.core.logs import setup_logging
+from mmesh.core.redaction import settings_error_text
 from mmesh.operator import handlers
 from mmesh.operator.settings import OperatorSettings
 
@@ -22,7 +23,9 @@ def main() -> None:
     try:
         settings = OperatorSettings()  # type: ignore[call-arg]  # fields come from the env
         settings.etcd_connection()  # fail fast on a bad ETCD_CONNECTION
-    except (ValidationError, ValueError, OSError) as exc:
+    except ValidationError as exc:  # pydantic's own text repeats the values, passwords included
+        sys.exit(f"mmesh operator: bad configuration:\n{settings_error_text(exc)}")
+    except (ValueError, OSError) as exc:
         sys.exit(f"mmesh operator: bad configuration:\n{exc}")
     setup_logging(settings.log_level, json_format=settings.log_json)
     liveness = None

@@ -96,8 +96,9 @@ class NamespaceFacts:
     """Secret holding `etcd_connection` (root prefix already set for this namespace)."""
     pvc_names: tuple[str, ...] = ()
     """PVCs to mount read-only at /pvc_mounts/<name> (storage-config pvc entries, ...)."""
-    tls_has_ca: bool = False
-    """The TLS secret has a ca.crt, so clients are also trusted by it."""
+    tls_has_ca: bool | None = None
+    """Whether the TLS secret has a ca.crt (trusted for clients and peers too). None: not
+    known; ca.crt is listed anyway and the router skips it if the secret lacks it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -496,9 +497,13 @@ def _tls_env(ctx: _Context) -> list[Manifest]:
         _env("MM_TLS_PRIVATE_KEY_PATH", f"{TLS_DIR}/tls.key"),
     ]
     if tls.client_auth:
-        trust = f"{TLS_DIR}/tls.crt" + (f",{TLS_DIR}/ca.crt" if ctx.facts.tls_has_ca else "")
         env.append(_env("MM_TLS_CLIENT_AUTH", tls.client_auth.upper()))
-        env.append(_env("MM_TLS_TRUST_CERT_PATH", trust))
+    # Unlike the reference, the trust list is set without clientAuth too: pod-to-pod
+    # traffic is mutual TLS either way, and peers are verified against it.
+    trust = [f"{TLS_DIR}/tls.crt"]
+    if ctx.facts.tls_has_ca is not False:
+        trust.append(f"{TLS_DIR}/ca.crt")
+    env.append(_env("MM_TLS_TRUST_CERT_PATH", ",".join(trust)))
     return env
 
 

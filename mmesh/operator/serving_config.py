@@ -68,10 +68,19 @@ class ResourceRequirements(_Section):
         return out
 
 
+def _lower(value: object) -> object:
+    return value.lower() if isinstance(value, str) else value
+
+
 class TLSConfig(_Section):
+    """TLS on the router's gRPC, REST and pod-to-pod ports (deployment.py sets MM_TLS_*)."""
+
     secret_name: str = Field(default="", alias="secretName")
     """Secret with tls.crt / tls.key (and optional ca.crt); empty = TLS off."""
-    client_auth: Literal["", "require", "optional"] = Field(default="", alias="clientAuth")
+    client_auth: Annotated[Literal["", "require", "optional"], BeforeValidator(_lower)] = Field(
+        default="", alias="clientAuth"
+    )
+    """Client certificates on 8033/8008: "" not asked for, "optional", "require"."""
 
     @property
     def enabled(self) -> bool:

@@ -33,7 +33,7 @@ class OperatorSettings(BaseSettings):
     """True: serve only `namespace`, etcd keys directly under the root prefix. False
     (cluster scope): every namespace with ModelMesh resources, keys under
     `<root_prefix>/mm_ns/<namespace>`."""
-    etcd_connection_spec: str = Field(alias="ETCD_CONNECTION")
+    etcd_connection_spec: str = Field(alias="ETCD_CONNECTION", repr=False)
     """`etcd_connection` JSON, a file holding it, or `host:port` endpoints."""
     etcd_secret_name: str = Field("model-serving-etcd", alias="ETCD_SECRET_NAME")
     """Secret the operator writes into each managed namespace for the runtime pods (cluster

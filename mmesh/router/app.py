@@ -1,5 +1,7 @@
-"""Composition root of the router: settings -> etcd, registry mirror, runtime, cache,
-servers (gRPC 8033, REST 8008, metrics 2112, probes 8089), membership; ordered shutdown."""
+"""Composition root of the router: settings -> TLS files, etcd, registry mirror, runtime,
+cache, servers (gRPC 8033 + pod-to-pod 8080, REST 8008, metrics 2112, probes 8089),
+membership; ordered shutdown. With TLS on, 8033, 8080 and 8008 (and /metrics when its
+scheme is https) accept TLS only; probes and /prestop stay plain HTTP for the kubelet."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ import contextlib
 import gc
 import logging
 import signal
+import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -17,13 +20,15 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from mmesh.core.errors import StoreUnavailable
-from mmesh.core.etcd import EtcdKV
+from mmesh.core.etcd import EtcdKV, StoreAuthFailed
 from mmesh.core.ids import InstanceId
 from mmesh.core.records import InstanceRecord, KeyLayout, Table, bytes_to_units
 from mmesh.router.cache import EntryState, EvictionPolicy, LocalCache
+from mmesh.router.certs import CertFiles, PeerCredentials, ServerContext, server_credentials
 from mmesh.router.errors import RouterError
 from mmesh.router.forwarding import Forwarder
 from mmesh.router.inference import InferenceRouter
+from mmesh.router.inflight import InflightLimiter
 from mmesh.router.janitor import Janitor, JanitorPolicy
 from mmesh.router.loading import LocalModels, now_ms
 from mmesh.router.management import Management
@@ -35,6 +40,7 @@ from mmesh.router.rest import build_rest_app
 from mmesh.router.runtime_client import RuntimeClient, RuntimeInfo, check_runtime_info
 from mmesh.router.servicers import add_servicers
 from mmesh.router.settings import RouterSettings
+from mmesh.router.tls import BadCertificate, ClientAuth
 
 logger = logging.getLogger(__name__)
 
@@ -126,11 +132,19 @@ def prestop_app(life: Lifecycle) -> web.Application:
     return app
 
 
-async def start_site(app: web.Application, host: str, port: int) -> web.AppRunner:
+async def start_site(
+    app: web.Application, host: str, port: int, ssl_context: ssl.SSLContext | None = None
+) -> web.AppRunner:
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    await web.TCPSite(runner, host, port).start()
+    await web.TCPSite(runner, host, port, ssl_context=ssl_context).start()
     return runner
+
+
+def load_tls(settings: RouterSettings) -> CertFiles | None:
+    """The TLS files, read and checked now (BadCertificate); None when TLS is off."""
+    policy = settings.tls_policy()
+    return CertFiles(policy) if policy is not None else None
 
 
 @dataclass
@@ -149,6 +163,7 @@ class Pod:
     forwarder: Forwarder
     pool: PeerPool
     membership: Membership | None = None
+    tls: CertFiles | None = None
     server: grpc.aio.Server | None = None
     runners: list[web.AppRunner] = field(default_factory=list)
 
@@ -175,6 +190,7 @@ class Pod:
 
 
 async def build_pod(settings: RouterSettings, life: Lifecycle) -> Pod:
+    tls = load_tls(settings)
     conn = settings.etcd_connection()
     kv = await EtcdKV.connect(conn)
     registry = Registry(kv, KeyLayout(conn.root_prefix, settings.service_name))
@@ -203,9 +219,17 @@ async def build_pod(settings: RouterSettings, life: Lifecycle) -> Pod:
     forwarder = Forwarder(
         f"{settings.runtime_host}:{data_port}", max_message_bytes=settings.max_message_bytes
     )
-    pool = PeerPool(max_message_bytes=settings.max_message_bytes)
+    pool = PeerPool(
+        max_message_bytes=settings.max_message_bytes,
+        tls=PeerCredentials(tls) if tls is not None else None,
+    )
     router = InferenceRouter(
-        registry=registry, local=local, forwarder=forwarder, metrics=metrics, pool=pool
+        registry=registry,
+        local=local,
+        forwarder=forwarder,
+        metrics=metrics,
+        pool=pool,
+        inflight=InflightLimiter(settings.max_inflight_per_model),
     )
     janitor = Janitor(
         registry=registry,
@@ -225,6 +249,7 @@ async def build_pod(settings: RouterSettings, life: Lifecycle) -> Pod:
     pod = Pod(
         settings, life, kv, registry, runtime, local, router, janitor, metrics, forwarder, pool
     )
+    pod.tls = tls
     local.on_change = pod.changed
     local.is_live = lambda iid: iid == local.instance_id or iid in registry.instances.items
     router.self_record = pod.snapshot
@@ -257,8 +282,7 @@ async def start_servers(pod: Pod) -> None:
         ready=pod.is_ready,
         log_each=settings.log_each_invoke,
     )
-    server.add_insecure_port(f"{settings.host}:{settings.grpc_port}")
-    server.add_insecure_port(f"{settings.host}:{settings.internal_port}")
+    add_grpc_ports(server, settings, pod.tls)
     await server.start()
     pod.server = server
     probes = http_app(pod.is_ready, None)
@@ -268,12 +292,40 @@ async def start_servers(pod: Pod) -> None:
         pod.runners.append(await start_site(prestop, settings.host, settings.prestop_port))
     if settings.metrics_port:
         scrape = http_app(pod.is_ready, pod.metrics)
-        pod.runners.append(await start_site(scrape, settings.host, settings.metrics_port))
+        secure = pod.tls if settings.metrics_https else None
+        context = site_context(secure, client_certs=False)
+        pod.runners.append(await start_site(scrape, settings.host, settings.metrics_port, context))
     if settings.rest_port:
         rest = build_rest_app(
             pod.router, readiness=pod.is_ready, max_body_bytes=settings.max_message_bytes
         )
-        pod.runners.append(await start_site(rest, settings.host, settings.rest_port))
+        context = site_context(pod.tls)
+        pod.runners.append(await start_site(rest, settings.host, settings.rest_port, context))
+
+
+def add_grpc_ports(
+    server: grpc.aio.Server, settings: RouterSettings, tls: CertFiles | None
+) -> None:
+    """8033 for clients and 8080 for peers; with TLS, the peer port always demands a
+    certificate (mutual TLS between pods), the client port as MM_TLS_CLIENT_AUTH says."""
+    external = f"{settings.host}:{settings.grpc_port}"
+    internal = f"{settings.host}:{settings.internal_port}"
+    if tls is None:
+        server.add_insecure_port(external)
+        server.add_insecure_port(internal)
+        return
+    client_auth = tls.policy.client_auth
+    server.add_secure_port(external, server_credentials(tls, client_auth=client_auth))
+    server.add_secure_port(internal, server_credentials(tls, client_auth=ClientAuth.REQUIRE))
+
+
+def site_context(tls: CertFiles | None, *, client_certs: bool = True) -> ssl.SSLContext | None:
+    """The SSL context of an aiohttp site; None (plain HTTP) when TLS is off.
+    `client_certs`: ask for them as MM_TLS_CLIENT_AUTH says (else never, as for /metrics)."""
+    if tls is None:
+        return None
+    client_auth = tls.policy.client_auth if client_certs else ClientAuth.NONE
+    return ServerContext(tls, client_auth=client_auth).context
 
 
 async def serve(settings: RouterSettings) -> None:
@@ -281,7 +333,10 @@ async def serve(settings: RouterSettings) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, life.stop.set)
-    pod = await build_pod(settings, life)
+    try:
+        pod = await build_pod(settings, life)
+    except (BadCertificate, StoreAuthFailed) as exc:
+        raise SystemExit(f"mmesh router: {exc}") from exc
     await start_servers(pod)
     pod.membership = Membership(
         pod.kv,
@@ -294,7 +349,11 @@ async def serve(settings: RouterSettings) -> None:
     pod.changed()
     life.ready = True
     logger.info(
-        "router %s serving gRPC on %s:%d", pod.local.instance_id, settings.host, settings.grpc_port
+        "router %s serving gRPC on %s:%d%s",
+        pod.local.instance_id,
+        settings.host,
+        settings.grpc_port,
+        " (TLS)" if pod.tls is not None else "",
     )
     await life.stop.wait()
     await shutdown(pod)

@@ -33,15 +33,25 @@ FAILURE_KINDS: dict[str, type[RouterError]] = {
 
 
 class Forwarder:
-    def __init__(self, target: str, *, max_message_bytes: int) -> None:
+    def __init__(
+        self,
+        target: str,
+        *,
+        max_message_bytes: int,
+        credentials: grpc.ChannelCredentials | None = None,
+        options: Sequence[tuple[str, str]] = (),
+    ) -> None:
+        """A plaintext channel, or a TLS one with `credentials` (peer routers)."""
         self.target = target
-        self._channel = grpc.aio.insecure_channel(
-            target,
-            options=[
-                ("grpc.max_send_message_length", max_message_bytes),
-                ("grpc.max_receive_message_length", max_message_bytes),
-            ],
-        )
+        channel_options = [
+            ("grpc.max_send_message_length", max_message_bytes),
+            ("grpc.max_receive_message_length", max_message_bytes),
+            *options,
+        ]
+        if credentials is None:
+            self._channel = grpc.aio.insecure_channel(target, options=channel_options)
+        else:
+            self._channel = grpc.aio.secure_channel(target, credentials, options=channel_options)
         self._calls: dict[str, grpc.aio.UnaryUnaryMultiCallable[bytes, bytes]] = {}
 
     async def call(

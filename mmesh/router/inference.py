@@ -36,7 +36,6 @@ from mmesh.router.errors import (
 )
 from mmesh.router.forwarding import Forwarder
 from mmesh.router.inflight import InflightLimiter
-from mmesh.router.limit_settings import LimitSettings
 from mmesh.router.loading import LocalModels, now_ms
 from mmesh.router.metrics import RouterMetrics
 from mmesh.router.peers import PeerPool
@@ -80,12 +79,6 @@ def _header(headers: Mapping[str, str | bytes], name: str) -> str | None:
         raise InvalidRequest(f"header {name}: not UTF-8 text") from None
 
 
-def _limiter_from_env() -> InflightLimiter:
-    # Until RouterSettings carries MM_MAX_INFLIGHT_PER_MODEL and app.py passes `inflight`.
-    settings = LimitSettings()  # type: ignore[call-arg]  # fields come from the env
-    return InflightLimiter(settings.max_inflight_per_model)
-
-
 class InferenceRouter:
     def __init__(
         self,
@@ -104,7 +97,7 @@ class InferenceRouter:
         self.metrics = metrics
         self.pool = pool or PeerPool(max_message_bytes=16 * 1024 * 1024)
         self.self_record = self_record or InstanceRecord
-        self.inflight = inflight or _limiter_from_env()
+        self.inflight = inflight or InflightLimiter()
         self.on_served: Callable[[str], None] = lambda model_id: None
         self._placed: dict[str, list[tuple[float, int]]] = {}
         info = local.info

@@ -1,9 +1,12 @@
-"""Pooled channels to peer routers, and the headers a forwarded request carries."""
+"""Pooled channels to peer routers (mutual TLS when TLS is on), and the headers a forwarded
+request carries."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Collection, Mapping
 
+from mmesh.router.certs import PeerCredentials
 from mmesh.router.forwarding import Forwarder
 
 HOP_HEADER = "mm-hop"
@@ -18,6 +21,9 @@ LOAD_HEADER = "mm-load"
 BALANCED_HEADER = "mm-balanced"
 
 MAX_ITERATIONS = 8
+
+RETIRE_AFTER_S = 300.0
+"""How long channels opened with a replaced certificate stay open for calls in flight."""
 
 
 def _text(headers: Mapping[str, str | bytes], name: str) -> str:
@@ -75,20 +81,75 @@ def hop_metadata(
 
 
 class PeerPool:
-    """One channel per peer endpoint, kept for the life of the router."""
+    """One channel per peer endpoint, kept for the life of the router.
 
-    def __init__(self, *, max_message_bytes: int) -> None:
+    With TLS, channels are mutual TLS; after the certificate files change, new channels
+    are opened with the new material and the old ones are closed `retire_after_s` later,
+    once the calls they carry have had time to finish.
+    """
+
+    def __init__(
+        self,
+        *,
+        max_message_bytes: int,
+        tls: PeerCredentials | None = None,
+        retire_after_s: float = RETIRE_AFTER_S,
+    ) -> None:
         self._max = max_message_bytes
+        self._tls = tls
+        self._generation = tls.current().generation if tls is not None else 0
+        self._retire_after_s = retire_after_s
         self._peers: dict[str, Forwarder] = {}
+        self._retired: set[Forwarder] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
         self.inflight: dict[str, int] = {}
 
     def get(self, endpoint: str) -> Forwarder:
+        if self._tls is None:
+            return self._plain(endpoint)
+        tls = self._tls.current()
+        if tls.generation != self._generation:
+            self._retire_all(tls.generation)
+        peer = self._peers.get(endpoint)
+        if peer is None:
+            peer = Forwarder(
+                endpoint,
+                max_message_bytes=self._max,
+                credentials=tls.credentials,
+                options=tls.options,
+            )
+            self._peers[endpoint] = peer
+        return peer
+
+    def _plain(self, endpoint: str) -> Forwarder:
         peer = self._peers.get(endpoint)
         if peer is None:
             peer = Forwarder(endpoint, max_message_bytes=self._max)
             self._peers[endpoint] = peer
         return peer
 
-    async def close(self) -> None:
-        for peer in self._peers.values():
+    def _retire_all(self, generation: int) -> None:
+        """New certificate: later calls get new channels; the old ones close in a while."""
+        self._generation = generation
+        old = list(self._peers.values())
+        self._peers.clear()
+        if not old:
+            return
+        self._retired.update(old)
+        task = asyncio.get_running_loop().create_task(self._close_later(old))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _close_later(self, peers: list[Forwarder]) -> None:
+        await asyncio.sleep(self._retire_after_s)
+        for peer in peers:
+            self._retired.discard(peer)
             await peer.close()
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        for peer in [*self._peers.values(), *self._retired]:
+            await peer.close()
+        self._peers.clear()
+        self._retired.clear()

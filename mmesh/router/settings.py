@@ -9,16 +9,19 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from mmesh.core.etcd_config import EtcdConnection
+from mmesh.router.tls import TlsPolicy, tls_policy
 
 MIB = 1024 * 1024
 
 
 class RouterSettings(BaseSettings):
-    model_config = SettingsConfigDict(frozen=True, populate_by_name=True, extra="ignore")
+    model_config = SettingsConfigDict(
+        frozen=True, populate_by_name=True, extra="ignore", hide_input_in_errors=True
+    )
 
     service_name: str = Field("modelmesh-serving", alias="MM_SERVICE_NAME")
     """The mesh ("slot") this router belongs to; every router of one service shares a cache."""
@@ -47,8 +50,13 @@ class RouterSettings(BaseSettings):
     serving_port: int = Field(0, alias="INTERNAL_SERVING_GRPC_PORT")
     """The runtime's inference data port; 0 = same as INTERNAL_GRPC_PORT (custom runtimes)."""
 
-    kv_store: str = Field(alias="KV_STORE")
+    kv_store: str = Field(alias="KV_STORE", repr=False)  # may hold the etcd password
     """`etcd:<path to etcd_connection JSON>`, `etcd:<JSON>` or `etcd:host:port`."""
+    max_inflight_per_model: int = Field(0, ge=0, alias="MM_MAX_INFLIGHT_PER_MODEL")
+    """Requests one model may have in flight through this router at once; more are refused
+    with RESOURCE_EXHAUSTED (gRPC) / 429 (REST). 0 = unbounded, as in ModelMesh, whose router
+    queues every request: a bound is a policy for whoever runs the mesh, not a surprise for
+    someone moving over."""
 
     pod_name: str = Field("", alias="WKUBE_POD_NAME")
     instance_id: str = Field("", alias="MM_INSTANCE_ID")
@@ -77,6 +85,17 @@ class RouterSettings(BaseSettings):
     migrate_cutoff_s: float = Field(3600.0, alias="MM_SHUTDOWN_MIGRATE_CUTOFF_SECS")
     """On shutdown, models used more recently than this get a copy elsewhere first."""
 
+    tls_key_cert_path: str = Field("", alias="MM_TLS_KEY_CERT_PATH")
+    """PEM certificate chain; with MM_TLS_PRIVATE_KEY_PATH, TLS on every client and peer
+    port (see mmesh.router.tls)."""
+    tls_private_key_path: str = Field("", alias="MM_TLS_PRIVATE_KEY_PATH")
+    tls_private_key_passphrase: str = Field("", alias="MM_TLS_PRIVATE_KEY_PASSPHRASE", repr=False)
+    tls_client_auth: str = Field("", alias="MM_TLS_CLIENT_AUTH")
+    """NONE (default), OPTIONAL or REQUIRE: client certificates on 8033 and 8008."""
+    tls_trust_cert_path: str = Field("", alias="MM_TLS_TRUST_CERT_PATH")
+    """Comma-separated PEM files client and peer certificates are checked against;
+    default: the key certificate."""
+
     log_level: str = Field("INFO", alias="MM_LOG_LEVEL")
     log_json: bool = Field(False, alias="MM_LOG_JSON")
     log_each_invoke: bool = Field(False, alias="MM_LOG_EACH_INVOKE")
@@ -87,6 +106,21 @@ class RouterSettings(BaseSettings):
         if not value.startswith("etcd:"):
             raise ValueError("KV_STORE must start with 'etcd:'")
         return value
+
+    @model_validator(mode="after")
+    def _tls_consistent(self) -> RouterSettings:
+        self.tls_policy()
+        return self
+
+    def tls_policy(self) -> TlsPolicy | None:
+        """None when TLS is off; ValueError when the MM_TLS_* values contradict."""
+        return tls_policy(
+            cert_path=self.tls_key_cert_path,
+            key_path=self.tls_private_key_path,
+            client_auth=self.tls_client_auth,
+            trust_paths=self.tls_trust_cert_path,
+            key_passphrase=self.tls_private_key_passphrase,
+        )
 
     @property
     def resolved_instance_id(self) -> str:
@@ -113,6 +147,12 @@ class RouterSettings(BaseSettings):
             if name.strip() == "port":
                 return int(value)
         return 2112
+
+    @property
+    def metrics_https(self) -> bool:
+        """MM_METRICS asks for `scheme=https` (served so only when TLS is on)."""
+        parts = self.metrics.partition(":")[2].split(";")
+        return any(p.replace(" ", "").lower() == "scheme=https" for p in parts)
 
     def etcd_connection(self) -> EtcdConnection:
         spec = self.kv_store.removeprefix("etcd:").strip()

@@ -21,12 +21,14 @@ FORBIDDEN_IN_PURE = {
 
 EXPECTED_PURE = {
     "mmesh/core/ids.py",
+    "mmesh/core/redaction.py",
     "mmesh/core/records.py",
     "mmesh/core/etcd_config.py",
     "mmesh/adapter/layout.py",
     "mmesh/adapter/sizing.py",
     "mmesh/adapter/storage/spec.py",
     "mmesh/router/cache.py",
+    "mmesh/router/inflight.py",
     "mmesh/router/wire.py",
     "mmesh/router/vmodels.py",
     "mmesh/router/modelstatus.py",
@@ -39,6 +41,8 @@ EXPECTED_PURE = {
     "mmesh/operator/serving_config.py",
     "mmesh/operator/status.py",
     "mmesh/operator/translation.py",
+    "mmesh/local/podspec.py",
+    "mmesh/local/rollout.py",
 }
 
 
