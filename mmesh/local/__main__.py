@@ -36,6 +36,16 @@ port-forward needed). Pod logs: kubectl logs <pod> -c mm. Ctrl-C stops everythin
 """
 
 
+TLS_STEPS = """With TLS on, use the CA (and, with --client-auth, the client certificate):
+
+  grpcurl -cacert {tls_dir}/ca.crt -cert {tls_dir}/client.crt -key {tls_dir}/client.key \\
+      -proto fvt/proto/kfs_inference_v2.proto -d @ {grpc} \\
+      inference.GRPCInferenceService.ModelInfer < examples/tutorial-request.json
+  curl --cacert {tls_dir}/ca.crt --cert {tls_dir}/client.crt --key {tls_dir}/client.key \\
+      https://{rest}/v2/models/example-sklearn-isvc/infer -d @examples/tutorial-rest-request.json
+"""
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m mmesh.local", description=__doc__)
     parser.add_argument(
@@ -59,6 +69,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="write the endpoints as JSON here once the cluster is up",
     )
+    parser.add_argument(
+        "--tls",
+        action="store_true",
+        help="serve gRPC, REST and pod-to-pod traffic over TLS (throwaway CA)",
+    )
+    parser.add_argument(
+        "--client-auth",
+        choices=["optional", "require"],
+        default="",
+        help="with --tls: ask clients for a certificate",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
     args = parser.parse_args(argv)
     if not args.pod_block.startswith("127.") or args.pod_block.count(".") != 2:
@@ -79,6 +100,8 @@ def main(argv: list[str] | None = None) -> None:
         rest_port=args.rest_port,
         api_port=args.api_port,
         pod_block=args.pod_block,
+        tls=args.tls or bool(args.client_auth),
+        client_auth=args.client_auth,
     )
 
     def say(line: str) -> None:
@@ -93,6 +116,8 @@ def main(argv: list[str] | None = None) -> None:
         say(f"workdir {endpoints.workdir} (logs in logs/ and pods/<pod>/logs/)")
         if not args.quiet:
             print(NEXT_STEPS.format(**endpoints.__dict__), flush=True)
+            if endpoints.tls_dir:
+                print(TLS_STEPS.format(**endpoints.__dict__), flush=True)
 
     try:
         asyncio.run(_run(config, say, ready))

@@ -28,6 +28,7 @@ from mmesh.local.kube import LocalKube
 from mmesh.local.kubeconfig import write_kubeconfig
 from mmesh.local.podrunner import PodRunner
 from mmesh.local.portforward import ServiceForward
+from mmesh.local.tlsfiles import TlsFiles, write_tls_files
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,10 @@ class ClusterConfig:
     mlserver_venv: Path = ROOT / ".venv-mlserver"
     operator_env: Mapping[str, str] = field(default_factory=dict)
     """Extra environment for the operator process."""
+    tls: bool = False
+    """Serve 8033 / 8008 / pod-to-pod over TLS with a throwaway CA (files in `<workdir>/tls`)."""
+    client_auth: str = ""
+    """With `tls`: `require` or `optional` client certificates (`tls.clientAuth`)."""
     s3_secret_key: str = field(default_factory=lambda: f"local-{secrets.token_hex(12)}")
     """The storage Secret's secret key (the S3 server accepts any); random, so a scan of logs,
     events and status for it means something."""
@@ -80,6 +85,8 @@ class Endpoints:
     etcd: str
     s3: str
     workdir: str
+    tls_dir: str = ""
+    """With TLS: ca.crt, client.crt and client.key for grpcurl / curl."""
 
     def to_json(self) -> str:
         return json.dumps(self.__dict__, indent=2)
@@ -126,7 +133,8 @@ class LocalCluster:
         self.kube = LocalKube(kubeconfig)
         s3 = await self._start_s3()
         self._say("creating the namespace, the etcd and storage Secrets and the ServingRuntimes")
-        await asyncio.to_thread(self._bootstrap, etcd, s3)
+        tls = write_tls_files(cfg.workdir / "tls", cfg.namespace, SERVICE) if cfg.tls else None
+        await asyncio.to_thread(self._bootstrap, etcd, s3, tls)
         tasks.append(asyncio.create_task(self._supervise_operator(stop, kubeconfig, etcd)))
         self.runner = PodRunner(self.kube, cfg.workdir / "pods", cfg.images(), cfg.pod_block)
         tasks.append(asyncio.create_task(self.runner.run(stop)))
@@ -142,6 +150,7 @@ class LocalCluster:
             etcd=etcd,
             s3=s3,
             workdir=str(cfg.workdir),
+            tls_dir=str(tls.folder) if tls else "",
         )
 
     async def _start_etcd(self) -> str:
@@ -201,9 +210,12 @@ class LocalCluster:
 
     # ------------------------------------------------------------ objects
 
-    def _bootstrap(self, etcd: str, s3: str) -> None:
+    def _bootstrap(self, etcd: str, s3: str, tls: TlsFiles | None) -> None:
         assert self.kube is not None
-        for manifest in bootstrap_objects(self.config, etcd, s3):
+        objects = bootstrap_objects(self.config, etcd, s3)
+        if tls is not None:
+            objects += tls_objects(self.config, tls)
+        for manifest in objects:
             self.kube.apply(manifest)
 
     # ------------------------------------------------------------ operator
@@ -306,6 +318,31 @@ def bootstrap_objects(config: ClusterConfig, etcd: str, s3: str) -> list[dict[st
                 doc["metadata"]["namespace"] = ns
                 objects.append(doc)
     return objects
+
+
+TLS_SECRET = "mmesh-tls"
+
+
+def tls_objects(config: ClusterConfig, tls: TlsFiles) -> list[dict[str, Any]]:
+    """The serving certificate as a TLS Secret and `model-serving-config` naming it."""
+    ns = config.namespace
+    data = {
+        "tls.crt": tls.server_cert.read_text(),
+        "tls.key": tls.server_key.read_text(),
+        "ca.crt": tls.ca.read_text(),
+    }
+    secret = _secret(ns, TLS_SECRET, data)
+    secret["type"] = "kubernetes.io/tls"
+    settings: dict[str, Any] = {"secretName": TLS_SECRET}
+    if config.client_auth:
+        settings["clientAuth"] = config.client_auth
+    config_map = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "model-serving-config", "namespace": ns},
+        "data": {"config.yaml": yaml.safe_dump({"tls": settings})},
+    }
+    return [secret, config_map]
 
 
 def _secret(namespace: str, name: str, data: Mapping[str, str]) -> dict[str, Any]:

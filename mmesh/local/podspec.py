@@ -187,9 +187,9 @@ def mount_table(
 
 def rewrite_paths(text: str, mounts: Sequence[tuple[str, str]]) -> str:
     """Replace each mount path that starts a path in `text` (at the start, or after `:`, `=`,
-    a quote or a space) by its local folder."""
+    `,`, `;`, a quote or a space) by its local folder."""
     for mount_path, folder in mounts:
-        pattern = re.compile(r"(^|[:=\s\"'])" + re.escape(mount_path) + r"(?=$|[/\s\"':])")
+        pattern = re.compile(r"(^|[:=,;\s\"'])" + re.escape(mount_path) + r"(?=$|[/,;\s\"':])")
         text = pattern.sub(lambda m: m.group(1) + folder, text)  # noqa: B023 (used at once)
     return text
 

@@ -91,6 +91,7 @@ def test_mount_paths_are_rewritten_only_where_a_path_starts() -> None:
     assert rewrite_paths("/models/a", mounts) == "/local/m/a"
     assert rewrite_paths("etcd:/models", mounts) == "etcd:/local/m"
     assert rewrite_paths("--dir=/models/x", mounts) == "--dir=/local/m/x"
+    assert rewrite_paths("/models/a.crt,/models/b.crt", mounts) == "/local/m/a.crt,/local/m/b.crt"
     assert rewrite_paths("/models-extra/a", mounts) == "/models-extra/a"
     assert rewrite_paths("/data/models/a", mounts) == "/data/models/a"
 
