@@ -82,7 +82,15 @@ KV_STORE_PREFIX = "mm"
 DEFAULT_VMODEL_OWNER = "ksp"
 MODELS_DIR_SIZE_FACTOR = Decimal("1.5")
 
-_DROP_ALL = {"capabilities": {"drop": ["ALL"]}}
+_DROP_ALL = {"capabilities": {"drop": ["ALL"]}, "allowPrivilegeEscalation": False}
+_LOCKED_DOWN = {
+    **_DROP_ALL,
+    "runAsNonRoot": True,
+    "readOnlyRootFilesystem": True,
+}
+"""Our own containers (router, adapter): the image's numeric non-root user, nothing written
+outside their volumes (the adapter's temporary files go to an emptyDir at /tmp)."""
+TMP_VOLUME = "tmp"
 
 Manifest = dict[str, Any]
 
@@ -387,10 +395,11 @@ def _helper_container(ctx: _Context, name: str, env: list[Manifest]) -> Manifest
         {"name": STORAGE_CONFIG_VOLUME, "mountPath": STORAGE_CONFIG_DIR, "readOnly": True},
         *_shared_mounts(ctx),
     ]
+    mounts.append({"name": TMP_VOLUME, "mountPath": "/tmp"})
     container: Manifest = {"name": name, **_image_fields(image), "env": env}
     container["resources"] = ctx.config.storage_helper_resources.to_manifest()
     container["volumeMounts"] = mounts
-    container["securityContext"] = copy.deepcopy(_DROP_ALL)
+    container["securityContext"] = copy.deepcopy(_LOCKED_DOWN)
     container["lifecycle"] = _prestop_wait()
     return container
 
@@ -413,7 +422,7 @@ def _with_mm(deployment: Manifest, ctx: _Context) -> Manifest:
         "readinessProbe": _probe("/ready", period_s=5, timeout_s=1, failures=3),
         "livenessProbe": _probe("/live", period_s=30, timeout_s=5, failures=2, delay_s=90),
         "resources": config.model_mesh_resources.to_manifest(),
-        "securityContext": copy.deepcopy(_DROP_ALL),
+        "securityContext": copy.deepcopy(_LOCKED_DOWN),
         "volumeMounts": _mm_mounts(ctx),
     }
     _pod(deployment)["spec"]["containers"].append(container)
@@ -545,6 +554,8 @@ def _with_volumes(deployment: Manifest, ctx: _Context) -> Manifest:
     volumes.append({"name": ETCD_VOLUME, "secret": _secret(ctx.facts.etcd_secret_name)})
     if ctx.config.tls.enabled:
         volumes.append({"name": TLS_VOLUME, "secret": _secret(ctx.config.tls.secret_name)})
+    if ctx.adapter is not None or ctx.uses_puller:
+        volumes.append({"name": TMP_VOLUME, "emptyDir": {}})
     if _socket_dir(ctx.runtime) is not None:
         volumes.append({"name": DOMAIN_SOCKET_VOLUME, "emptyDir": {}})
     for i, claim in enumerate(_pvcs(ctx)):

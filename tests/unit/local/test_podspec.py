@@ -27,6 +27,7 @@ VOLUMES = {
     "models-dir": "/w/pod/volumes/models-dir",
     "storage-config": "/w/pod/volumes/storage-config",
     "etcd-config": "/w/pod/volumes/etcd-config",
+    "tmp": "/w/pod/volumes/tmp",
 }
 
 

@@ -120,7 +120,10 @@ def test_runtime_container_shares_models_dir_and_waits_for_mm() -> None:
         "port": 8090,
         "scheme": "HTTP",
     }
-    assert container["securityContext"] == {"capabilities": {"drop": ["ALL"]}}
+    assert container["securityContext"] == {
+        "capabilities": {"drop": ["ALL"]},
+        "allowPrivilegeEscalation": False,
+    }
     assert volumes(render())["models-dir"] == {
         "name": "models-dir",
         "emptyDir": {"sizeLimit": "1536Mi"},
@@ -224,7 +227,14 @@ def test_adapter_env_configures_the_adapter() -> None:
     assert str(settings.storage_config_dir) == "/storage-config"
     assert settings.runtime_version == "1.7.1"
     assert adapter["command"] == ["python", "-m", "mmesh.adapter"]
-    assert mounts(adapter) == {"models-dir": "/models", "storage-config": "/storage-config"}
+    assert mounts(adapter) == {
+        "models-dir": "/models",
+        "storage-config": "/storage-config",
+        "tmp": "/tmp",
+    }
+    assert adapter["securityContext"]["readOnlyRootFilesystem"] is True
+    assert adapter["securityContext"]["runAsNonRoot"] is True
+    assert volumes(deployment)["tmp"] == {"name": "tmp", "emptyDir": {}}
     assert volumes(deployment)["storage-config"]["secret"]["secretName"] == "storage-config"
 
 
