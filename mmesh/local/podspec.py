@@ -187,11 +187,14 @@ def mount_table(
 
 def rewrite_paths(text: str, mounts: Sequence[tuple[str, str]]) -> str:
     """Replace each mount path that starts a path in `text` (at the start, or after `:`, `=`,
-    `,`, `;`, a quote or a space) by its local folder."""
-    for mount_path, folder in mounts:
-        pattern = re.compile(r"(^|[:=,;\s\"'])" + re.escape(mount_path) + r"(?=$|[/,;\s\"':])")
-        text = pattern.sub(lambda m: m.group(1) + folder, text)  # noqa: B023 (used at once)
-    return text
+    `,`, `;`, a quote or a space) by its local folder, in one pass: a folder that itself lies
+    under another mount path (say /tmp) is not rewritten again."""
+    if not mounts:
+        return text
+    folders = dict(mounts)
+    paths = "|".join(re.escape(path) for path, _ in mounts)  # longest first: mount_table's order
+    pattern = re.compile(r"(^|[:=,;\s\"'])(" + paths + r")(?=$|[/,;\s\"':])")
+    return pattern.sub(lambda m: m.group(1) + folders[m.group(2)], text)
 
 
 def localize_env(

@@ -94,6 +94,8 @@ def test_mount_paths_are_rewritten_only_where_a_path_starts() -> None:
     assert rewrite_paths("--dir=/models/x", mounts) == "--dir=/local/m/x"
     assert rewrite_paths("/models/a.crt,/models/b.crt", mounts) == "/local/m/a.crt,/local/m/b.crt"
     assert rewrite_paths("/models-extra/a", mounts) == "/models-extra/a"
+    nested = [("/storage-config", "/tmp/pod/sc"), ("/tmp", "/tmp/pod/tmp")]
+    assert rewrite_paths("/storage-config", nested) == "/tmp/pod/sc"  # not rewritten twice
     assert rewrite_paths("/data/models/a", mounts) == "/data/models/a"
 
 
