@@ -209,7 +209,7 @@ async def test_no_ready_pod_closes_the_connection(runner: tuple[PodRunner, Local
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         writer.write(b"GET / HTTP/1.0\r\n\r\n")
         try:
-            answer = await asyncio.wait_for(reader.read(), 5)
+            answer = await asyncio.wait_for(reader.read(), 15)  # after the forwarder gives up
         except ConnectionResetError:
             answer = b""
         assert answer == b""  # closed, no bytes from anywhere

@@ -471,7 +471,7 @@ async def test_config_map_reload_and_scale_to_zero(cluster: Cluster) -> None:
         found = await asyncio.to_thread(cluster.kube.get, "Deployment", ns, deployment)
         return found is not None and found["spec"]["replicas"] == want
 
-    await eventually(lambda: replicas(2))
+    await eventually(lambda: replicas(2), 30)
     config = "podsPerRuntime: 1\nscaleToZero:\n  gracePeriodSeconds: 0\n"
     config_map = {
         "apiVersion": "v1",
@@ -480,10 +480,10 @@ async def test_config_map_reload_and_scale_to_zero(cluster: Cluster) -> None:
         "data": {"config.yaml": config},
     }
     cluster.apply(OPERATOR_NAMESPACE, json.dumps(config_map))
-    await eventually(lambda: replicas(1))
+    await eventually(lambda: replicas(1), 30)
 
     cluster.kubectl("delete", "-n", ns, "isvc", name, "--wait=false")
-    await eventually(lambda: replicas(0))
+    await eventually(lambda: replicas(0), 30)
 
     async def scaled_events() -> bool:
         found = await asyncio.to_thread(cluster.event_reasons, ns, "Deployment", deployment)
