@@ -427,6 +427,21 @@ class EtcdKV:
         except LeaseExpired:
             return
 
+    # ------------------------------------------------------------ auth administration
+
+    async def auth_call(self, what: str, method: str, request: Any, *, token: bool = True) -> Any:
+        """One `etcdserverpb.Auth` call (e.g. "UserGet") on this connection, with its
+        token unless `token` is False (Authenticate); failures become StoreUnavailable like
+        every other call (mmesh.core.etcd_admin). `what` must not contain a password."""
+
+        async def call() -> Any:
+            await self._client.connect()
+            stub = aetcd.rpc.AuthStub(self._client.channel)
+            metadata = self._client.metadata if token else None
+            return await getattr(stub, method)(request, timeout=self._timeout_s, metadata=metadata)
+
+        return await self._call(what, call)
+
     # ------------------------------------------------------------ internals
 
     async def _probe(self) -> None:

@@ -69,8 +69,13 @@ class OperatorSettings(BaseSettings):
             return json.dumps({"endpoints": spec})
         raise ValueError(f"ETCD_CONNECTION: {spec!r} is neither JSON, a file, nor endpoints")
 
-    def etcd_connection_for(self, root_prefix: str) -> str:
-        """The `etcd_connection` JSON with its root_prefix replaced (for runtime pods)."""
+    def etcd_connection_for(
+        self, root_prefix: str, *, credentials: tuple[str, str] | None = None
+    ) -> str:
+        """The `etcd_connection` JSON with its root_prefix replaced (for runtime pods), and
+        its `userid` / `password` replaced by `credentials` when given."""
         doc = json.loads(self.etcd_connection_text())
         doc["root_prefix"] = root_prefix
+        if credentials is not None:
+            doc["userid"], doc["password"] = credentials
         return json.dumps(doc, separators=(",", ":"))

@@ -34,6 +34,7 @@ EXPECTED_PURE = {
     "mmesh/router/modelstatus.py",
     "mmesh/router/placement.py",
     "mmesh/operator/deployment.py",
+    "mmesh/operator/etcd_users.py",
     "mmesh/operator/naming.py",
     "mmesh/operator/resources.py",
     "mmesh/operator/runtime_selection.py",

@@ -8,12 +8,19 @@ Secret the runtime pods mount, applies them, and deletes Deployments of runtimes
 gone or disabled. Failed reconciles are retried after 5 s; a running scale-to-zero grace
 period re-runs the reconcile when it ends. Only the leader reconciles (a new leader redoes
 every namespace); a Deployment scaled to zero or up from zero gets an Event.
+
+In cluster scope with etcd authentication on, the etcd Secret of a namespace carries an etcd
+user of that namespace's own (`etcd_users`), confined to the namespace's key prefix; the
+reconcile makes sure etcd has that user and role (`ensure_namespace_user`), keeping the
+password the Secret already holds. Passwords are never logged.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
+import secrets
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -21,6 +28,9 @@ from typing import Any
 
 import kopf
 
+from mmesh.core.etcd import EtcdKV
+from mmesh.core.etcd_admin import AuthAdmin
+from mmesh.operator import etcd_users
 from mmesh.operator.deployment import (
     NamespaceFacts,
     ScaleDecision,
@@ -48,6 +58,8 @@ CLUSTER = "*"
 """Index key of ClusterServingRuntimes (they belong to every namespace)."""
 RETRY_S = 5.0
 _STATE = "namespaces"
+PASSWORD_BYTES = 24
+"""Random bytes in a namespace etcd user's password (URL-safe base64 in the Secret)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +105,10 @@ class NamespaceSync:
     _workers: dict[str, asyncio.Task[None]] = field(default_factory=dict)
     _had_models: set[tuple[str, str]] = field(default_factory=set)
     _no_models_since: dict[tuple[str, str], float] = field(default_factory=dict)
+    _confined: dict[str, str] = field(default_factory=dict, repr=False)
+    """Namespace -> the password its etcd user was last ensured with by this process."""
+    _users: bool | None = None
+    """Whether namespaces get etcd users of their own (decided once, on first use)."""
 
     def __post_init__(self) -> None:
         self.ctx.on_leader.append(self.request_all)
@@ -122,6 +138,7 @@ class NamespaceSync:
                 return
             try:
                 plan = self.plan(namespace, self.indexes, now=time.monotonic())
+                plan = await self._confine(plan)
                 changes = await asyncio.to_thread(apply_plan, self.ctx.kube, plan)
                 for change in changes:
                     change.announce()
@@ -196,6 +213,77 @@ class NamespaceSync:
         secret = secret_manifest(namespace, settings.etcd_secret_name, {"etcd_connection": text})
         secret["metadata"]["labels"] = dict(MANAGED_LABELS)
         return secret
+
+    async def _confine(self, plan: NamespacePlan) -> NamespacePlan:
+        """Cluster scope with etcd auth: the Secret gets the namespace's own etcd user."""
+        settings = self.ctx.settings
+        if self._users is None:
+            connection = settings.etcd_connection()
+            self._users = etcd_users.enabled(connection, namespace_scope=settings.namespace_scope)
+        if plan.secret is None or not self._users:
+            return plan
+        ns, name = plan.namespace, settings.etcd_secret_name
+        existing = await asyncio.to_thread(self.ctx.kube.get, "Secret", ns, name)
+        labels = (existing or {}).get("metadata", {}).get("labels") or {}
+        if existing is not None and not contains(labels, MANAGED_LABELS):
+            return plan  # apply_plan leaves someone else's Secret alone
+        root = self.ctx.registrations.scope.root_for(ns)
+        access = etcd_users.namespace_access(ns, root)
+        password = etcd_users.stored_password(existing, access.user)
+        if password is None or self._confined.get(ns) != password:
+            password = password or secrets.token_urlsafe(PASSWORD_BYTES)
+            kv = self.ctx.registrations.kv
+            if not isinstance(kv, EtcdKV):
+                raise TypeError(f"etcd users need an EtcdKV, not {type(kv).__name__}")
+            await ensure_namespace_user(AuthAdmin(kv), access, password)
+            self._confined[ns] = password
+        text = settings.etcd_connection_for(root, credentials=(access.user, password))
+        secret = secret_manifest(ns, name, {"etcd_connection": text})
+        secret["metadata"]["labels"] = dict(MANAGED_LABELS)
+        return dataclasses.replace(plan, secret=secret)
+
+
+async def ensure_namespace_user(
+    admin: AuthAdmin, access: etcd_users.NamespaceAccess, password: str
+) -> tuple[etcd_users.Step, ...]:
+    """Make etcd hold `access`'s role (READWRITE on the namespace's prefix only) and user
+    (that role only, with `password`), changing only what differs; the steps taken."""
+    roles = await admin.user_roles(access.user)
+    grants = await admin.role_grants(access.role)
+    works = roles is not None and await admin.password_works(access.user, password)
+    steps = etcd_users.plan(access, etcd_users.Found(roles, grants, works))
+    for step in steps:
+        await _run_step(admin, access, password, step)
+    if steps:
+        logger.info(
+            "etcd user %s of namespace %s: %s",
+            access.user,
+            access.namespace,
+            ", ".join(step.op.value for step in steps),
+        )
+    return steps
+
+
+async def _run_step(
+    admin: AuthAdmin, access: etcd_users.NamespaceAccess, password: str, step: etcd_users.Step
+) -> None:
+    op, grant = etcd_users.Op, step.grant
+    if step.op is op.ADD_ROLE:
+        await admin.add_role(access.role)
+    elif step.op is op.GRANT_PERMISSION and grant is not None:
+        await admin.grant_permission(access.role, grant)
+    elif step.op is op.REVOKE_PERMISSION and grant is not None:
+        await admin.revoke_permission(access.role, grant[0], grant[1])
+    elif step.op is op.ADD_USER:
+        await admin.add_user(access.user, password)
+    elif step.op is op.CHANGE_PASSWORD:
+        await admin.change_password(access.user, password)
+    elif step.op is op.GRANT_ROLE:
+        await admin.grant_role(access.user, step.role)
+    elif step.op is op.REVOKE_ROLE:
+        await admin.revoke_role(access.user, step.role)
+    else:
+        raise ValueError(f"malformed etcd auth step {step}")
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,6 +5,7 @@ https REST URL."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import os
@@ -16,8 +17,11 @@ from typing import Any
 
 import pytest
 
+from mmesh.core.errors import StoreUnavailable
 from mmesh.core.etcd import EtcdKV
-from mmesh.core.etcd_config import from_mapping
+from mmesh.core.etcd_config import EtcdConnection, from_mapping
+from mmesh.core.ids import ModelId
+from mmesh.core.records import KeyLayout
 from tests.fixtures.etcd import SecureEtcd
 from tests.fixtures.kube import KubeAPI
 from tests.fixtures.procs import ROOT, VENV_PY, free_port, http_ok, running, wait_until
@@ -106,14 +110,17 @@ async def test_tls_etcd_and_tls_serving(
     vmodel = await eventually(lambda: cluster.vmodel(ns, name), timeout_s=30)
     model_id = vmodel.target_model
 
-    # runtime pods get the same etcd credentials, under the namespace's prefix
+    # runtime pods get an etcd user of the namespace's own, under the namespace's prefix
     secret = cluster.kube.get("Secret", ns, "model-serving-etcd")
     assert secret is not None
     doc = json.loads(base64.b64decode(secret["data"]["etcd_connection"]))
-    assert doc["root_prefix"] == f"{secure_operator.root_prefix}/mm_ns/{ns}"
-    assert (doc["userid"], doc["password"]) == (secure_etcd.user, secure_etcd.password)
+    ns_root = f"{secure_operator.root_prefix}/mm_ns/{ns}"
+    assert doc["root_prefix"] == ns_root
+    assert doc["userid"] == f"mmesh-ns-{ns}"
+    assert doc["password"] and doc["password"] != secure_etcd.password
     assert doc["certificate"] == secure_etcd.ca_pem
     assert doc["endpoints"] == secure_etcd.url
+    await check_confined(from_mapping(doc), ns_root, model_id, secure_operator.root_prefix)
 
     # the router container serves TLS from the mounted secret and requires client certs
     async def mlserver() -> dict[str, Any] | None:
@@ -146,4 +153,30 @@ async def test_tls_etcd_and_tls_serving(
         "grpcUrl": grpc_url,
         "restUrl": f"https://modelmesh-serving.{ns}:8008",
     }
-    assert secure_etcd.password not in secure_operator.log.read_text()
+    log = secure_operator.log.read_text()
+    assert secure_etcd.password not in log
+    assert doc["password"] not in log
+
+    # later reconciles (here: every namespace's, on a ClusterServingRuntime change) keep the
+    # namespace's user and password
+    cluster.kubectl("annotate", "clusterservingruntime", "mlserver-1.x", "touched=1", "--overwrite")
+    await asyncio.sleep(2)
+    again = cluster.kube.get("Secret", ns, "model-serving-etcd")
+    assert again is not None and again["data"] == secret["data"]
+
+
+async def check_confined(
+    connection: EtcdConnection, ns_root: str, model_id: ModelId, root_prefix: str
+) -> None:
+    """The namespace's credentials reach its own keys, and nothing else."""
+    kv = await EtcdKV.connect(connection)
+    try:
+        layout = KeyLayout(ns_root, "modelmesh-serving")
+        assert await kv.get(layout.model_key(model_id)) is not None
+        await kv.put(layout.instances_prefix + "probe", b"{}")
+        assert await kv.delete(layout.instances_prefix + "probe")
+        for foreign in (f"{root_prefix}/mm_ns/other-ns/", f"{root_prefix}/"):
+            with pytest.raises(StoreUnavailable, match="permission denied"):
+                await kv.range_prefix(foreign)
+    finally:
+        await kv.close()
