@@ -34,6 +34,14 @@ class LocalKube:
         items = _json(self.apps.list_deployment_for_all_namespaces(_preload_content=False))
         return list(items.get("items") or [])
 
+    def pod_names(self) -> set[tuple[str, str]]:
+        """(namespace, name) of every Pod object the API holds."""
+        items = _json(self.core.list_pod_for_all_namespaces(_preload_content=False))
+        return {
+            (p["metadata"].get("namespace", ""), p["metadata"]["name"])
+            for p in items.get("items") or []
+        }
+
     def patch_deployment_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
         self.apps.patch_namespaced_deployment_status(name, namespace, {"status": dict(status)})
 

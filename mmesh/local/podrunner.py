@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 TICK_S = 0.5
 SOURCES_REFRESH_S = 5.0
 SHUTDOWN_GRACE_S = 10.0
+DELETE_GRACE_S = 2.0
+"""A pod this young may not be listed yet (its create is in flight): not taken as deleted."""
 
 
 class AddressPool:
@@ -113,6 +115,7 @@ class PodRunner:
         loop = asyncio.get_running_loop()
         now = loop.time()
         deployments = await asyncio.to_thread(self._kube.deployments)
+        await self._stop_deleted(session, now)
         refresh = now - self._sources_at >= SOURCES_REFRESH_S
         if refresh:
             self._sources_at = now
@@ -131,6 +134,16 @@ class PodRunner:
             await self._push_pod(pod)
         for deployment in deployments:
             await self._push_deployment(deployment)
+
+    async def _stop_deleted(self, session: aiohttp.ClientSession, now: float) -> None:
+        """`kubectl delete pod`: a pod whose object is gone from the API is stopped gracefully
+        (preStop hooks, grace period), and the rollout then starts a replacement."""
+        listed = await asyncio.to_thread(self._kube.pod_names)
+        for pod in list(self.pods.values()):
+            key = (pod.identity.namespace, pod.name)
+            if key not in listed and not pod.terminating and now - pod.created > DELETE_GRACE_S:
+                log.info("pod %s: deleted through the API", pod.name)
+                self._begin_stop(pod, session, grace=None)
 
     async def _reconcile(
         self, deployment: Mapping[str, Any], session: aiohttp.ClientSession, now: float

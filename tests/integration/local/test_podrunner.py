@@ -216,3 +216,24 @@ async def test_no_ready_pod_closes_the_connection(runner: tuple[PodRunner, Local
         writer.close()
     finally:
         await forward.close()
+
+
+async def test_a_pod_deleted_through_the_api_is_stopped_and_replaced(
+    runner: tuple[PodRunner, LocalKube],
+) -> None:
+    pod_runner, kube = runner
+    await asyncio.to_thread(kube.apps.create_namespaced_deployment, NS, deployment(1, "v1"))
+    await until(lambda: len(ready_pods(kube)) == 1, "1 ready pod")
+    name = ready_pods(kube)[0]["metadata"]["name"]
+    proc = pod_runner.pods[name].containers[0].proc
+    assert proc is not None
+
+    await asyncio.to_thread(kube.core.delete_namespaced_pod, name, NS)
+
+    def replaced() -> bool:
+        pods = ready_pods(kube)
+        return len(pods) == 1 and pods[0]["metadata"]["name"] != name
+
+    await until(replaced, "a replacement pod, ready")
+    await until(lambda: proc.poll() is not None, "the deleted pod's process stopped")
+    assert name not in pod_runner.pods
