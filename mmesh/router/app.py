@@ -361,7 +361,7 @@ async def serve(settings: RouterSettings) -> None:
 
 def _drop_unregistered(registry: Registry, local: LocalModels, table: Table, ident: str) -> None:
     if table is Table.REGISTRY and registry.models.get(ident) is None:
-        local.evict(ident)
+        local.forget(ident)
 
 
 async def migrate_recent_models(pod: Pod, deadline_s: float) -> None:

@@ -151,6 +151,38 @@ class InferenceRouter:
         timeout_s: float | None = None,
     ) -> bytes:
         model_id, _ = self.resolve(method, payload, headers)
+        try:
+            return await self._invoke_model(method, model_id, payload, headers, timeout_s)
+        except RouterError:
+            moved_to = self._moved_on(method, payload, headers, model_id)
+            if moved_to is None:
+                raise
+        # A vmodel switched targets while this request was on its way and the old model is
+        # gone: the request goes, once, to the model the vmodel names now.
+        logger.info("model %s was replaced by %s during the request; retrying", model_id, moved_to)
+        return await self._invoke_model(method, moved_to, payload, headers, timeout_s)
+
+    def _moved_on(
+        self, method: str, payload: bytes, headers: Mapping[str, str | bytes], model_id: str
+    ) -> str | None:
+        """The model the request's name resolves to now, if `model_id` is no longer registered
+        and the name (a vmodel) points elsewhere; None otherwise."""
+        if self.registry.models.get(model_id) is not None:
+            return None
+        try:
+            now_id, _ = self.resolve(method, payload, headers)
+        except RouterError:
+            return None
+        return now_id if now_id != model_id else None
+
+    async def _invoke_model(
+        self,
+        method: str,
+        model_id: str,
+        payload: bytes,
+        headers: Mapping[str, str | bytes],
+        timeout_s: float | None,
+    ) -> bytes:
         path = self._injection.get(method)
         if path is None and not self._allow_any and method not in ID_EXTRACTION:
             raise Unimplemented(f"method {method} is not served by this runtime")

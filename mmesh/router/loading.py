@@ -270,6 +270,12 @@ class LocalModels:
 
     # --- unloading -------------------------------------------------------------------
 
+    def forget(self, model_id: str) -> None:
+        """The model was unregistered: drop the local copy and its remembered load failure, so
+        a model registered again under the same id (same spec, same hash) loads afresh."""
+        self._failures.pop(model_id, None)
+        self.evict(model_id)
+
     def evict(self, model_id: str) -> None:
         """Drop the local copy (unregistered model, stale copy, shutdown)."""
         entry = self.cache.get(ModelId(model_id))
