@@ -121,7 +121,9 @@ async def report_status(
             if not ctx.leads:  # a follower only watches
                 await _wait(wake, stop, IDLE_RECHECK_S)
                 continue
-            if desired != previous:  # `body` may lag our last patch: clear what either holds
+            # `body` may not show our last patch yet (a status going A -> B -> A would look
+            # unchanged next to it): once we have patched, what we sent is what the API holds.
+            if desired != (sent or previous):
                 patch = st.status_patch(_union(previous, sent), desired)
                 if not await asyncio.to_thread(ctx.kube.patch_isvc_status, namespace, name, patch):
                     return  # act + report; the object is gone
