@@ -249,6 +249,9 @@ class InferenceRouter:
         if me not in exclude and (
             self.local.is_loaded(call.model_id)
             or (peers.is_balanced(call.headers) and self.local.has_copy(call.model_id))
+            # Our copy is being evicted but the registry still names us, so no other instance
+            # may load it: wait for the unload here and load it again.
+            or self.local.is_unloading(call.model_id)
         ):
             return await self._attempt(me, self._serve_local(call, exclude))
         others = self.peer_records()

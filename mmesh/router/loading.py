@@ -83,6 +83,10 @@ class LocalModels:
         entry = self.cache.get(ModelId(model_id))
         return entry is not None and entry.state in (EntryState.LOADED, EntryState.LOADING)
 
+    def is_unloading(self, model_id: str) -> bool:
+        """This instance's copy is being unloaded (the registry may still list it)."""
+        return model_id in self._unloads
+
     def is_loading(self, model_id: str) -> bool:
         return model_id in self._loads
 
