@@ -268,6 +268,7 @@ async def start_servers(pod: Pod) -> None:
         place=pod.router.ensure_copy,
     )
     management.drives_transitions = lambda: pod.janitor.is_leader
+    pod.janitor.extra_duties.append(management.redrive_transitions)
     server = grpc.aio.server(
         options=[
             ("grpc.max_send_message_length", settings.max_message_bytes),

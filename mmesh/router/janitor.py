@@ -81,6 +81,8 @@ class Janitor:
         self.instance_id = instance_id
         self.policy = policy
         self._lease = lease
+        self.extra_duties: list[Callable[[], None]] = []
+        """Other leader-only work run with each survey (the management API's transitions)."""
         self.requests: Counter[str] = Counter()
         self.rpm = 0
         self.is_leader = False
@@ -186,6 +188,8 @@ class Janitor:
         self.ensure_min_copies(survey)
         self.load_proactively(survey)
         self.publish_gauges(survey)
+        for duty in self.extra_duties:
+            duty()
 
     async def survey(self) -> Survey:
         """One pass over every record, yielding to requests every SURVEY_CHUNK records: a

@@ -305,6 +305,13 @@ class Management:
             for vmodel_id in list(self._by_target.get(ident, ())):
                 self._spawn(self._advance(vmodel_id))
 
+    def redrive_transitions(self) -> None:
+        """Leader duty: push every vmodel still in transition again. A target whose load
+        failed is left alone until its failures expire; then this is what loads it again
+        (nothing else would: no registry event comes when a failure expires)."""
+        for vmodel_id in sorted({v for users in self._by_target.values() for v in users}):
+            self._spawn(self._advance(vmodel_id))
+
     def _index(self, vmodel_id: str, record: VModelRecord | None) -> None:
         for users in self._by_target.values():
             users.discard(vmodel_id)

@@ -66,7 +66,7 @@ class FakeLocal:
 class FakeCluster:
     """The `place` callback. Each load is recorded and ends as scripted per model:
     "load" (default) marks a copy loaded on HERE, "fail" records a failed load there, and
-    "hold" leaves the copy loading until `finish`."""
+    "hold" leaves the copy loading until `finish`, "lost" records nothing at all."""
 
     def __init__(self, registry: Registry) -> None:
         self.registry = registry
@@ -76,6 +76,8 @@ class FakeCluster:
     async def place(self, model_id: str, record: ModelRecord) -> None:
         self.placed.append(model_id)
         outcome = self.script.get(model_id, "load")
+        if outcome == "lost":  # the attempt failed before anything reached the registry
+            return
         if outcome == "hold":
             await self._mark(model_id, lambda rec: rec.with_copy_loading(HERE, now_ms()))
         elif outcome == "fail":
@@ -858,3 +860,24 @@ async def test_model_is_free_to_unregister_once_its_vmodel_is_deleted(
     await mgmt.unregister(OLD)
 
     assert mgmt.model_status(OLD).state is ModelState.NOT_FOUND
+
+
+async def test_leader_redrives_a_transition_whose_target_load_left_no_trace(
+    mgmt: Management, cluster: FakeCluster
+):
+    await vmodel_on_loaded_old(mgmt)
+    cluster.script[NEW] = "lost"
+    await mgmt.set_vmodel(V, NEW, info=INFO_NEW)
+    await eventually(mgmt.registry, lambda: NEW in cluster.placed, "first attempt")
+    await settle()
+    assert mgmt.vmodel_status(V).state is VModelState.TRANSITIONING  # stuck without a nudge
+
+    attempts = cluster.placed.count(NEW)
+    cluster.script[NEW] = "load"
+    mgmt.redrive_transitions()
+
+    await eventually(
+        mgmt.registry, lambda: mgmt.vmodel_status(V).state is VModelState.DEFINED, "promoted"
+    )
+    assert cluster.placed.count(NEW) == attempts + 1
+    assert mgmt.vmodel_status(V).active_model == NEW
