@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parents[2]
 SERVICE = "modelmesh-serving"
 STORAGE_KEY = "localMinIO"
-S3_CREDENTIAL = "quickstart"
+S3_ACCESS_KEY = "quickstart"
 
 Say = Callable[[str], None]
 
@@ -300,7 +300,7 @@ def bootstrap_objects(config: ClusterConfig, etcd: str, s3: str) -> list[dict[st
     etcd_doc = {"endpoints": f"http://{etcd}", "root_prefix": SERVICE}
     storage = {
         "type": "s3",
-        "access_key_id": S3_CREDENTIAL,
+        "access_key_id": S3_ACCESS_KEY,
         "secret_access_key": config.s3_secret_key,
         "endpoint_url": s3,
         "region": "us-east-1",

@@ -90,9 +90,6 @@ class PodRunner:
             and _selected(pod.identity.labels, selector)
         ]
 
-    def pod_by_name(self, name: str) -> LocalPod | None:
-        return self.pods.get(name)
-
     # ------------------------------------------------------------ loop
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -256,7 +253,7 @@ class PodRunner:
             await asyncio.gather(*self._stopping.values(), return_exceptions=True)
 
     def kill_container(self, pod_name: str, container: str) -> int:
-        """SIGKILL one container's process (for tests and `python -m mmesh.local kill`)."""
+        """SIGKILL one container's process, as a crash would end it; its pid."""
         pod = self.pods[pod_name]
         for run in pod.containers:
             if run.name == container and run.proc is not None:
