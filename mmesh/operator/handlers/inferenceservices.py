@@ -24,6 +24,7 @@ import kopf
 
 from mmesh.core.errors import StoreUnavailable
 from mmesh.core.ids import VModelId
+from mmesh.core.mappings import deep_merge
 from mmesh.operator import status as st
 from mmesh.operator.errors import FailureReason, InvalidSpec
 from mmesh.operator.handlers import events
@@ -124,7 +125,7 @@ async def report_status(
             # `body` may not show our last patch yet (a status going A -> B -> A would look
             # unchanged next to it): once we have patched, what we sent is what the API holds.
             if desired != (sent or previous):
-                patch = st.status_patch(_union(previous, sent), desired)
+                patch = st.status_patch(deep_merge(previous, sent), desired)
                 if not await asyncio.to_thread(ctx.kube.patch_isvc_status, namespace, name, patch):
                     return  # act + report; the object is gone
                 sent = desired
@@ -209,18 +210,6 @@ def _foreign(name: str, owner: str) -> str:
 
 def _managed_status(status: Mapping[str, Any]) -> dict[str, Any]:
     return {k: _plain(status[k]) for k in st.MANAGED_STATUS_KEYS if k in status}
-
-
-def _union(a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, Any]:
-    """Every key of either (nested maps merged): the fields a patch may have to clear."""
-    out = dict(a)
-    for key, value in b.items():
-        old = out.get(key)
-        if isinstance(old, Mapping) and isinstance(value, Mapping):
-            out[key] = _union(old, value)
-        else:
-            out[key] = value
-    return out
 
 
 def _plain(value: Any) -> Any:
