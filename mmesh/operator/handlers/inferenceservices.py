@@ -57,14 +57,18 @@ def _translate(body: Mapping[str, Any]) -> Registration:
 
 
 @kopf.index(*ISVC, annotations=MODELMESH)
-def isvc_idx(body: kopf.Body, namespace: str | None, **_: Any) -> dict[str, Requirement] | None:
-    """namespace -> requirement of every live, valid ModelMesh InferenceService."""
+def isvc_idx(body: kopf.Body, namespace: str | None, **_: Any) -> dict[str, Requirement]:
+    """namespace -> requirement of every live, valid ModelMesh InferenceService.
+
+    An empty mapping takes the object out of the index; None would keep its last value
+    (kopf's rule), so a deleted or broken InferenceService would keep its runtime up.
+    """
     if body.get("metadata", {}).get("deletionTimestamp"):
-        return None  # on its way out: no longer keeps runtimes up
+        return {}  # on its way out: no longer keeps runtimes up
     try:
         return {namespace or "": _translate(body).requirement}
     except InvalidSpec:
-        return None
+        return {}
 
 
 @kopf.on.create(*ISVC, annotations=MODELMESH, when=leading, backoff=RETRY_S)
