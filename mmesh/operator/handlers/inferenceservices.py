@@ -152,7 +152,7 @@ async def observe_status(
     problem, registration, waiting = None, None, False
     try:
         registration = _translate(body)
-        supporting_runtimes(registration, indexes.runtimes_of(namespace))
+        supporting_runtimes(registration.requirement, indexes.runtimes_of(namespace))
         labels = registration.requirement.labels
         waiting = not ctx.registrations.has_instance_for(namespace, ctx.service_name, labels)
     except InvalidSpec as exc:
