@@ -28,7 +28,7 @@ import grpc
 
 from mmesh.core.errors import LeaseExpired, MeshError, RevisionCompacted, StoreUnavailable
 from mmesh.core.etcd_config import EtcdConnection
-from mmesh.core.kv import KeyValue, Lease, WatchEvent, check_mod_revision
+from mmesh.core.kv import KeyValue, Lease, StoreLease, WatchEvent, check_mod_revision
 
 logger = logging.getLogger(__name__)
 
@@ -198,32 +198,6 @@ class _Client(aetcd.Client):  # type: ignore[misc]  # aetcd ships no type inform
             self._watcher._metadata = self.metadata  # new watch streams use the new token
 
 
-class EtcdLease:
-    """A lease on etcd (implements `Lease`)."""
-
-    def __init__(self, store: EtcdKV, lease_id: int, ttl: int) -> None:
-        self._store = store
-        self._id = lease_id
-        self._ttl = ttl
-
-    @property
-    def id(self) -> int:
-        return self._id
-
-    @property
-    def ttl(self) -> int:
-        return self._ttl
-
-    async def refresh(self) -> None:
-        await self._store.refresh_lease(self._id)
-
-    async def revoke(self) -> None:
-        await self._store.revoke_lease(self._id)
-
-    def __repr__(self) -> str:
-        return f"EtcdLease(id={self._id:x}, ttl={self._ttl})"
-
-
 class EtcdKV:
     """KVStore on etcd v3 (implements `mmesh.core.kv.KVStore`)."""
 
@@ -391,7 +365,7 @@ class EtcdKV:
         if ttl_s < 1:
             raise ValueError(f"ttl_s must be >= 1, got {ttl_s}")
         raw = await self._call("grant lease", lambda: self._client.lease(ttl_s))
-        return EtcdLease(self, int(raw.id), int(raw.ttl))
+        return StoreLease(self, int(raw.id), int(raw.ttl))
 
     async def compact(self, revision: int) -> None:
         try:
@@ -411,7 +385,7 @@ class EtcdKV:
     # ------------------------------------------------------------ leases
 
     async def refresh_lease(self, lease_id: int) -> None:
-        """Keep a lease alive once (EtcdLease.refresh)."""
+        """Keep a lease alive once (StoreLease.refresh)."""
         reply = await self._call(
             f"refresh lease {lease_id:x}", lambda: self._client.refresh_lease(lease_id), lease_id
         )
@@ -419,7 +393,7 @@ class EtcdKV:
             raise LeaseExpired(lease_id)
 
     async def revoke_lease(self, lease_id: int) -> None:
-        """Revoke a lease (EtcdLease.revoke); one already gone is fine."""
+        """Revoke a lease (StoreLease.revoke); one already gone is fine."""
         try:
             await self._call(
                 f"revoke lease {lease_id:x}", lambda: self._client.revoke_lease(lease_id), lease_id

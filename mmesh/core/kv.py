@@ -164,10 +164,18 @@ class _Watcher:
     queue: asyncio.Queue[WatchEvent | None] = field(default_factory=asyncio.Queue)
 
 
-class MemoryLease:
-    """A MemoryKV lease (implements `Lease`)."""
+class LeaseOwner(Protocol):
+    """The store side of a lease: what `StoreLease` delegates to."""
 
-    def __init__(self, store: MemoryKV, lease_id: int, ttl: int) -> None:
+    async def refresh_lease(self, lease_id: int) -> None: ...
+
+    async def revoke_lease(self, lease_id: int) -> None: ...
+
+
+class StoreLease:
+    """A lease granted by a store (implements `Lease` for MemoryKV and EtcdKV alike)."""
+
+    def __init__(self, store: LeaseOwner, lease_id: int, ttl: int) -> None:
         self._store = store
         self._id = lease_id
         self._ttl = ttl
@@ -181,13 +189,13 @@ class MemoryLease:
         return self._ttl
 
     async def refresh(self) -> None:
-        self._store.refresh_lease(self._id)
+        await self._store.refresh_lease(self._id)
 
     async def revoke(self) -> None:
-        self._store.revoke_lease(self._id)
+        await self._store.revoke_lease(self._id)
 
     def __repr__(self) -> str:
-        return f"MemoryLease(id={self._id:x}, ttl={self._ttl})"
+        return f"Lease(id={self._id:x}, ttl={self._ttl}, store={type(self._store).__name__})"
 
 
 class MemoryKV:
@@ -323,7 +331,7 @@ class MemoryKV:
         self._leases[lease_id] = _LeaseState(ttl_s, self._clock() + ttl_s)
         if self._reaper is None or self._reaper.done():
             self._reaper = asyncio.get_running_loop().create_task(self._reap())
-        return MemoryLease(self, lease_id, ttl_s)
+        return StoreLease(self, lease_id, ttl_s)
 
     async def compact(self, revision: int) -> None:
         self._enter()
@@ -344,16 +352,16 @@ class MemoryKV:
 
     # ------------------------------------------------------------ lease ops
 
-    def refresh_lease(self, lease_id: int) -> None:
-        """Restart a lease's ttl (MemoryLease.refresh)."""
+    async def refresh_lease(self, lease_id: int) -> None:
+        """Restart a lease's ttl (StoreLease.refresh)."""
         self._enter()
         state = self._leases.get(lease_id)
         if state is None:
             raise LeaseExpired(lease_id)
         state.deadline = self._clock() + state.ttl
 
-    def revoke_lease(self, lease_id: int) -> None:
-        """End a lease now (MemoryLease.revoke); unknown ids are ignored."""
+    async def revoke_lease(self, lease_id: int) -> None:
+        """End a lease now (StoreLease.revoke); unknown ids are ignored."""
         self._enter()
         self._end_lease(lease_id)
 

@@ -9,8 +9,11 @@
       InvalidConfig            the user's model-serving-config ConfigMap is rejected; the
                                previous configuration stays in force
 
-The kopf shell maps these once: InvalidSpec and InvalidRuntime become permanent errors (after
-the status is written), InvalidConfig becomes an Event, never a crash loop.
+The kopf handlers catch each where it arises and never retry it (retrying cannot help):
+InvalidSpec is logged, posted as a Warning Event with its reason and shown in the
+InferenceService status; InvalidRuntime is logged and that runtime left as it is;
+InvalidConfig is logged and posted as a Warning Event on the ConfigMap, the previous
+configuration staying in force. None of them crashes or restarts the operator.
 """
 
 from __future__ import annotations

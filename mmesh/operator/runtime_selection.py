@@ -22,17 +22,17 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
+from mmesh.core.labels import (
+    MODEL_TYPE_PREFIX,
+    PROTOCOL_PREFIX,
+    RUNTIME_PREFIX,
+    model_type,
+    required_labels,
+)
 from mmesh.operator.errors import NoSupportingRuntime, RuntimeNotRecognized
 from mmesh.operator.resources import ServingRuntime
 
-if TYPE_CHECKING:  # translation imports this module; only its type is needed here
-    from mmesh.operator.translation import Registration
-
-MODEL_TYPE_PREFIX = "mt:"
-PROTOCOL_PREFIX = "pv:"
-RUNTIME_PREFIX = "rt:"
 GRPC_V2 = "grpc-v2"
 REST_V2 = "v2"
 UNKNOWN_PROTOCOL = "unknown"
@@ -55,19 +55,14 @@ class Requirement:
 
     @property
     def type_label(self) -> str:
-        if self.runtime:
-            return RUNTIME_PREFIX + self.runtime
-        label = MODEL_TYPE_PREFIX + self.format.name
-        if self.format.version:
-            label += ":" + self.format.version
-        if self.protocol:
-            label += "|" + PROTOCOL_PREFIX + self.protocol
-        return label
+        return model_type(
+            self.format.name, self.format.version, runtime=self.runtime, protocol=self.protocol
+        )
 
     @property
     def labels(self) -> frozenset[str]:
         """Every label a runtime must carry to host the model."""
-        return frozenset(self.type_label.split("|"))
+        return required_labels(self.type_label)
 
 
 def runtime_labels(runtime: ServingRuntime, *, rest_enabled: bool) -> frozenset[str]:
@@ -116,7 +111,7 @@ def supports(runtime: ServingRuntime, requirement: Requirement, *, rest_enabled:
 
 
 def supporting_runtimes(
-    model: Registration | Requirement,
+    requirement: Requirement,
     runtimes: Iterable[ServingRuntime],
     *,
     rest_enabled: bool = True,
@@ -127,7 +122,6 @@ def supporting_runtimes(
     A named runtime that does not exist or is not enabled raises RuntimeNotRecognized;
     otherwise no match raises NoSupportingRuntime.
     """
-    requirement = model if isinstance(model, Requirement) else model.requirement
     candidates = effective_runtimes(runtimes)
     found = tuple(r for r in candidates if supports(r, requirement, rest_enabled=rest_enabled))
     if found:

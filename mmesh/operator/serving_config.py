@@ -19,6 +19,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
+from mmesh.core.mappings import deep_merge
 from mmesh.operator.errors import InvalidConfig
 
 DEFAULTS_FILE = "config_defaults.yaml"
@@ -185,7 +186,7 @@ def merge_config(defaults_yaml: str, user_yaml: str | None) -> ServingConfig:
     defaults = _normalized(_load(defaults_yaml, "defaults"), ServingConfig)
     user = _normalized(_load(user_yaml or "", "config.yaml"), ServingConfig)
     try:
-        return ServingConfig.model_validate(_deep_merge(defaults, user))
+        return ServingConfig.model_validate(deep_merge(defaults, user))
     except ValidationError as exc:
         raise InvalidConfig(_describe(exc)) from None
 
@@ -248,16 +249,6 @@ def _section_type(annotation: Any) -> type[BaseModel] | None:
             if found is not None:
                 return found
     return None
-
-
-def _deep_merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
-    merged = dict(base)
-    for key, value in over.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _deep_merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
 
 
 def _describe(exc: ValidationError) -> str:

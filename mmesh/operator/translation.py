@@ -22,7 +22,6 @@ checked the deployment-mode annotation.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -30,6 +29,7 @@ from types import MappingProxyType
 from typing import Any
 
 from mmesh.core.ids import ModelId, VModelId
+from mmesh.core.model_key import ModelKey
 from mmesh.operator.errors import FailureReason, InvalidSpec
 from mmesh.operator.naming import ISVC_SOURCE, check_isvc_name, concrete_model_id
 from mmesh.operator.resources import (
@@ -228,16 +228,13 @@ def _percent_decode(text: str) -> str:
 
 
 def model_key_json(fmt: ModelFormat, storage: StorageLocation) -> str:
-    """ModelInfo.key: the JSON the adapter's `parse_model_key` reads; absent fields omitted."""
-    doc: dict[str, Any] = {}
-    if storage.key is not None:
-        doc["storage_key"] = storage.key
-    if storage.parameters:
-        doc["storage_params"] = dict(sorted(storage.parameters.items()))
-    doc["model_type"] = _format_doc(fmt)
-    if storage.schema_path is not None:
-        doc["schema_path"] = storage.schema_path
-    return json.dumps(doc, separators=(",", ":"), ensure_ascii=False)
+    """ModelInfo.key: the modelKey document the adapter reads (core/model_key.py)."""
+    return ModelKey(
+        storage_key=storage.key,
+        storage_params=dict(storage.parameters),
+        model_type=_format_doc(fmt),
+        schema_path=storage.schema_path,
+    ).to_json()
 
 
 def predictor_spec(requirement: Requirement, storage: StorageLocation) -> dict[str, Any]:

@@ -22,7 +22,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from mmesh.core.errors import StoreUnavailable
 from mmesh.core.etcd import EtcdKV, StoreAuthFailed
 from mmesh.core.ids import InstanceId
-from mmesh.core.records import InstanceRecord, KeyLayout, Table, bytes_to_units
+from mmesh.core.records import UNIT_BYTES, InstanceRecord, KeyLayout, Table, bytes_to_units
+from mmesh.core.version import VERSION
 from mmesh.router.cache import EntryState, EvictionPolicy, LocalCache
 from mmesh.router.certs import CertFiles, PeerCredentials, ServerContext, server_credentials
 from mmesh.router.errors import RouterError
@@ -43,8 +44,6 @@ from mmesh.router.settings import RouterSettings
 from mmesh.router.tls import BadCertificate, ClientAuth
 
 logger = logging.getLogger(__name__)
-
-VERSION = "0.1.0"
 
 
 @dataclass
@@ -89,7 +88,7 @@ def instance_snapshot(
 def update_gauges(metrics: RouterMetrics, local: LocalModels) -> None:
     cache = local.cache
     capacity = local.capacity_bytes()
-    used = cache.used_units * 8192
+    used = cache.used_units * UNIT_BYTES
     metrics.capacity_bytes.set(capacity)
     metrics.used_bytes.set(used)
     metrics.used_bps.set(used * 10000 // capacity if capacity else 0)

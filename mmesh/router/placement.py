@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
+from mmesh.core.labels import required_labels, satisfies
 from mmesh.core.records import CopyState, InstanceRecord, ModelRecord
 
 
@@ -23,18 +24,6 @@ class Peer:
 
     instance_id: str
     record: InstanceRecord
-
-
-def required_labels(model_type: str) -> frozenset[str]:
-    """Labels a model's type asks of its instance: a type written as labels
-    (`mt:sklearn`, `rt:mlserver-1.x`, `mt:onnx:1|pv:grpc-v2`) requires each of them;
-    a bare type (`sklearn`) requires nothing, as in a mesh with a single runtime."""
-    parts = [p.strip() for p in model_type.split("|") if p.strip()]
-    return frozenset(p for p in parts if ":" in p)
-
-
-def satisfies(labels: Collection[str], required: frozenset[str]) -> bool:
-    return required <= set(labels)
 
 
 def choose_copy(

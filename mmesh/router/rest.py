@@ -13,7 +13,6 @@ limit; a model with too many requests in flight is 429. Bodies are never logged.
 
 from __future__ import annotations
 
-import importlib.metadata
 import logging
 from collections.abc import Callable, Mapping
 from typing import Protocol, TypeVar
@@ -23,6 +22,7 @@ from aiohttp.typedefs import Handler, Middleware
 from google.protobuf.message import DecodeError, Message
 
 from mmesh.core.proto import grpc_predict_v2_pb2 as v2
+from mmesh.core.version import VERSION
 from mmesh.router import restconv
 from mmesh.router.errors import RouterError
 
@@ -72,7 +72,7 @@ class _Routes:
         self._caller = caller
         self._readiness = readiness
         self._max_body_bytes = max_body_bytes
-        self._version = _package_version()
+        self._version = VERSION
 
     async def infer(self, request: web.Request) -> web.Response:
         name, version = _model_path(request)
@@ -127,13 +127,6 @@ def _parse(message: _M, data: bytes) -> _M:
         name = message.DESCRIPTOR.name
         raise RouterError(f"the inference path answered with a malformed {name}: {exc}") from None
     return message
-
-
-def _package_version() -> str:
-    try:
-        return importlib.metadata.version("mmesh")
-    except importlib.metadata.PackageNotFoundError:
-        return "0.0.0"
 
 
 def _error(status: int, message: str) -> web.Response:

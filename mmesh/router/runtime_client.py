@@ -12,6 +12,7 @@ import grpc
 
 from mmesh.core.proto import model_runtime_pb2 as rt
 from mmesh.core.proto import model_runtime_pb2_grpc as rt_grpc
+from mmesh.core.records import UNIT_BYTES
 from mmesh.router.errors import LoadFailed, RequestTimeout, RuntimeUnavailable
 
 logger = logging.getLogger(__name__)
@@ -50,7 +51,7 @@ class RuntimeInfo:
 
 def check_runtime_info(info: RuntimeInfo) -> None:
     """The reference's start-up validation of what a runtime reports."""
-    unit = 8192
+    unit = UNIT_BYTES
     if info.loading_concurrency < 1:
         raise ValueError("runtime reports maxLoadingConcurrency < 1")
     if info.load_timeout_ms < 100:

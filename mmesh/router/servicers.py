@@ -15,6 +15,7 @@ import grpc
 from mmesh.core.proto import grpc_predict_v2_pb2 as v2
 from mmesh.core.proto import model_mesh_pb2 as mm
 from mmesh.core.proto import model_mesh_pb2_grpc as mm_grpc
+from mmesh.core.version import VERSION
 from mmesh.router import peers
 from mmesh.router.errors import (
     InvalidRequest,
@@ -35,7 +36,6 @@ Context = grpc.aio.ServicerContext[Any, Any]
 T = TypeVar("T")
 Handler = Callable[..., Awaitable[T]]
 
-ROUTER_VERSION = "0.1.0"
 MESH_SERVICE = "mmesh.ModelMesh"
 V2_SERVICE = "inference.GRPCInferenceService"
 ROUTER_ANSWERED = frozenset({"ServerLive", "ServerReady", "ServerMetadata", "ModelReady"})
@@ -205,7 +205,7 @@ class RouterAnswered:
         self, request: v2.ServerMetadataRequest, context: Context
     ) -> v2.ServerMetadataResponse:
         return v2.ServerMetadataResponse(
-            name="mmesh", version=ROUTER_VERSION, extensions=["model_repository"]
+            name="mmesh", version=VERSION, extensions=["model_repository"]
         )
 
     @grpc_errors

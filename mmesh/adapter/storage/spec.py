@@ -25,6 +25,8 @@ from types import MappingProxyType
 from typing import Any
 
 from mmesh.adapter.errors import InvalidModelRequest, UnknownStorageKey, UnsupportedStorage
+from mmesh.core.model_key import InvalidModelKey
+from mmesh.core.model_key import ModelKey as ModelKey  # re-exported for the adapter
 
 DEFAULT_KEY = "default"
 MODEL_FALLBACK_NAME = "_model"
@@ -38,20 +40,6 @@ class StorageType(enum.StrEnum):
     PVC = "pvc"
     AZURE = "azure"
     GCS = "gcs"
-
-
-@dataclass(frozen=True, slots=True)
-class ModelKey:
-    """The storage-related fields of the router's `modelKey` JSON."""
-
-    storage_key: str | None = None
-    """Entry of the storage-config secret; None means "use a default entry"."""
-    storage_params: Mapping[str, Any] = field(default_factory=lambda: _EMPTY)
-    """Per-model overrides laid over the secret entry (`type`, `bucket`, `name`, ...)."""
-    model_type: Mapping[str, Any] | None = None
-    """`{"name": ..., "version": ...}`, passed through untouched."""
-    schema_path: str | None = None
-    disk_size_bytes: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,60 +96,15 @@ class LocalTarget:
 
 
 def parse_model_key(raw: str) -> ModelKey:
-    """Parse the router's `modelKey` JSON; an empty string is an empty key.
-
-    The deprecated top-level `bucket` becomes `storage_params.bucket` unless the params
-    already name one. Unknown fields are ignored, as upstream does.
-    """
-    if not raw.strip():
-        return ModelKey()
+    """The router's `modelKey` JSON (core/model_key.py), its faults as InvalidModelRequest."""
     try:
-        doc = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise InvalidModelRequest(f"modelKey is not valid JSON: {exc}") from exc
-    if not isinstance(doc, dict):
-        raise InvalidModelRequest(f"modelKey must be a JSON object, got {_kind(doc)}")
-    params = dict(_optional_object(doc, "storage_params") or {})
-    bucket = _optional_str(doc, "bucket")
-    if bucket and "bucket" not in params:
-        params["bucket"] = bucket
-    model_type = _optional_object(doc, "model_type")
-    return ModelKey(
-        storage_key=_optional_str(doc, "storage_key"),
-        storage_params=MappingProxyType(params),
-        model_type=None if model_type is None else MappingProxyType(dict(model_type)),
-        schema_path=_optional_str(doc, "schema_path"),
-        disk_size_bytes=_optional_size(doc, "disk_size_bytes"),
-    )
+        return ModelKey.parse(raw)
+    except InvalidModelKey as exc:
+        raise InvalidModelRequest(str(exc)) from None
 
 
 def _kind(value: object) -> str:
     return "null" if value is None else type(value).__name__
-
-
-def _optional_str(doc: Mapping[str, Any], name: str) -> str | None:
-    value = doc.get(name)
-    if value is None or isinstance(value, str):
-        return value
-    raise InvalidModelRequest(f"modelKey field {name!r} must be a string, got {_kind(value)}")
-
-
-def _optional_object(doc: Mapping[str, Any], name: str) -> Mapping[str, Any] | None:
-    value = doc.get(name)
-    if value is None or isinstance(value, dict):
-        return value
-    raise InvalidModelRequest(f"modelKey field {name!r} must be an object, got {_kind(value)}")
-
-
-def _optional_size(doc: Mapping[str, Any], name: str) -> int | None:
-    value = doc.get(name)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise InvalidModelRequest(
-            f"modelKey field {name!r} must be a non-negative integer, got {value!r}"
-        )
-    return value
 
 
 # --- storage resolution --------------------------------------------------------------------

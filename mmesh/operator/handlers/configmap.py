@@ -2,7 +2,8 @@
 
 A valid change replaces the running configuration, re-reconciles every namespace
 (Deployments, Service) and refreshes every status (URLs depend on it). An invalid one is
-logged and the previous configuration stays in force; deleting the ConfigMap means defaults.
+logged and posted as a Warning Event `InvalidConfig` on the ConfigMap (the cause in its
+message), and the previous configuration stays in force; deleting the ConfigMap means defaults.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 import kopf
 
 from mmesh.operator.errors import InvalidConfig
+from mmesh.operator.handlers import events
 from mmesh.operator.handlers.lifecycle import context, load_config
 from mmesh.operator.handlers.runtimes import Indexes, namespace_sync
 from mmesh.operator.settings import CONFIG_MAP_NAME
@@ -33,6 +35,8 @@ async def config_changed(body: kopf.Body, type: str, memo: Any, **kwargs: Any) -
         config = load_config(ctx.defaults_yaml, None if type == "DELETED" else body)  # parse
     except InvalidConfig as exc:
         logger.error("%s; keeping the previous configuration", exc)
+        message = f"{exc}; keeping the previous configuration"
+        events.post(body, type=events.WARNING, reason=events.INVALID_CONFIG, message=message)
         return
     if config == ctx.config:  # decide
         return

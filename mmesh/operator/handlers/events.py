@@ -1,8 +1,9 @@
 """Kubernetes Events for the transitions a user wants to see in `kubectl get events`.
 
 Posted through kopf's event queue (so they respect `POST_EVENTS` and never fail a
-handler): InferenceService registered, model Loaded / FailedToLoad, invalid spec, and
-runtime Deployments scaled to zero or up. Outside a kopf context they are only logged.
+handler): InferenceService registered, model Loaded / FailedToLoad, invalid spec, runtime
+Deployments scaled to zero or up, a rejected model-serving-config. Outside a kopf context
+they are only logged.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ LOADED = "Loaded"
 FAILED_TO_LOAD = "FailedToLoad"
 SCALED_TO_ZERO = "ScaledToZero"
 SCALED_UP = "ScaledUp"
+INVALID_CONFIG = "InvalidConfig"
 
 
 def post(body: Mapping[str, Any], *, type: str, reason: str, message: str) -> None:

@@ -24,6 +24,7 @@ import kopf
 
 from mmesh.core.errors import StoreUnavailable
 from mmesh.core.ids import VModelId
+from mmesh.core.mappings import deep_merge
 from mmesh.operator import status as st
 from mmesh.operator.errors import FailureReason, InvalidSpec
 from mmesh.operator.handlers import events
@@ -56,14 +57,18 @@ def _translate(body: Mapping[str, Any]) -> Registration:
 
 
 @kopf.index(*ISVC, annotations=MODELMESH)
-def isvc_idx(body: kopf.Body, namespace: str | None, **_: Any) -> dict[str, Requirement] | None:
-    """namespace -> requirement of every live, valid ModelMesh InferenceService."""
+def isvc_idx(body: kopf.Body, namespace: str | None, **_: Any) -> dict[str, Requirement]:
+    """namespace -> requirement of every live, valid ModelMesh InferenceService.
+
+    An empty mapping takes the object out of the index; None would keep its last value
+    (kopf's rule), so a deleted or broken InferenceService would keep its runtime up.
+    """
     if body.get("metadata", {}).get("deletionTimestamp"):
-        return None  # on its way out: no longer keeps runtimes up
+        return {}  # on its way out: no longer keeps runtimes up
     try:
         return {namespace or "": _translate(body).requirement}
     except InvalidSpec:
-        return None
+        return {}
 
 
 @kopf.on.create(*ISVC, annotations=MODELMESH, when=leading, backoff=RETRY_S)
@@ -124,7 +129,7 @@ async def report_status(
             # `body` may not show our last patch yet (a status going A -> B -> A would look
             # unchanged next to it): once we have patched, what we sent is what the API holds.
             if desired != (sent or previous):
-                patch = st.status_patch(_union(previous, sent), desired)
+                patch = st.status_patch(deep_merge(previous, sent), desired)
                 if not await asyncio.to_thread(ctx.kube.patch_isvc_status, namespace, name, patch):
                     return  # act + report; the object is gone
                 sent = desired
@@ -147,7 +152,7 @@ async def observe_status(
     problem, registration, waiting = None, None, False
     try:
         registration = _translate(body)
-        supporting_runtimes(registration, indexes.runtimes_of(namespace))
+        supporting_runtimes(registration.requirement, indexes.runtimes_of(namespace))
         labels = registration.requirement.labels
         waiting = not ctx.registrations.has_instance_for(namespace, ctx.service_name, labels)
     except InvalidSpec as exc:
@@ -209,18 +214,6 @@ def _foreign(name: str, owner: str) -> str:
 
 def _managed_status(status: Mapping[str, Any]) -> dict[str, Any]:
     return {k: _plain(status[k]) for k in st.MANAGED_STATUS_KEYS if k in status}
-
-
-def _union(a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, Any]:
-    """Every key of either (nested maps merged): the fields a patch may have to clear."""
-    out = dict(a)
-    for key, value in b.items():
-        old = out.get(key)
-        if isinstance(old, Mapping) and isinstance(value, Mapping):
-            out[key] = _union(old, value)
-        else:
-            out[key] = value
-    return out
 
 
 def _plain(value: Any) -> Any:

@@ -369,7 +369,8 @@ def _parsed(body: kopf.Body, kind: RuntimeKind) -> ServingRuntime | None:
     try:
         return ServingRuntime.from_body(body, kind)
     except InvalidRuntime as exc:
-        logger.error("ignoring %s: %s", kind.value, exc)
+        # None keeps the index's last value: the last valid version of the runtime stays in force
+        logger.error("ignoring this version of %s (the last valid one stays): %s", kind.value, exc)
         return None
 
 

@@ -482,6 +482,18 @@ async def test_config_map_reload_and_scale_to_zero(cluster: Cluster) -> None:
     cluster.apply(OPERATOR_NAMESPACE, json.dumps(config_map))
     await eventually(lambda: replicas(1), 30)
 
+    config_map["data"] = {"config.yaml": "podsPerRuntime: -3\n"}  # refused, nothing changes
+    cluster.apply(OPERATOR_NAMESPACE, json.dumps(config_map))
+
+    async def refused() -> bool:
+        found = await asyncio.to_thread(
+            cluster.event_reasons, OPERATOR_NAMESPACE, "ConfigMap", "model-serving-config"
+        )
+        assert "InvalidConfig" in found, f"events {found}"
+        return True
+
+    await eventually(refused, 30)
+    assert await replicas(1)
     cluster.kubectl("delete", "-n", ns, "isvc", name, "--wait=false")
     await eventually(lambda: replicas(0), 30)
 

@@ -104,7 +104,9 @@ def test_tutorial_lands_on_mlserver_only() -> None:
         for name in ("mlserver-1.x", "triton-2.x", "ovms-1.x", "torchserve-0.x")
     ]
     registration = to_registration(InferenceService.from_body(tutorial_isvc()))
-    assert [r.name for r in supporting_runtimes(registration, runtimes)] == ["mlserver-1.x"]
+    assert [r.name for r in supporting_runtimes(registration.requirement, runtimes)] == [
+        "mlserver-1.x"
+    ]
 
 
 def test_several_runtimes_share_a_format() -> None:
