@@ -17,7 +17,7 @@ password the Secret already holds. Passwords are never logged.
 PVCs (`pvc.py`): each reconcile reads the namespace's storage-config Secret and, with
 `allowAnyPVC`, which claims named by InferenceServices exist; each runtime Deployment mounts
 its claims. No Secret or PVC watch (it would need list/watch of every Secret in the
-cluster): the known namespaces are re-read every CLAIMS_POLL_S and reconciled when their
+cluster): the known namespaces are re-read every CLAIMS_POLL_SECS and reconciled when their
 claims changed. Autoscaling (`hpa.py`): runtimes with the reference's HPA annotations get an
 HPA and their Deployment's replicas are left to it; a stale HPA is deleted; ignored
 annotation values are reported once per change (Warning Event on the runtime, and the log).
@@ -81,8 +81,6 @@ RETRY_S = 5.0
 _STATE = "namespaces"
 PASSWORD_BYTES = 24
 """Random bytes in a namespace etcd user's password (URL-safe base64 in the Secret)."""
-CLAIMS_POLL_S = 30.0
-"""How often the storage Secret and the named PVCs of known namespaces are re-read."""
 INVALID_AUTOSCALING = "InvalidAutoscaling"
 """Event reason: an autoscaling annotation of a runtime was ignored."""
 
@@ -234,7 +232,7 @@ class NamespaceSync:
         """Reconcile a namespace whose storage Secret's claims, or whose named PVCs' existence,
         changed since its last reconcile (nothing watches Secrets or PVCs)."""
         while True:
-            await asyncio.sleep(CLAIMS_POLL_S)
+            await asyncio.sleep(self.ctx.settings.claims_poll_s)
             indexes = self.indexes
             if indexes is None or not self.ctx.leads:
                 continue

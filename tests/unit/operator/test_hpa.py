@@ -107,8 +107,7 @@ def test_max_below_min_is_raised_to_min() -> None:
     decision = autoscaling_of(runtime(annotations))
     assert decision.autoscaling == Autoscaling("cpu", 80, 4, 4)
     assert decision.problems == (
-        "annotation serving.kserve.io/max-scale=2 is below serving.kserve.io/min-scale=4; "
-        "using 4",
+        "annotation serving.kserve.io/max-scale=2 is below serving.kserve.io/min-scale=4; using 4",
     )
 
 
