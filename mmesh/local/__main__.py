@@ -36,6 +36,17 @@ port-forward needed). Pod logs: kubectl logs <pod> -c mm. Ctrl-C stops everythin
 """
 
 
+TOOLS_BIN = Path(__file__).resolve().parents[2] / ".tools" / "bin"
+KUBECTL_HINT = """kubectl is not on PATH; scripts/setup installs it into {tools}:
+
+  export PATH="$PATH:{tools}"
+"""
+
+
+def _kubectl_hint() -> str:
+    return "" if shutil.which("kubectl") else KUBECTL_HINT.format(tools=TOOLS_BIN)
+
+
 TLS_STEPS = """With TLS on, use the CA (and, with --client-auth, the client certificate):
 
   grpcurl -cacert {tls_dir}/ca.crt -cert {tls_dir}/client.crt -key {tls_dir}/client.key \\
@@ -115,7 +126,7 @@ def main(argv: list[str] | None = None) -> None:
             os.replace(tmp, args.ready_file)
         say(f"workdir {endpoints.workdir} (logs in logs/ and pods/<pod>/logs/)")
         if not args.quiet:
-            print(NEXT_STEPS.format(**endpoints.__dict__), flush=True)
+            print(NEXT_STEPS.format(**endpoints.__dict__) + _kubectl_hint(), flush=True)
             if endpoints.tls_dir:
                 print(TLS_STEPS.format(**endpoints.__dict__), flush=True)
 

@@ -67,6 +67,24 @@ class LocalKube:
     def config_map(self, namespace: str, name: str) -> dict[str, Any] | None:
         return self._maybe(lambda: self.core.read_namespaced_config_map(name, namespace, **RAW))
 
+    def claims(self, namespace: str) -> set[str]:
+        """Names of the namespace's PersistentVolumeClaims."""
+        items = _json(self.core.list_namespaced_persistent_volume_claim(namespace, **RAW))
+        return {c["metadata"]["name"] for c in items.get("items") or []}
+
+    def unbound_claims(self) -> list[dict[str, Any]]:
+        """Every PersistentVolumeClaim not yet Bound."""
+        items = _json(self.core.list_persistent_volume_claim_for_all_namespaces(**RAW))
+        found = items.get("items") or []
+        return [c for c in found if (c.get("status") or {}).get("phase") != "Bound"]
+
+    def bind_claim(self, namespace: str, name: str, folder: str, capacity: str) -> None:
+        """Mark a claim Bound to its local folder (annotation `local.mmesh/path`)."""
+        annotations = {"metadata": {"annotations": {CLAIM_PATH_ANNOTATION: folder}}}
+        self.core.patch_namespaced_persistent_volume_claim(name, namespace, annotations)
+        status = {"status": {"phase": "Bound", "capacity": {"storage": capacity}}}
+        self.core.patch_namespaced_persistent_volume_claim_status(name, namespace, status)
+
     def service(self, namespace: str, name: str) -> dict[str, Any] | None:
         return self._maybe(lambda: self.core.read_namespaced_service(name, namespace, **RAW))
 
@@ -126,3 +144,5 @@ class LocalKube:
 
 
 RAW: dict[str, Any] = {"_preload_content": False}
+CLAIM_PATH_ANNOTATION = "local.mmesh/path"
+"""On a PersistentVolumeClaim: the folder that stands for it (put the model files there)."""

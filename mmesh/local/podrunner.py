@@ -1,4 +1,4 @@
-"""The local cluster's kubelet and deployment controller in one loop.
+"""The local cluster's kubelet, deployment controller and volume provisioner in one loop.
 
 Every half second: read the Deployments; start and stop pods as `rollout.plan_rollout` says;
 start or restart each pod's containers as processes; probe them; write Pod objects and
@@ -22,7 +22,7 @@ import aiohttp
 
 from mmesh.local.kube import LocalKube
 from mmesh.local.pods import LocalPod, decode_data
-from mmesh.local.podspec import PodIdentity, PodSources, template_hash
+from mmesh.local.podspec import PodIdentity, PodSources, claim_folder, template_hash
 from mmesh.local.rollout import PodView, deployment_status, plan_rollout
 
 log = logging.getLogger(__name__)
@@ -116,6 +116,7 @@ class PodRunner:
         refresh = now - self._sources_at >= SOURCES_REFRESH_S
         if refresh:
             self._sources_at = now
+            await asyncio.to_thread(self._bind_claims)
         wanted = set()
         for deployment in deployments:
             meta = deployment["metadata"]
@@ -178,15 +179,30 @@ class PodRunner:
         sources = await asyncio.to_thread(self._sources, pod)
         pod.prepare(sources) if not pod.prepared else pod.write_volumes(sources)
 
+    def _bind_claims(self) -> None:
+        """The local volume provisioner: each new PersistentVolumeClaim gets its folder
+        (`<workdir>/pvcs/<namespace>/<claim>`, shared by every pod) and turns Bound."""
+        for claim in self._kube.unbound_claims():
+            meta = claim["metadata"]
+            folder = claim_folder(str(self._folder.parent), meta["namespace"], meta["name"])
+            Path(folder).mkdir(parents=True, exist_ok=True)
+            requests = ((claim.get("spec") or {}).get("resources") or {}).get("requests") or {}
+            capacity = str(requests.get("storage") or "1Gi")
+            self._kube.bind_claim(meta["namespace"], meta["name"], folder, capacity)
+            log.info("PVC %s/%s: bound to %s", meta["namespace"], meta["name"], folder)
+
     def _sources(self, pod: LocalPod) -> PodSources:
         """The Secrets and ConfigMaps the pod's volumes and env name, read now."""
         namespace = pod.identity.namespace
         secret_names, map_names = _referenced(pod.spec)
         found_secrets = {n: self._kube.secret(namespace, n) for n in secret_names}
         found_maps = {n: self._kube.config_map(namespace, n) for n in map_names}
+        volumes = pod.spec.get("volumes") or []
+        claims = self._kube.claims(namespace) if _has_claims(volumes) else set()
         return PodSources(
             secrets={n: decode_data(o, secret=True) for n, o in found_secrets.items() if o},
             config_maps={n: decode_data(o, secret=False) for n, o in found_maps.items() if o},
+            claims=frozenset(claims),
         )
 
     # ------------------------------------------------------------ status
@@ -260,6 +276,10 @@ class PodRunner:
                 run.proc.kill()
                 return run.proc.pid
         raise KeyError(f"pod {pod_name} has no running container {container}")
+
+
+def _has_claims(volumes: Any) -> bool:
+    return any("persistentVolumeClaim" in v for v in volumes)
 
 
 def _referenced(spec: Mapping[str, Any]) -> tuple[set[str], set[str]]:

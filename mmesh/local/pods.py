@@ -25,7 +25,10 @@ from mmesh.local.podspec import (
     PodIdentity,
     PodSources,
     PodSpecError,
+    claim_folder,
     match_image,
+    mount_table,
+    parent_links,
     plan_container,
 )
 from mmesh.local.rollout import restart_delay
@@ -115,7 +118,8 @@ class LocalPod:
         for volume in self.spec.get("volumes") or []:
             if "persistentVolumeClaim" in volume:
                 claim = volume["persistentVolumeClaim"]["claimName"]
-                dirs[volume["name"]] = str(self.folder.parent.parent / "pvcs" / claim)
+                root = str(self.folder.parent.parent)
+                dirs[volume["name"]] = claim_folder(root, self.identity.namespace, claim)
             else:
                 dirs[volume["name"]] = str(self.folder / "volumes" / volume["name"])
         return dirs
@@ -125,6 +129,11 @@ class LocalPod:
         changed, as the kubelet refreshes mounted Secrets."""
         dirs = self.volume_dirs()
         for volume in self.spec.get("volumes") or []:
+            claim = (volume.get("persistentVolumeClaim") or {}).get("claimName")
+            if claim is not None and claim not in sources.claims:
+                # the kubelet leaves such a pod Pending until the claim exists
+                message = f'persistentvolumeclaim "{claim}" not found'
+                raise PodSpecError("ContainerCreating", message)
             folder = Path(dirs[volume["name"]])
             folder.mkdir(parents=True, exist_ok=True)
             if "secret" in volume:
@@ -160,9 +169,35 @@ class LocalPod:
                 f"image {image!r} is not available on the local cluster "
                 f"(local images: {', '.join(sorted(self.images))})",
             )
+        dirs = self.volume_dirs()
+        extra = self._link_claim_parents(container, dirs)
         return plan_container(
-            self.identity, self.spec, container, sources, self.volume_dirs(), bin_dir, BASE_PATH
+            self.identity, self.spec, container, sources, dirs, bin_dir, BASE_PATH, extra
         )
+
+    def _link_claim_parents(
+        self, container: Mapping[str, Any], dirs: Mapping[str, str]
+    ) -> list[tuple[str, str]]:
+        """Make the parent of each claim mount path (/pvc_mounts) a folder of links, so the
+        adapter's PVC_MOUNTS_DIR holds the claims as it does on a node."""
+        claims = {v["name"] for v in self.spec.get("volumes") or [] if "persistentVolumeClaim" in v}
+        paths = {
+            str(m["mountPath"]).rstrip("/")
+            for m in container.get("volumeMounts") or []
+            if m["name"] in claims
+        }
+        extra = []
+        for parent, entries in parent_links(mount_table(container, dirs), paths).items():
+            folder = self.folder / "mounts" / str(container["name"]) / parent.strip("/")
+            folder.mkdir(parents=True, exist_ok=True)
+            for name, target in entries.items():
+                link = folder / name
+                if link.is_symlink() and os.readlink(link) == target:
+                    continue
+                link.unlink(missing_ok=True)
+                link.symlink_to(target)
+            extra.append((parent, str(folder)))
+        return extra
 
     def supervise(self, now: float) -> None:
         """Start containers that are not running, after their back-off."""

@@ -5,7 +5,9 @@ translations stand in for them:
 - the pod's address is its own 127.x.y.z, and every "this pod" address a container is given
   (`0.0.0.0`, `127.0.0.1`, `localhost`) becomes that address, so pods can share port numbers;
 - each volume is a folder of the pod's, and a mount path named in a container's command, args or
-  environment is rewritten to that folder;
+  environment is rewritten to that folder; a PersistentVolumeClaim is a folder of the cluster's,
+  `<workdir>/pvcs/<namespace>/<claim>`, and the parent of its mount path (the adapter's
+  PVC_MOUNTS_DIR, /pvc_mounts) becomes a folder of links to the claims mounted under it;
 - an image is a local environment: a folder of executables put first on PATH.
 """
 
@@ -14,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -121,6 +123,8 @@ class PodSources:
 
     secrets: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
     config_maps: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    claims: frozenset[str] = frozenset()
+    """The PersistentVolumeClaims of the pod's namespace that exist."""
 
 
 def container_env(
@@ -185,6 +189,29 @@ def mount_table(
     return sorted(table, key=lambda pair: len(pair[0]), reverse=True)
 
 
+def claim_folder(root: str, namespace: str, claim: str) -> str:
+    """The local folder standing for a PersistentVolumeClaim (shared by every pod)."""
+    return f"{root}/pvcs/{namespace}/{claim}"
+
+
+def parent_links(
+    mounts: Sequence[tuple[str, str]], linked: Collection[str]
+) -> dict[str, dict[str, str]]:
+    """For mount paths in `linked` (say /pvc_mounts/<claim>): their parent directory -> {entry
+    name -> local folder}, so a program told the parent finds each mount inside it. Parents
+    that are `/`, or that are mounted or lie under a mount themselves, are left out."""
+    mounted = [path for path, _ in mounts]
+    parents: dict[str, dict[str, str]] = {}
+    for path, folder in mounts:
+        if path not in linked:
+            continue
+        parent, _, name = path.rpartition("/")
+        if not parent or any(parent == m or parent.startswith(m + "/") for m in mounted):
+            continue
+        parents.setdefault(parent, {})[name] = folder
+    return parents
+
+
 def rewrite_paths(text: str, mounts: Sequence[tuple[str, str]]) -> str:
     """Replace each mount path that starts a path in `text` (at the start, or after `:`, `=`,
     `,`, `;`, a quote or a space) by its local folder, in one pass: a folder that itself lies
@@ -230,9 +257,15 @@ def plan_container(
     volume_dirs: Mapping[str, str],
     bin_dir: str,
     base_path: str,
+    extra_mounts: Sequence[tuple[str, str]] = (),
 ) -> ContainerPlan:
-    """Everything needed to start `container` of `pod` as a local process."""
-    mounts = mount_table(container, volume_dirs)
+    """Everything needed to start `container` of `pod` as a local process; `extra_mounts`
+    are more (path, folder) pairs to rewrite, such as `parent_links` folders."""
+    mounts = sorted(
+        [*mount_table(container, volume_dirs), *extra_mounts],
+        key=lambda pair: len(pair[0]),
+        reverse=True,
+    )
     env = localize_env(container_env(pod, spec, container, sources), pod.ip, mounts)
     env["PATH"] = f"{bin_dir}:{base_path}"
     env.setdefault("HOSTNAME", pod.name)

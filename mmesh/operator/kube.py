@@ -1,7 +1,8 @@
 """I/O: the operator's only Kubernetes API calls (beyond kopf's own watching).
 
 `Kube` wraps the official synchronous `kubernetes` client: apply (create, else JSON merge
-patch) and delete for the objects the operator owns (Deployment, Service, Secret), list by
+patch) and delete for the objects the operator owns (Deployment, Service, Secret,
+HorizontalPodAutoscaler), reads of the storage Secret and of PVC existence, list by
 labels (filtered again here: not every API server honours selectors), scale, and the
 InferenceService status patch. Bodies go in and come out as plain dicts (manifests from the
 pure render modules), so nothing above this module sees client model classes. The calls
@@ -71,6 +72,7 @@ class Kube:
         self.apps = client.AppsV1Api(api_client)
         self.core = client.CoreV1Api(api_client)
         self.custom = client.CustomObjectsApi(api_client)
+        self.autoscaling = client.AutoscalingV2Api(api_client)
         kinds: dict[str, tuple[Callable[..., Any], ...]] = {
             "Deployment": (
                 self.apps.read_namespaced_deployment,
@@ -92,6 +94,13 @@ class Kube:
                 self.core.patch_namespaced_secret,
                 self.core.delete_namespaced_secret,
                 self.core.list_namespaced_secret,
+            ),
+            "HorizontalPodAutoscaler": (
+                self.autoscaling.read_namespaced_horizontal_pod_autoscaler,
+                self.autoscaling.create_namespaced_horizontal_pod_autoscaler,
+                self.autoscaling.patch_namespaced_horizontal_pod_autoscaler,
+                self.autoscaling.delete_namespaced_horizontal_pod_autoscaler,
+                self.autoscaling.list_namespaced_horizontal_pod_autoscaler,
             ),
         }
         self._kinds = kinds
@@ -196,6 +205,27 @@ class Kube:
                 GROUP, ISVC_VERSION, namespace, ISVC_PLURAL, name, body,
                 _content_type=MERGE_PATCH, **_raw(),
             )  # fmt: skip
+        except ApiException as exc:
+            if exc.status == 404:
+                return False
+            raise
+        return True
+
+    def read_secret_data(self, namespace: str, name: str) -> dict[str, str] | None:
+        """A Secret's entries, decoded (undecodable bytes replaced); None if it is missing."""
+        try:
+            secret = _body(self.core.read_namespaced_secret(name, namespace, **_raw()))
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        data = secret.get("data") or {}
+        return {str(k): base64.b64decode(v).decode(errors="replace") for k, v in data.items()}
+
+    def claim_exists(self, namespace: str, name: str) -> bool:
+        """Whether the PersistentVolumeClaim exists."""
+        try:
+            self.core.read_namespaced_persistent_volume_claim(name, namespace, **_raw())
         except ApiException as exc:
             if exc.status == 404:
                 return False

@@ -47,6 +47,9 @@ class OperatorSettings(BaseSettings):
     """Post Kubernetes Events for handler outcomes (kopf)."""
     status_repoll_s: float = Field(1.0, gt=0, alias="STATUS_REPOLL_SECS")
     """Re-read a model's state this often while it is Loading (no etcd event says 'done')."""
+    claims_poll_s: float = Field(30.0, gt=0, alias="CLAIMS_POLL_SECS")
+    """How often the storage Secret and the PVCs models name are re-read (nothing watches
+    them); a change reconciles the namespace's Deployments."""
     log_level: str = Field("INFO", alias="LOG_LEVEL")
     log_json: bool = Field(False, alias="LOG_JSON")
     """One JSON object per log line (for collectors); plain text otherwise."""

@@ -13,6 +13,14 @@ In cluster scope with etcd authentication on, the etcd Secret of a namespace car
 user of that namespace's own (`etcd_users`), confined to the namespace's key prefix; the
 reconcile makes sure etcd has that user and role (`ensure_namespace_user`), keeping the
 password the Secret already holds. Passwords are never logged.
+
+PVCs (`pvc.py`): each reconcile reads the namespace's storage-config Secret and, with
+`allowAnyPVC`, which claims named by InferenceServices exist; each runtime Deployment mounts
+its claims. No Secret or PVC watch (it would need list/watch of every Secret in the
+cluster): the known namespaces are re-read every CLAIMS_POLL_SECS and reconciled when their
+claims changed. Autoscaling (`hpa.py`): runtimes with the reference's HPA annotations get an
+HPA and their Deployment's replicas are left to it; a stale HPA is deleted; ignored
+annotation values are reported once per change (Warning Event on the runtime, and the log).
 """
 
 from __future__ import annotations
@@ -30,18 +38,28 @@ import kopf
 
 from mmesh.core.etcd import EtcdKV
 from mmesh.core.etcd_admin import AuthAdmin
-from mmesh.operator import etcd_users
+from mmesh.operator import etcd_users, hpa, pvc
 from mmesh.operator.deployment import (
     NamespaceFacts,
     ScaleDecision,
     render_deployment,
     scale_decision,
 )
-from mmesh.operator.errors import InvalidRuntime
+from mmesh.operator.errors import InvalidRuntime, InvalidSpec
 from mmesh.operator.handlers import events
 from mmesh.operator.handlers.lifecycle import Context, context, managed
 from mmesh.operator.kube import Kube, Manifest, contains, secret_manifest
-from mmesh.operator.resources import GROUP, RUNTIME_VERSION, RuntimeKind, ServingRuntime
+from mmesh.operator.naming import deployment_name
+from mmesh.operator.resources import (
+    DEPLOYMENT_MODE_ANNOTATION,
+    GROUP,
+    ISVC_VERSION,
+    MODELMESH_DEPLOYMENT_MODE,
+    RUNTIME_VERSION,
+    InferenceService,
+    RuntimeKind,
+    ServingRuntime,
+)
 from mmesh.operator.runtime_selection import (
     Requirement,
     effective_runtimes,
@@ -49,17 +67,22 @@ from mmesh.operator.runtime_selection import (
     runtime_has_models,
 )
 from mmesh.operator.service import MANAGED_LABELS, SERVICE_LABEL, needs_recreate, render_service
+from mmesh.operator.serving_config import ServingConfig
+from mmesh.operator.translation import to_registration
 
 logger = logging.getLogger(__name__)
 
 SR = (GROUP, RUNTIME_VERSION, "servingruntimes")
 CSR = (GROUP, RUNTIME_VERSION, "clusterservingruntimes")
+ISVC = (GROUP, ISVC_VERSION, "inferenceservices")
 CLUSTER = "*"
 """Index key of ClusterServingRuntimes (they belong to every namespace)."""
 RETRY_S = 5.0
 _STATE = "namespaces"
 PASSWORD_BYTES = 24
 """Random bytes in a namespace etcd user's password (URL-safe base64 in the Secret)."""
+INVALID_AUTOSCALING = "InvalidAutoscaling"
+"""Event reason: an autoscaling annotation of a runtime was ignored."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,11 +92,18 @@ class Indexes:
     runtimes: kopf.Index[str, ServingRuntime]
     cluster_runtimes: kopf.Index[str, ServingRuntime]
     models: kopf.Index[str, Requirement]
+    claims: Mapping[str, Iterable[tuple[Requirement, str]]] = field(default_factory=dict)
+    """namespace -> (requirement, claim) of each InferenceService whose storage is a PVC."""
 
     @classmethod
     def of(cls, kwargs: Mapping[str, Any]) -> Indexes:
         """From a handler's kwargs (kopf passes every index to every handler)."""
-        return cls(kwargs["runtimes_idx"], kwargs["cluster_runtimes_idx"], kwargs["isvc_idx"])
+        return cls(
+            kwargs["runtimes_idx"],
+            kwargs["cluster_runtimes_idx"],
+            kwargs["isvc_idx"],
+            kwargs["isvc_claims_idx"],
+        )
 
     def runtimes_of(self, namespace: str) -> tuple[ServingRuntime, ...]:
         """The namespace's runtimes, a ServingRuntime hiding a cluster one of its name."""
@@ -93,6 +123,40 @@ class NamespacePlan:
     service: Manifest
     secret: Manifest | None
     recheck_after_s: float | None
+    autoscalers: tuple[Manifest, ...] = ()
+    """The HPAs of autoscaled runtimes (any other HPA of ours in the namespace goes)."""
+    governed: Mapping[str, hpa.Autoscaling] = field(default_factory=dict)
+    """Deployment name -> its HPA's settings: the HPA owns those replicas."""
+    problems: tuple[tuple[Manifest, tuple[str, ...]], ...] = ()
+    """(runtime reference, ignored autoscaling values) of every deployed runtime."""
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimFacts:
+    """What the API says about the namespace's PVCs (read before planning)."""
+
+    storage: tuple[str, ...] = ()
+    """Claims of the storage-config Secret's `pvc` entries."""
+    existing: frozenset[str] = frozenset()
+    """Claims named by InferenceServices that exist (only looked up with allowAnyPVC)."""
+
+
+def observe_claims(
+    kube: Kube, namespace: str, config: ServingConfig, wanted: frozenset[str]
+) -> ClaimFacts:
+    """Read the storage Secret's claims and which `wanted` claims exist (blocking)."""
+    entries = kube.read_secret_data(namespace, config.storage_secret_name) or {}
+    storage = pvc.storage_config_claims(entries)
+    for problem in storage.problems:
+        logger.warning("Secret %s/%s: %s", namespace, config.storage_secret_name, problem)
+    existing: set[str] = set()
+    if config.allow_any_pvc:
+        for claim in sorted(wanted - set(storage.names)):
+            if kube.claim_exists(namespace, claim):
+                existing.add(claim)
+            else:
+                logger.warning("PVC %s/%s does not exist; not mounting it", namespace, claim)
+    return ClaimFacts(storage.names, frozenset(existing))
 
 
 @dataclass
@@ -109,6 +173,11 @@ class NamespaceSync:
     """Namespace -> the password its etcd user was last ensured with by this process."""
     _users: bool | None = None
     """Whether namespaces get etcd users of their own (decided once, on first use)."""
+    _claims_seen: dict[str, ClaimFacts] = field(default_factory=dict)
+    """Namespace -> the PVC facts its last reconcile used (the poller compares against it)."""
+    _poller: asyncio.Task[None] | None = None
+    _reported: dict[tuple[str, str, str], tuple[str, ...]] = field(default_factory=dict)
+    """(namespace, kind, runtime) -> the autoscaling problems last reported."""
 
     def __post_init__(self) -> None:
         self.ctx.on_leader.append(self.request_all)
@@ -130,6 +199,8 @@ class NamespaceSync:
             self._dirty.add(ns)
             if ns not in self._workers or self._workers[ns].done():
                 self._workers[ns] = self.ctx.spawn(self._work(ns), f"sync {ns}")
+        if self._poller is None or self._poller.done():
+            self._poller = self.ctx.spawn(self._poll_claims(), "pvc poll")
 
     async def _work(self, namespace: str) -> None:
         while namespace in self._dirty and self.indexes is not None:
@@ -137,11 +208,14 @@ class NamespaceSync:
             if not self.ctx.leads:
                 return
             try:
-                plan = self.plan(namespace, self.indexes, now=time.monotonic())
+                claims = await self._observe_claims(namespace, self.indexes)
+                plan = self.plan(namespace, self.indexes, now=time.monotonic(), claims=claims)
                 plan = await self._confine(plan)
                 changes = await asyncio.to_thread(apply_plan, self.ctx.kube, plan)
                 for change in changes:
                     change.announce()
+                self._claims_seen[namespace] = claims
+                self._report(namespace, plan)
             except Exception:
                 logger.exception("reconciling namespace %s failed; retrying", namespace)
                 self._later(RETRY_S, namespace)
@@ -149,30 +223,99 @@ class NamespaceSync:
             if plan.recheck_after_s is not None:
                 self._later(plan.recheck_after_s, namespace)
 
+    async def _observe_claims(self, namespace: str, indexes: Indexes) -> ClaimFacts:
+        wanted = pvc.wanted_claims(indexes.claims.get(namespace, []))
+        kube, config = self.ctx.kube, self.ctx.config
+        return await asyncio.to_thread(observe_claims, kube, namespace, config, wanted)
+
+    async def _poll_claims(self) -> None:
+        """Reconcile a namespace whose storage Secret's claims, or whose named PVCs' existence,
+        changed since its last reconcile (nothing watches Secrets or PVCs)."""
+        while True:
+            await asyncio.sleep(self.ctx.settings.claims_poll_s)
+            indexes = self.indexes
+            if indexes is None or not self.ctx.leads:
+                continue
+            for namespace, seen in list(self._claims_seen.items()):
+                try:
+                    now = await self._observe_claims(namespace, indexes)
+                except Exception:
+                    logger.warning("reading the PVCs of %s failed", namespace, exc_info=True)
+                    continue
+                if now != seen:
+                    logger.info("PVCs of namespace %s changed; reconciling", namespace)
+                    self.request(namespace, indexes)
+
+    def _report(self, namespace: str, plan: NamespacePlan) -> None:
+        """Post a Warning Event (and log) when a runtime's ignored autoscaling values change."""
+        for ref, problems in plan.problems:
+            meta = ref["metadata"]
+            key = (namespace, str(ref["kind"]), str(meta["name"]))
+            if self._reported.get(key, ()) == problems:
+                continue
+            self._reported[key] = problems
+            if not problems:
+                continue
+            message = "; ".join(problems)
+            logger.warning("%s %s in %s: %s", ref["kind"], meta["name"], namespace, message)
+            events.post(ref, type=events.WARNING, reason=INVALID_AUTOSCALING, message=message)
+
     def _later(self, delay: float, namespace: str) -> None:
         indexes = self.indexes
         if indexes is not None:
             asyncio.get_running_loop().call_later(delay, self.request, namespace, indexes)
 
-    def plan(self, namespace: str, indexes: Indexes, *, now: float) -> NamespacePlan:
+    def plan(
+        self, namespace: str, indexes: Indexes, *, now: float, claims: ClaimFacts | None = None
+    ) -> NamespacePlan:
         """Decide every object of the namespace (no awaits: one consistent view)."""
         config, settings = self.ctx.config, self.ctx.settings
-        facts = NamespaceFacts(namespace, etcd_secret_name=settings.etcd_secret_name)
+        claims = claims or ClaimFacts()
         models = list(indexes.models.get(namespace, []))
+        model_claims = list(indexes.claims.get(namespace, []))
         deployments: list[Manifest] = []
+        autoscalers: list[Manifest] = []
+        governed: dict[str, hpa.Autoscaling] = {}
+        problems: list[tuple[Manifest, tuple[str, ...]]] = []
         keep: set[str] = set()
         rechecks: list[float] = []
         for runtime in (r for r in indexes.runtimes_of(namespace) if is_enabled(r)):
             decision = self._scale(namespace, runtime, models, now)
+            name = deployment_name(runtime.name, config.inference_service_name)
+            mounts = pvc.runtime_claims(
+                runtime,
+                storage=claims.storage,
+                models=model_claims,
+                existing=claims.existing,
+                allow_any=config.allow_any_pvc,
+                rest_enabled=config.rest_proxy.enabled,
+            )
+            facts = NamespaceFacts(
+                namespace, etcd_secret_name=settings.etcd_secret_name, pvc_names=mounts
+            )
+            if decision.recheck_after_s is not None:
+                rechecks.append(decision.recheck_after_s)
             try:
                 deployments.append(
                     render_deployment(runtime, config, facts, replicas=decision.replicas)
                 )
             except InvalidRuntime as exc:
                 logger.error("cannot deploy %s in %s: %s", runtime.name, namespace, exc)
-                keep.add(f"{config.inference_service_name}-{runtime.name}")
-            if decision.recheck_after_s is not None:
-                rechecks.append(decision.recheck_after_s)
+                keep.add(name)
+                continue
+            scaling = hpa.autoscaling_of(runtime)
+            problems.append((_reference(runtime, namespace), scaling.problems))
+            if scaling.autoscaling is not None and decision.replicas > 0:
+                governed[name] = scaling.autoscaling
+                autoscalers.append(
+                    hpa.render_hpa(
+                        runtime,
+                        scaling.autoscaling,
+                        namespace=namespace,
+                        deployment_name=name,
+                        labels=_hpa_labels(config),
+                    )
+                )
         return NamespacePlan(
             namespace,
             tuple(deployments),
@@ -180,6 +323,9 @@ class NamespaceSync:
             render_service(config, namespace=namespace),
             self._secret(namespace),
             min(rechecks, default=None),
+            tuple(autoscalers),
+            governed,
+            tuple(problems),
         )
 
     def _scale(
@@ -241,6 +387,19 @@ class NamespaceSync:
         secret = secret_manifest(ns, name, {"etcd_connection": text})
         secret["metadata"]["labels"] = dict(MANAGED_LABELS)
         return dataclasses.replace(plan, secret=secret)
+
+
+def _reference(runtime: ServingRuntime, namespace: str) -> Manifest:
+    """The runtime as an Event's object; a ClusterServingRuntime's Events go to `namespace`
+    (the one whose Deployment the problem concerns)."""
+    meta = {"name": runtime.name, "namespace": runtime.meta.namespace or namespace}
+    if runtime.meta.uid:
+        meta["uid"] = runtime.meta.uid
+    return {"apiVersion": runtime.api_version, "kind": runtime.kind.value, "metadata": meta}
+
+
+def _hpa_labels(config: ServingConfig) -> dict[str, str]:
+    return {**MANAGED_LABELS, SERVICE_LABEL: config.inference_service_name}
 
 
 async def ensure_namespace_user(
@@ -308,6 +467,8 @@ class ScaleChange:
 
 def _scale_change(before: Manifest | None, after: Manifest) -> ScaleChange | None:
     old = None if before is None else int(before.get("spec", {}).get("replicas") or 0)
+    if "replicas" not in after.get("spec", {}):
+        return None  # left to the HPA, which only scales between min and max (never to 0)
     new = int(after.get("spec", {}).get("replicas") or 0)
     if ((old or 0) == 0) != (new == 0):
         return ScaleChange({**(before or {}), **after}, old, new)
@@ -324,12 +485,17 @@ def apply_plan(kube: Kube, plan: NamespacePlan) -> list[ScaleChange]:
     for deployment in plan.deployments:
         meta = deployment["metadata"]
         before = kube.get("Deployment", meta["namespace"], meta["name"])
+        scaling = plan.governed.get(meta["name"])
+        if scaling is not None:
+            deployment = _governed(deployment, before, scaling)
         kube.apply(deployment)
         if (change := _scale_change(before, deployment)) is not None:
             changes.append(change)
     service_name = plan.service["metadata"]["name"]
+    ours = {**MANAGED_LABELS, SERVICE_LABEL: service_name}
+    _apply_autoscalers(kube, plan, ours)
     wanted = {d["metadata"]["name"] for d in plan.deployments} | plan.keep
-    for existing in kube.list("Deployment", ns, {**MANAGED_LABELS, SERVICE_LABEL: service_name}):
+    for existing in kube.list("Deployment", ns, ours):
         if existing["metadata"]["name"] not in wanted:
             kube.delete("Deployment", ns, existing["metadata"]["name"])
     current = kube.get("Service", ns, service_name)
@@ -342,6 +508,29 @@ def apply_plan(kube: Kube, plan: NamespacePlan) -> list[ScaleChange]:
         ):
             kube.delete("Service", ns, other["metadata"]["name"])
     return changes
+
+
+def _apply_autoscalers(kube: Kube, plan: NamespacePlan, ours: Mapping[str, str]) -> None:
+    """Create or update the planned HPAs; delete our other HPAs of the namespace."""
+    for autoscaler in plan.autoscalers:
+        kube.apply(autoscaler)
+    wanted = {a["metadata"]["name"] for a in plan.autoscalers}
+    for existing in kube.list("HorizontalPodAutoscaler", plan.namespace, ours):
+        if existing["metadata"]["name"] not in wanted:
+            kube.delete("HorizontalPodAutoscaler", plan.namespace, existing["metadata"]["name"])
+
+
+def _governed(deployment: Manifest, before: Manifest | None, scaling: hpa.Autoscaling) -> Manifest:
+    """The Deployment with the replicas the HPA leaves to us: min-scale when it is new or at
+    zero, else none (a merge patch without `replicas` keeps the HPA's count)."""
+    current = None if before is None else int(before.get("spec", {}).get("replicas") or 0)
+    replicas = hpa.governed_replicas(current, scaling)
+    spec = dict(deployment["spec"])
+    if replicas is None:
+        spec.pop("replicas", None)
+    else:
+        spec["replicas"] = replicas
+    return {**deployment, "spec": spec}
 
 
 def _apply_secret(kube: Kube, secret: Manifest) -> None:
@@ -389,6 +578,21 @@ def runtimes_idx(
 def cluster_runtimes_idx(body: kopf.Body, **_: Any) -> dict[str, ServingRuntime] | None:
     runtime = _parsed(body, RuntimeKind.CLUSTER_SERVING_RUNTIME)
     return None if runtime is None else {CLUSTER: runtime}
+
+
+@kopf.index(*ISVC, annotations={DEPLOYMENT_MODE_ANNOTATION: MODELMESH_DEPLOYMENT_MODE})
+def isvc_claims_idx(
+    body: kopf.Body, namespace: str | None, **_: Any
+) -> dict[str, tuple[Requirement, str]] | None:
+    """namespace -> (requirement, claim) of each live, valid InferenceService on a PVC."""
+    if body.get("metadata", {}).get("deletionTimestamp"):
+        return None
+    try:
+        registration = to_registration(InferenceService.from_body(body))
+    except InvalidSpec:
+        return None
+    claim = pvc.model_claim(registration.storage.parameters)
+    return None if claim is None else {namespace or "": (registration.requirement, claim)}
 
 
 @kopf.on.event(*SR, when=managed)

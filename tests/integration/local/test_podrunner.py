@@ -237,3 +237,60 @@ async def test_a_pod_deleted_through_the_api_is_stopped_and_replaced(
     await until(replaced, "a replacement pod, ready")
     await until(lambda: proc.poll() is not None, "the deleted pod's process stopped")
     assert name not in pod_runner.pods
+
+
+def claim_deployment() -> dict[str, Any]:
+    """A pod serving the parent folder of a claim's mount path (as the adapter is given
+    PVC_MOUNTS_DIR, the parent of /pvc_mounts/<claim>)."""
+    doc = deployment(1, "v1")
+    container = doc["spec"]["template"]["spec"]["containers"][0]
+    container["command"] = [*SERVER[:-1], "/data/claims"]
+    container["readinessProbe"]["httpGet"]["path"] = "/models/greeting"
+    container["volumeMounts"] = [
+        {"name": "claim", "mountPath": "/data/claims/models", "readOnly": True}
+    ]
+    doc["spec"]["template"]["spec"]["volumes"] = [
+        {"name": "claim", "persistentVolumeClaim": {"claimName": "models", "readOnly": True}}
+    ]
+    return doc
+
+
+async def test_a_claim_is_a_folder_and_its_pod_waits_for_it(
+    runner: tuple[PodRunner, LocalKube],
+) -> None:
+    _, kube = runner
+    await asyncio.to_thread(kube.apps.create_namespaced_deployment, NS, claim_deployment())
+
+    def waiting() -> bool:
+        pods = api_pods(kube)
+        statuses = pods[0]["status"].get("containerStatuses") or [] if pods else []
+        state = statuses[0]["state"].get("waiting") or {} if statuses else {}
+        return state.get("message") == 'persistentvolumeclaim "models" not found'
+
+    await until(waiting, "the pod waiting for its claim")
+
+    claim = {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": {"name": "models", "namespace": NS},
+        "spec": {"accessModes": ["ReadOnlyMany"], "resources": {"requests": {"storage": "2Gi"}}},
+    }
+    await asyncio.to_thread(kube.core.create_namespaced_persistent_volume_claim, NS, claim)
+
+    def bound() -> dict[str, Any] | None:
+        raw = kube.core.read_namespaced_persistent_volume_claim(
+            "models", NS, _preload_content=False
+        )
+        found: dict[str, Any] = json.loads(raw.data)
+        return found if found.get("status", {}).get("phase") == "Bound" else None
+
+    await until(lambda: bound() is not None, "the claim Bound")
+    found = await asyncio.to_thread(bound)
+    assert found is not None and found["status"]["capacity"] == {"storage": "2Gi"}
+    folder = Path(found["metadata"]["annotations"]["local.mmesh/path"])
+    assert folder.parts[-3:] == ("pvcs", NS, "models")
+    (folder / "greeting").write_text("hello from a claim")
+
+    await until(lambda: len(ready_pods(kube)) == 1, "1 ready pod")
+    address = ready_pods(kube)[0]["status"]["podIP"]
+    assert fetch(f"http://{address}:8000/models/greeting") == "hello from a claim"

@@ -31,6 +31,7 @@ from kubernetes import client
 from kubernetes.client import rest
 
 import mmesh.operator.handlers
+from mmesh.operator import hpa
 from mmesh.operator.handlers import runtimes as runtime_handlers
 from mmesh.operator.kube import Kube
 from mmesh.operator.registrations import MeshScope
@@ -184,7 +185,7 @@ def stale_namespace(method: str, request: Request) -> tuple[int, Any]:
     if method == "GET" and request.name:
         labels = dict(MANAGED_LABELS)
         return 200, {"metadata": {"name": request.name, "labels": labels}, "spec": {"x": 1}}
-    if method == "GET" and base in ("deployments", "services"):
+    if method == "GET" and base in ("deployments", "services", "horizontalpodautoscalers"):
         labels = {**MANAGED_LABELS, SERVICE_LABEL: "modelmesh-serving"}
         stray = {"metadata": {"name": "leftover", "labels": labels}}
         return 200, {"items": [stray]}
@@ -203,8 +204,9 @@ def runtime_body(name: str, kind: RuntimeKind, namespace: str | None) -> Manifes
 
 
 def operator_plan(namespace_scope: bool, namespace: str) -> runtime_handlers.NamespacePlan:
-    """The namespace reconcile plan the operator computes: one ServingRuntime and one
-    ClusterServingRuntime, the default config, the given scope."""
+    """The namespace reconcile plan the operator computes: one ServingRuntime (autoscaled by
+    an HPA) and one ClusterServingRuntime, the default config without scale-to-zero, the given
+    scope."""
     settings = OperatorSettings.model_validate(
         {
             "ETCD_CONNECTION": '{"endpoints": "http://etcd:2379", "root_prefix": "mmesh"}',
@@ -215,14 +217,13 @@ def operator_plan(namespace_scope: bool, namespace: str) -> runtime_handlers.Nam
     defaults = (OPERATOR / "config_defaults.yaml").read_text()
     ctx = SimpleNamespace(
         settings=settings,
-        config=merge_config(defaults, None),
+        config=merge_config(defaults, "scaleToZero: {enabled: false}"),
         registrations=SimpleNamespace(scope=MeshScope("mmesh", namespace_scope, NAMESPACE)),
         on_leader=[],
     )
-    sr = ServingRuntime.from_body(
-        runtime_body("mlserver-1.x", RuntimeKind.SERVING_RUNTIME, namespace),
-        RuntimeKind.SERVING_RUNTIME,
-    )
+    sr_body = runtime_body("mlserver-1.x", RuntimeKind.SERVING_RUNTIME, namespace)
+    sr_body["metadata"].setdefault("annotations", {})[hpa.AUTOSCALER_CLASS_ANNOTATION] = "hpa"
+    sr = ServingRuntime.from_body(sr_body, RuntimeKind.SERVING_RUNTIME)
     csr = ServingRuntime.from_body(
         runtime_body("triton-2.x", RuntimeKind.CLUSTER_SERVING_RUNTIME, None),
         RuntimeKind.CLUSTER_SERVING_RUNTIME,
@@ -245,6 +246,8 @@ DIRECT_KUBE_CALLS: dict[str, Callable[[Kube, str], object]] = {
     "annotate_isvc": lambda k, ns: k.annotate_isvc(ns, "isvc", "a", "b"),
     "read_config_map": lambda k, ns: k.read_config_map(NAMESPACE, CONFIG_MAP_NAME),
     "list_namespaces": lambda k, ns: k.list_namespaces(),
+    "read_secret_data": lambda k, ns: k.read_secret_data(ns, "storage-config"),
+    "claim_exists": lambda k, ns: k.claim_exists(ns, "models-pvc"),
 }
 CLUSTER_SCOPE_ONLY = {"list_namespaces"}
 """Called from lifecycle.start only when not in namespace scope (pinned below)."""
@@ -398,17 +401,20 @@ def test_namespace_scope_writes_only_in_its_namespace() -> None:
     assert grants.allows(Request("patch", "apps", "deployments", NAMESPACE, "x"))
 
 
-def test_secrets_are_limited_to_the_etcd_secret() -> None:
-    docs = render({"etcd": {"secretName": "my-etcd"}})
+def test_secrets_are_limited_to_the_etcd_and_storage_secrets() -> None:
+    docs = render({"etcd": {"secretName": "my-etcd"}, "servingConfig": {"storageSecretName": "s"}})
     grants = grants_of(docs)
     assert grants.allows(Request("patch", "", "secrets", OTHER_NAMESPACE, "my-etcd"))
+    assert grants.allows(Request("get", "", "secrets", OTHER_NAMESPACE, "s"))
+    assert not grants.allows(Request("patch", "", "secrets", OTHER_NAMESPACE, "s"))
     assert not grants.allows(Request("get", "", "secrets", OTHER_NAMESPACE, "storage-config"))
     assert not grants.allows(Request("list", "", "secrets", None))
-    assert not [
-        r
-        for _, r in grants_of(render({"namespaceScope": True})).bound
-        if "secrets" in r["resources"]
-    ]
+    namespaced = grants_of(render({"namespaceScope": True}))
+    secret_rules = [r for _, r in namespaced.bound if "secrets" in r["resources"]]
+    assert secret_rules == [
+        {"apiGroups": [""], "resources": ["secrets"], "resourceNames": ["storage-config"],
+         "verbs": ["get"]}
+    ]  # fmt: skip
 
 
 def test_rbac_can_be_left_out() -> None:
@@ -503,6 +509,7 @@ def test_kube_calls_are_all_exercised() -> None:
     # `_confine` reads the namespace's etcd Secret, which apply_plan reads (and so is granted)
     # in the same scope: cluster scope, where the plan carries that Secret.
     allowed = {("runtimes", "apply_plan"), ("runtimes", "_apply_secret"), ("runtimes", "_confine")}
+    allowed.add(("runtimes", "_apply_autoscalers"))
     assert generic_sites <= allowed
 
 

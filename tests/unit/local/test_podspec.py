@@ -12,9 +12,11 @@ from mmesh.local.podspec import (
     PodIdentity,
     PodSources,
     PodSpecError,
+    claim_folder,
     container_env,
     expand_refs,
     match_image,
+    parent_links,
     parse_quantity,
     plan_container,
     rewrite_paths,
@@ -157,3 +159,33 @@ def test_template_hash_is_stable_and_changes_with_the_template() -> None:
 
 def test_expand_refs_leaves_unknown_references() -> None:
     assert expand_refs("$(A)/$(B)", {"A": "x"}) == "x/$(B)"
+
+
+def test_a_claim_is_a_cluster_folder_per_namespace() -> None:
+    assert claim_folder("/w", "team-a", "models") == "/w/pvcs/team-a/models"
+
+
+def test_the_parent_of_claim_mounts_becomes_a_folder_of_links() -> None:
+    mounts = [
+        ("/pvc_mounts/b", "/w/pvcs/ns/b"),
+        ("/pvc_mounts/a", "/w/pvcs/ns/a"),
+        ("/models", "/w/pod/volumes/models-dir"),
+        ("/tmp", "/w/pod/volumes/tmp"),
+        ("/tmp/sock/s", "/w/pod/volumes/s"),
+    ]
+    linked = {"/pvc_mounts/a", "/pvc_mounts/b", "/models", "/tmp/sock/s"}
+    # /models sits in `/`, and /tmp/sock lies under the /tmp mount: neither gets links
+    assert parent_links(mounts, linked) == {
+        "/pvc_mounts": {"a": "/w/pvcs/ns/a", "b": "/w/pvcs/ns/b"}
+    }
+
+
+def test_the_adapter_finds_claims_under_its_pvc_mounts_dir() -> None:
+    spec = _rendered_pod()
+    adapter = _container(spec, "mlserver-adapter")
+    adapter["volumeMounts"].append({"name": "pvc-0", "mountPath": "/pvc_mounts/models"})
+    volumes = {**VOLUMES, "pvc-0": "/w/pvcs/modelmesh-serving/models"}
+    extra = [("/pvc_mounts", "/w/pod/mounts/mlserver-adapter/pvc_mounts")]
+    sources = PodSources(secrets={"model-serving-etcd": {"etcd_connection": "{}"}})
+    plan = plan_container(POD, spec, adapter, sources, volumes, "/venv/bin", "/usr/bin", extra)
+    assert plan.env["PVC_MOUNTS_DIR"] == "/w/pod/mounts/mlserver-adapter/pvc_mounts"
