@@ -9,7 +9,7 @@ from __future__ import annotations
 from enum import StrEnum
 from pathlib import Path
 
-from pydantic import AliasChoices, Field, model_validator
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 MIB = 1024 * 1024
@@ -33,9 +33,8 @@ class AdapterSettings(BaseSettings):
     host: str = Field("127.0.0.1", alias="ADAPTER_HOST")
     """Bind address: the router is in the same pod, so loopback is enough."""
 
-    port: int = Field(8085, validation_alias=AliasChoices("ADAPTER_PORT", "PORT"))
-    """ModelRuntime gRPC port the router calls (the reference's INTERNAL_GRPC_PORT); the
-    reference's puller reads PORT."""
+    port: int = Field(8085, alias="ADAPTER_PORT")
+    """ModelRuntime gRPC port the router calls (the reference's INTERNAL_GRPC_PORT)."""
 
     runtime_host: str = Field("127.0.0.1", alias="RUNTIME_HOST")
     runtime_port: int = Field(8001, alias="RUNTIME_PORT")
