@@ -24,7 +24,7 @@ from urllib.parse import quote
 import aiohttp
 
 from mmesh.adapter.backends.backend import PreparedModel
-from mmesh.adapter.backends.files import remove_model_dirs, remove_tree, write_text_atomic
+from mmesh.adapter.backends.files import remove_tree, write_text_atomic
 from mmesh.adapter.errors import ModelLoadFailed, RuntimeUnavailable
 from mmesh.adapter.layout import (
     MAR_MANIFEST,
@@ -93,7 +93,7 @@ class TorchServeBackend:
         for name in await self._registered():
             logger.info("purging model %s left in torchserve from an earlier life", name)
             await self._unregister(name)
-        await asyncio.to_thread(remove_model_dirs, self.store_dir)
+        await asyncio.to_thread(self._clear_store)
 
     async def load(self, model: PreparedModel) -> int | None:
         store_name = await asyncio.to_thread(self._link, model)
@@ -128,6 +128,13 @@ class TorchServeBackend:
             await self._session.close()
 
     # ------------------------------------------------------------ steps
+
+    def _clear_store(self) -> None:
+        """Every archive and link in the store goes; the config TorchServe runs with stays."""
+        self.store_dir.mkdir(parents=True, exist_ok=True)
+        for entry in self.store_dir.iterdir():
+            if entry.name != CONFIG_FILE_NAME:
+                remove_tree(entry)
 
     def _link(self, model: PreparedModel) -> str:
         path = model.local_path
