@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from pathlib import Path
 
@@ -142,3 +143,20 @@ def test_ovms_not_ready_until_its_rest_api_answers(
     }
     with start_adapter(env) as proc:
         assert runtime_status(proc.target).status == rt.RuntimeStatusResponse.STARTING
+
+
+def test_ovms_loads_arriving_together_share_one_config_reload(
+    start_adapter: StartAdapter, fake_ovms: RunningOvms, pvc: Path, tmp_path: Path
+) -> None:
+    env = {**adapter_env(fake_ovms, pvc, tmp_path), "BATCH_WAIT_TIME_MIN_MS": "500"}
+    with start_adapter(env) as proc, grpc.insecure_channel(proc.target) as channel:
+        runtime_status(proc.target)
+        stub = rt_grpc.ModelRuntimeStub(channel)
+        before = fake_ovms.ovms.reloads
+        with ThreadPoolExecutor(max_workers=3) as pool:
+            sizes = list(
+                pool.map(lambda i: load(stub, f"m{i}", "onnx", "onnx/mnist.onnx"), range(3))
+            )
+        assert sizes == [10000] * 3
+        assert fake_ovms.ovms.reloads - before == 1
+        assert fake_ovms.ovms.available() == {"m0", "m1", "m2"}

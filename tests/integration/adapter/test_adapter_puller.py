@@ -149,3 +149,27 @@ def test_puller_reports_starting_until_the_runtime_answers(
     }
     with start_adapter(env) as proc:
         assert runtime_status(proc.target).status == rt.RuntimeStatusResponse.STARTING
+
+
+def test_runtime_ready_again_means_the_puller_forgets_its_models(
+    start_adapter: StartAdapter, start_stub_runtime: StartStub, pvc: Path, tmp_path: Path
+) -> None:
+    """A restarted router asks runtimeStatus again: models it no longer knows must go."""
+    models = tmp_path / "models"
+    with (
+        start_stub_runtime() as stub,
+        start_adapter(puller_env(stub, pvc, tmp_path)) as proc,
+        grpc.insecure_channel(proc.target) as channel,
+    ):
+        runtime_status(proc.target)
+        client = rt_grpc.ModelRuntimeStub(channel)
+        for model_id in ("a", "b"):
+            client.loadModel(
+                rt.LoadModelRequest(modelId=model_id, modelPath="custom", modelKey=key()),
+                timeout=30,
+            )
+        assert (models / "a").exists() and (models / "b").exists()
+
+        assert runtime_status(proc.target).status == rt.RuntimeStatusResponse.READY
+        assert stub.stats()["unloads"] == {"a": 1, "b": 1}
+        assert not (models / "a").exists() and not (models / "b").exists()
