@@ -3,6 +3,7 @@ ports: the Deployment's env read through the adapter's and the router's settings
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -10,7 +11,15 @@ from pydantic import ValidationError
 
 from mmesh.adapter.runtime_client import grpc_target
 from mmesh.adapter.settings import AdapterSettings, ServerType
-from tests.unit.operator.test_deployment import containers, custom_runtime, env_of, render
+from mmesh.operator.resources import ServingRuntime
+from tests.unit.operator.conftest import runtime_body
+from tests.unit.operator.test_deployment import (
+    containers,
+    custom_runtime,
+    env_of,
+    render,
+    resolved_env,
+)
 
 
 def settings_from(env: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> AdapterSettings:
@@ -69,3 +78,22 @@ def test_grpc_target(endpoint: str, target: str) -> None:
 def test_grpc_target_rejects_other_forms() -> None:
     with pytest.raises(ValueError, match="neither 'port:<N>' nor 'unix:/<path>'"):
         grpc_target("localhost:8085", "127.0.0.1")
+
+
+@pytest.mark.parametrize(
+    ("runtime", "server", "port", "data"),
+    [("ovms-1.x", "ovms", 8888, "port:8001"), ("torchserve-0.x", "torchserve", 7071, "port:7070")],
+)
+def test_shipped_ovms_and_torchserve_adapters_get_a_valid_configuration(
+    runtime: str, server: str, port: int, data: str
+) -> None:
+    deployment = render(ServingRuntime.from_body(runtime_body(runtime)))
+    env = resolved_env(containers(deployment)[f"{server}-adapter"], deployment)
+
+    settings = AdapterSettings.model_validate(env)
+
+    assert settings.server_type == server
+    assert settings.runtime_port == port  # the server's management API
+    assert settings.runtime_data_endpoint == data
+    assert settings.capacity_bytes == 1024**3 - 128 * 1024**2
+    assert settings.ovms_config_file == Path("/models/model_config_list.json")  # ovms-1.x's
