@@ -7,4 +7,6 @@ pytest_plugins = [
     "tests.fixtures.models",
     "tests.fixtures.kube",
     "tests.fixtures.cluster",
+    "tests.fixtures.fake_ovms",
+    "tests.fixtures.fake_torchserve",
 ]

@@ -13,6 +13,7 @@
       LoadTimeout             the load did not finish within LOADTIME_TIMEOUT -> DEADLINE_EXCEEDED
       RuntimeUnavailable      the model server is not reachable -> UNAVAILABLE
       ModelNotLoaded          asked for the size of a model that is not loaded -> NOT_FOUND
+      RuntimeCallFailed       puller: the custom runtime refused a call -> the runtime's own code
 
 Each class names its status in `grpc_code` (a `grpc.StatusCode` member name) so this module
 needs no gRPC import; `servicer.py` turns it into the wire status once.
@@ -73,3 +74,11 @@ class RuntimeUnavailable(AdapterError):
 
 class ModelNotLoaded(AdapterError):
     grpc_code = "NOT_FOUND"
+
+
+class RuntimeCallFailed(AdapterError):
+    """The custom runtime behind the puller answered with an error; its code passes through."""
+
+    def __init__(self, message: str, grpc_code: str) -> None:
+        super().__init__(message)
+        self.grpc_code = grpc_code

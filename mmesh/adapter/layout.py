@@ -159,3 +159,77 @@ def _rename_config(config: str, model_id: str) -> str:
     if _NAME_LINE.search(config):
         return _NAME_LINE.sub(named, config, count=1)
     return f"{named}\n{config}"
+
+
+# ---------------------------------------------------------------- OVMS
+
+OVMS_ONNX_FILE = "model.onnx"
+
+
+@dataclass(frozen=True, slots=True)
+class OvmsLayout:
+    """One link in the model's OVMS directory: `<link>` -> `<pulled path>/<source>`."""
+
+    version: str
+    source: str
+    link: str
+
+
+def plan_ovms_layout(
+    fmt: str, *, pulled_name: str, pulled_is_dir: bool, pulled_dirs: Sequence[str]
+) -> OvmsLayout:
+    """OVMS serves `<base_path>/<numeric version>/<model files>`.
+
+    A pulled directory whose subdirectories are all numeric versions is already a model
+    repository: its highest version is served under its own number. Any other directory
+    becomes version 1; a single file goes into version 1 (an ONNX file as `model.onnx`).
+    """
+    if pulled_is_dir:
+        versions = [d for d in pulled_dirs if d.isdigit() and int(d) > 0]
+        if versions and len(versions) == len(pulled_dirs):
+            latest = max(versions, key=int)
+            return OvmsLayout(latest, latest, latest)
+        return OvmsLayout("1", ".", "1")
+    name = OVMS_ONNX_FILE if fmt == "onnx" else pulled_name
+    return OvmsLayout("1", ".", f"1/{name}")
+
+
+# ---------------------------------------------------------------- TorchServe
+
+MAR_SUFFIX = ".mar"
+MAR_MANIFEST = "MAR-INF/MANIFEST.json"
+
+
+def torchserve_store_name(model_id: str, *, archive: bool) -> str:
+    """The model's entry in TorchServe's model store (the register call's `url`): one
+    plain file name, so `\\` and `/` are escaped as the reference adapter does."""
+    escaped = model_id.replace("\\", "\\\\").replace("/", "\\_")
+    return escaped + MAR_SUFFIX if archive else escaped
+
+
+@dataclass(frozen=True, slots=True)
+class TorchServeLayout:
+    source: str
+    """Relative to the pulled path: `.` or the archive found inside a pulled directory."""
+    archive: bool
+    """A `.mar` file; else an unpacked model directory (TorchServe's no-archive format)."""
+
+
+def plan_torchserve_layout(
+    model_id: str, *, pulled_is_dir: bool, pulled_entries: Sequence[str], has_manifest: bool
+) -> TorchServeLayout:
+    """A `.mar` file, a directory holding exactly one `.mar`, or an unpacked archive (a
+    directory with MAR-INF/MANIFEST.json)."""
+    if not pulled_is_dir:
+        return TorchServeLayout(".", archive=True)
+    if has_manifest:
+        return TorchServeLayout(".", archive=False)
+    archives = [e for e in pulled_entries if e.endswith(MAR_SUFFIX)]
+    if len(archives) == 1:
+        return TorchServeLayout(archives[0], archive=True)
+    found = ", ".join(sorted(pulled_entries)[:10]) or "nothing"
+    raise InvalidModelRequest(
+        f"model {model_id} for torchserve must be a .mar archive, a directory holding one "
+        f".mar ({len(archives)} found), or an unpacked archive with {MAR_MANIFEST}; "
+        f"found {found}"
+    )

@@ -48,11 +48,11 @@ class ModelLoader:
         self._sizing = sizing
         self._timeout_s = load_timeout_s
         self._sizes: dict[str, int] = {}
-        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+        self._serialized = KeyedLock()
 
     async def load(self, model_id: str, model_type: str, model_path: str, model_key: str) -> int:
         """Returns the model's size in bytes once the server can serve it."""
-        model_id = _valid_id(model_id)
+        model_id = valid_model_id(model_id)
         key = parse_model_key(model_key)
         fmt = model_format(model_type, key.model_type)
         if not fmt:
@@ -61,7 +61,7 @@ class ModelLoader:
             try:
                 async with asyncio.timeout(self._timeout_s):
                     pulled = await self._puller.pull(model_id, model_path, key)
-                    await self._backend.load(
+                    measured = await self._backend.load(
                         PreparedModel(model_id, fmt, pulled.local_path, pulled.schema)
                     )
             except TimeoutError as exc:
@@ -72,7 +72,7 @@ class ModelLoader:
             except BaseException:
                 await self._discard(model_id)
                 raise
-            size = estimate_size_bytes(
+            size = measured or estimate_size_bytes(
                 pulled.disk_size_bytes,
                 multiplier=self._sizing.multiplier,
                 default_bytes=self._sizing.default_bytes,
@@ -88,7 +88,7 @@ class ModelLoader:
             return size
 
     async def unload(self, model_id: str) -> None:
-        model_id = _valid_id(model_id)
+        model_id = valid_model_id(model_id)
         async with self._serialized(model_id):
             await self._backend.unload(model_id)
             await self._puller.remove(model_id)
@@ -119,22 +119,30 @@ class ModelLoader:
             await self._puller.remove(model_id)
         self._sizes.pop(model_id, None)
 
+
+class KeyedLock:
+    """`async with locks(key)`: one holder per key at a time; a key's lock lives only while
+    someone holds or waits for it."""
+
+    def __init__(self) -> None:
+        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+
     @contextlib.asynccontextmanager
-    async def _serialized(self, model_id: str) -> AsyncIterator[None]:
-        lock, users = self._locks.get(model_id, (asyncio.Lock(), 0))
-        self._locks[model_id] = (lock, users + 1)
+    async def __call__(self, key: str) -> AsyncIterator[None]:
+        lock, users = self._locks.get(key, (asyncio.Lock(), 0))
+        self._locks[key] = (lock, users + 1)
         try:
             async with lock:
                 yield
         finally:
-            lock, users = self._locks[model_id]
+            lock, users = self._locks[key]
             if users == 1:
-                del self._locks[model_id]
+                del self._locks[key]
             else:
-                self._locks[model_id] = (lock, users - 1)
+                self._locks[key] = (lock, users - 1)
 
 
-def _valid_id(raw: str) -> str:
+def valid_model_id(raw: str) -> str:
     try:
         model_id = parse_model_id(raw)
     except InvalidIdError as exc:

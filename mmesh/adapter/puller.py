@@ -39,6 +39,8 @@ class PulledModel:
     local_path: Path
     disk_size_bytes: int
     schema: dict[str, Any] | None
+    schema_path: Path | None = None
+    """Where the schema file landed (handed to a custom runtime as is)."""
 
 
 class Puller:
@@ -64,15 +66,15 @@ class Puller:
         target = plan_local_target(PurePosixPath(self.root_model_dir), model_id, model_path)
         provider = provider_for(spec, pvc_mounts_dir=self._pvc_mounts_dir)
         local = await provider.pull(spec, target.remote_path, Path(target.local_path))
-        schema = await self._pull_schema(provider, spec, model_id, key.schema_path)
+        schema, schema_file = await self._pull_schema(provider, spec, model_id, key.schema_path)
         size = await asyncio.to_thread(disk_size_bytes, local)
-        return PulledModel(local, size, schema)
+        return PulledModel(local, size, schema, schema_file)
 
     async def _pull_schema(
         self, provider: StorageProvider, spec: Any, model_id: str, schema_path: str | None
-    ) -> dict[str, Any] | None:
+    ) -> tuple[dict[str, Any] | None, Path | None]:
         if not schema_path:
-            return None
+            return None, None
         root = PurePosixPath(self.root_model_dir)
         target = plan_local_target(root, model_id, schema_path)
         local = Path(target.model_dir) / SCHEMA_FILE_NAME
@@ -81,7 +83,7 @@ class Puller:
             text = await asyncio.to_thread(pulled.read_text)
         except (OSError, UnicodeDecodeError) as exc:
             raise InvalidModelRequest(f"cannot read model schema {schema_path}: {exc}") from exc
-        return parse_schema(text)
+        return parse_schema(text), pulled
 
     async def remove(self, model_id: str) -> None:
         await asyncio.to_thread(remove_tree, self.model_dir(model_id))

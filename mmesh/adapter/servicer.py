@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import grpc
@@ -13,6 +13,7 @@ import grpc
 from mmesh.adapter.backends.backend import Backend
 from mmesh.adapter.errors import AdapterError, ModelNotLoaded
 from mmesh.adapter.loading import ModelLoader
+from mmesh.adapter.serverapi import V2_METHOD_INFOS
 from mmesh.core.proto import model_runtime_pb2 as rt
 from mmesh.core.proto import model_runtime_pb2_grpc as rt_grpc
 
@@ -21,19 +22,16 @@ logger = logging.getLogger(__name__)
 Context = grpc.aio.ServicerContext[Any, Any]
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
-Handler = Callable[["RuntimeServicer", Req, Context], Awaitable[Resp]]
-
-ID_INJECTED_METHODS = (
-    "inference.GRPCInferenceService/ModelInfer",
-    "inference.GRPCInferenceService/ModelMetadata",
-)
+Self_ = TypeVar("Self_")
 
 
-def grpc_errors(handler: Handler[Req, Resp]) -> Handler[Req, Resp]:
+def grpc_errors(
+    handler: Callable[[Self_, Req, Context], Awaitable[Resp]],
+) -> Callable[[Self_, Req, Context], Awaitable[Resp]]:
     """Our errors become their status code with the message; anything else is INTERNAL."""
 
     @functools.wraps(handler)
-    async def wrapper(self: RuntimeServicer, request: Req, context: Context) -> Resp:
+    async def wrapper(self: Self_, request: Req, context: Context) -> Resp:
         try:
             return await handler(self, request, context)
         except AdapterError as exc:
@@ -57,6 +55,10 @@ class RuntimeLimits:
     default_model_size_bytes: int
     runtime_version: str
     limit_model_concurrency: bool
+    method_infos: Mapping[str, tuple[int, ...]] = field(
+        default_factory=lambda: dict(V2_METHOD_INFOS)
+    )
+    """Data-plane methods the server answers -> where the router writes the model id."""
 
 
 class RuntimeServicer(rt_grpc.ModelRuntimeServicer):
@@ -119,6 +121,6 @@ class RuntimeServicer(rt_grpc.ModelRuntimeServicer):
             runtimeVersion=limits.runtime_version or version,
             limitModelConcurrency=limits.limit_model_concurrency,
         )
-        for method in ID_INJECTED_METHODS:
-            resp.methodInfos[method].idInjectionPath.append(1)
+        for method, path in limits.method_infos.items():
+            resp.methodInfos[method].idInjectionPath.extend(path)
         return resp

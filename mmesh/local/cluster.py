@@ -69,6 +69,7 @@ class ClusterConfig:
         return {
             "mmesh-router": ours,
             "mmesh-operator": ours,
+            "mmesh-stub-runtime": ours,  # the stub runtime as a custom ServingRuntime's server
             "mlserver": str(self.mlserver_venv / "bin"),
         }
 

@@ -484,6 +484,13 @@ def _internal_endpoint_env(ctx: _Context) -> list[Manifest]:
         # Without a data endpoint the router would send inference to INTERNAL_GRPC_PORT,
         # which for a built-in runtime is the adapter, not the model server.
         env.append(_env("INTERNAL_SERVING_GRPC_PORT", _serving_port(ctx)))
+    elif ctx.uses_puller:
+        # INTERNAL_GRPC_PORT is the puller, which serves no inference: a custom runtime
+        # without a data endpoint answers inference on its own grpcEndpoint.
+        if management is not None and management.socket_path is not None:
+            env.append(_env("INTERNAL_SERVING_GRPC_SOCKET_PATH", management.socket_path))
+        else:
+            env.append(_env("INTERNAL_SERVING_GRPC_PORT", _adapter_port(runtime)))
     return env
 
 

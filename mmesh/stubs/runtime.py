@@ -9,6 +9,11 @@ server does. A tiny HTTP endpoint reports counters so tests can assert on what h
 A model's modelKey may carry per-model overrides as JSON:
 `{"stub": {"size": 1000000, "delay_ms": 50, "fail": "message"}}`.
 
+As the container of a custom ServingRuntime it binds `--host` (default: env STUB_HOST, else
+127.0.0.1). With `--require-local-files` a load fails unless modelPath names files on local
+disk (what the storage helper hands it); each load's path, key and bytes found there are
+reported under `received` in the stats.
+
 It uses the synchronous gRPC server on purpose: the stub should cost as little CPU per
 request as a fast native runtime would, and the sync server is the cheaper one here.
 """
@@ -18,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import re
 import signal
 import threading
@@ -47,6 +53,7 @@ class StubConfig:
     loading_concurrency: int = 1
     load_timeout_ms: int = 30_000
     fail_pattern: str | None = None
+    require_local_files: bool = False
 
 
 @dataclass
@@ -59,6 +66,7 @@ class StubState:
     unloads: Counter[str] = field(default_factory=Counter)
     infers: Counter[str] = field(default_factory=Counter)
     failed_loads: Counter[str] = field(default_factory=Counter)
+    received: dict[str, dict[str, Any]] = field(default_factory=dict)
     status_calls: int = 0
     loading_now: int = 0
     max_loading: int = 0
@@ -71,6 +79,7 @@ class StubState:
                 "unloads": dict(self.unloads),
                 "infers": dict(self.infers),
                 "failed_loads": dict(self.failed_loads),
+                "received": dict(self.received),
                 "status_calls": self.status_calls,
                 "max_loading": self.max_loading,
             }
@@ -112,6 +121,19 @@ class StubRuntime(rt_grpc.ModelRuntimeServicer):
         self, request: rt.LoadModelRequest, context: grpc.ServicerContext
     ) -> rt.LoadModelResponse:
         over = _overrides(request.modelKey)
+        on_disk = _bytes_under(request.modelPath)
+        with self.state.lock:
+            self.state.received[request.modelId] = {
+                "path": request.modelPath,
+                "key": request.modelKey,
+                "type": request.modelType,
+                "bytes": on_disk,
+            }
+        if self.config.require_local_files and on_disk is None:
+            context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"stub runtime: model path {request.modelPath!r} is not on local disk",
+            )
         with self.state.lock:
             self.state.loads[request.modelId] += 1
             self.state.loading_now += 1
@@ -159,6 +181,18 @@ class StubRuntime(rt_grpc.ModelRuntimeServicer):
         if size is None:
             context.abort(grpc.StatusCode.NOT_FOUND, f"model {request.modelId} not loaded")
         return rt.ModelSizeResponse(sizeInBytes=size)
+
+
+def _bytes_under(path: str) -> int | None:
+    """Bytes of the file or directory tree at `path`; None if nothing is there."""
+    if not path or not os.path.isabs(path) or not os.path.exists(path):
+        return None
+    if os.path.isfile(path):
+        return os.path.getsize(path)
+    total = 0
+    for root, _dirs, files in os.walk(path, followlinks=True):
+        total += sum(os.path.getsize(os.path.join(root, f)) for f in files)
+    return total
 
 
 class StubInference(v2_grpc.GRPCInferenceServiceServicer):
@@ -231,7 +265,7 @@ class StubInference(v2_grpc.GRPCInferenceServiceServicer):
         return resp
 
 
-def _stats_server(state: StubState, port: int) -> ThreadingHTTPServer:
+def _stats_server(state: StubState, host: str, port: int) -> ThreadingHTTPServer:
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
             body = json.dumps(state.snapshot()).encode()
@@ -244,12 +278,19 @@ def _stats_server(state: StubState, port: int) -> ThreadingHTTPServer:
         def log_message(self, format: str, *args: Any) -> None:
             return
 
-    server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+    server = ThreadingHTTPServer((host, port), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server
 
 
-def serve(config: StubConfig, *, port: int, stats_port: int | None, max_workers: int = 32) -> None:
+def serve(
+    config: StubConfig,
+    *,
+    port: int,
+    stats_port: int | None,
+    host: str = "127.0.0.1",
+    max_workers: int = 32,
+) -> None:
     state = StubState()
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers),
@@ -260,10 +301,10 @@ def serve(config: StubConfig, *, port: int, stats_port: int | None, max_workers:
     )
     rt_grpc.add_ModelRuntimeServicer_to_server(StubRuntime(config, state), server)
     v2_grpc.add_GRPCInferenceServiceServicer_to_server(StubInference(state), server)
-    server.add_insecure_port(f"127.0.0.1:{port}")
+    server.add_insecure_port(f"{host}:{port}")
     server.start()
-    stats = _stats_server(state, stats_port) if stats_port else None
-    logger.info("stub runtime on 127.0.0.1:%d", port)
+    stats = _stats_server(state, host, stats_port) if stats_port else None
+    logger.info("stub runtime on %s:%d", host, port)
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: done.set())
     signal.signal(signal.SIGINT, lambda *_: done.set())
@@ -275,6 +316,7 @@ def serve(config: StubConfig, *, port: int, stats_port: int | None, max_workers:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--host", default=os.environ.get("STUB_HOST", "127.0.0.1"))
     parser.add_argument("--port", type=int, default=8085)
     parser.add_argument("--stats-port", type=int, default=0)
     parser.add_argument("--capacity-bytes", type=int, default=StubConfig.capacity_bytes)
@@ -286,6 +328,11 @@ def main() -> None:
     parser.add_argument(
         "--fail-pattern", default=None, help="regular expression: loads of matching model ids fail"
     )
+    parser.add_argument(
+        "--require-local-files",
+        action="store_true",
+        help="a load fails unless modelPath names files on local disk",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO)
     config = StubConfig(
@@ -296,8 +343,9 @@ def main() -> None:
         args.loading_concurrency,
         args.load_timeout_ms,
         args.fail_pattern,
+        args.require_local_files,
     )
-    serve(config, port=args.port, stats_port=args.stats_port or None)
+    serve(config, port=args.port, stats_port=args.stats_port or None, host=args.host)
 
 
 if __name__ == "__main__":

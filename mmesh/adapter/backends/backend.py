@@ -24,8 +24,9 @@ class Backend(Protocol):
     async def purge(self) -> None:
         """Unload every model the server holds and drop this backend's repository files."""
 
-    async def load(self, model: PreparedModel) -> None:
-        """Lay the model out for the server and load it; returns once it can serve."""
+    async def load(self, model: PreparedModel) -> int | None:
+        """Lay the model out for the server and load it; returns once it can serve, with
+        the memory the server measured for it, or None to size it from its disk size."""
 
     async def unload(self, model_id: str) -> None:
         """Unload and drop the layout; a model the server does not know is not an error."""

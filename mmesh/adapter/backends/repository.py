@@ -118,9 +118,10 @@ class RepositoryBackend:
             await self._client.unload(name)
         await asyncio.to_thread(remove_model_dirs, self.repository_dir)
 
-    async def load(self, model: PreparedModel) -> None:
+    async def load(self, model: PreparedModel) -> int | None:
         await asyncio.to_thread(self.write_layout, model)
         await self._client.load(model.model_id, timeout_s=self._load_timeout_s)
+        return None
 
     async def unload(self, model_id: str) -> None:
         await self._client.unload(model_id)

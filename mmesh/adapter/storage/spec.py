@@ -401,3 +401,28 @@ def object_relative_path(prefix: str, key: str) -> PurePosixPath | None:
 
 def _is_single_segment(name: str) -> bool:
     return bool(name) and name not in (".", "..") and "/" not in name and "\0" not in name
+
+
+# --- the request handed on to a custom runtime ----------------------------------------------
+
+STORAGE_KEY_FIELDS = ("storage_key", "storage_params", "bucket")
+
+
+def local_model_key(raw: str, *, disk_size_bytes: int, schema_path: str | None) -> str:
+    """The modelKey a custom runtime gets once the files are local: the storage fields
+    (which may hold secrets the runtime has no use for) dropped, the size on disk and the
+    local schema file added, every other field passed through as the router sent it."""
+    doc: dict[str, Any] = {}
+    if raw.strip():
+        parsed = json.loads(raw)
+        if not isinstance(parsed, dict):
+            raise InvalidModelRequest(f"modelKey must be a JSON object, got {_kind(parsed)}")
+        doc = parsed
+    for name in STORAGE_KEY_FIELDS:
+        doc.pop(name, None)
+    doc["disk_size_bytes"] = disk_size_bytes
+    if schema_path:
+        doc["schema_path"] = schema_path
+    else:
+        doc.pop("schema_path", None)
+    return json.dumps(doc, separators=(",", ":"))
