@@ -12,6 +12,7 @@ from typing import Any
 import grpc
 
 from mmesh.router.errors import (
+    CopyNotHeld,
     LoadFailed,
     ModelNotHere,
     NoCapacity,
@@ -26,6 +27,7 @@ FAILURE_TRAILER = "mm-failure"
 """Set by a peer router on its error status: what kind of failure it was, so the sender can
 tell "the model failed to load there" from an error of the model itself."""
 FAILURE_KINDS: dict[str, type[RouterError]] = {
+    "not-held": CopyNotHeld,  # before its base class "not-here": the first match wins
     "load": LoadFailed,
     "capacity": NoCapacity,
     "not-here": ModelNotHere,
