@@ -233,6 +233,7 @@ async def build_pod(settings: RouterSettings, life: Lifecycle) -> Pod:
         metrics=metrics,
         failure_expiry_ms=settings.load_failure_expiry_ms,
         interval_s=settings.reconcile_interval_s,
+        probe_interval_s=settings.runtime_check_interval_s,
     )
     router = InferenceRouter(
         registry=registry,

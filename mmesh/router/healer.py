@@ -5,9 +5,9 @@
   each: a copy the runtime still holds is adopted into the cache, every other claim is
   dropped (compare-and-swap).
 - Every `interval_s`: the cache and the registry are compared both ways (stale claims,
-  missing claims, copies still marked loading, expired failures of this instance), and a
-  few loaded copies are checked with the model server's ModelReady; if one is gone, all are
-  checked.
+  missing claims, copies still marked loading, expired failures of this instance). Every
+  `probe_interval_s` a few loaded copies are checked with the model server's ModelReady;
+  if one is gone, all are checked.
 - Runtime loss: when the runtime answers NOT_FOUND for a copy this router holds (or the
   check above finds one gone), every loaded copy is checked at once and all that are gone
   are dropped from the cache and the registry in one step; the next request reloads.
@@ -64,6 +64,7 @@ class Healer:
         metrics: RouterMetrics,
         failure_expiry_ms: int,
         interval_s: float,
+        probe_interval_s: float = 5.0,
     ) -> None:
         self.registry = registry
         self.local = local
@@ -71,6 +72,7 @@ class Healer:
         self.metrics = metrics
         self.failure_expiry_ms = failure_expiry_ms
         self.interval_s = interval_s
+        self.probe_interval_s = min(probe_interval_s, interval_s)
         self._check: asyncio.Future[int] | None = None
         self._task: asyncio.Task[None] | None = None
 
@@ -130,18 +132,22 @@ class Healer:
                 await self._task
 
     async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        next_reconcile = loop.time() + self.interval_s
         while True:
-            await asyncio.sleep(self.interval_s)
+            await asyncio.sleep(self.probe_interval_s)
             try:
-                await self.reconcile()
+                await self._probe_sample()
+                if loop.time() >= next_reconcile:
+                    next_reconcile = loop.time() + self.interval_s
+                    await self.reconcile()
             except StoreUnavailable as exc:
                 logger.warning("registry reconcile skipped a round: %s", exc)
             except Exception:
                 logger.exception("registry reconcile failed")
 
     async def reconcile(self) -> list[Repair]:
-        """One round: the runtime's truth first, then the registry against the cache."""
-        await self._probe_sample()
+        """One round of the registry against the cache, both ways."""
         repairs = plan_repairs(
             self.me,
             ((m, v.record) for m, v in list(self.registry.models.items.items())),

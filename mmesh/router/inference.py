@@ -7,6 +7,13 @@ A name the mirror does not know is checked against the id rules before it is rep
 as not found (INVALID_ARGUMENT for `a/b`, '..', control characters, overlong names);
 names the mirror knows passed those rules when they were registered. Each model may have
 at most MM_MAX_INFLIGHT_PER_MODEL requests in flight through this router (0: no bound).
+
+A request for a model not loaded here is a thin loop: `routing.decide` says where it goes
+(serve here, forward, wait for a load, place a new copy, refuse), `_act` does it, and a
+failure goes back into the next decision: the instance is excluded for this request, or,
+when it disowned the copy the registry claims for it ("not held"), that claim is removed
+(compare-and-swap) and the request is routed again. The only etcd writes on this path are
+those repairs and the loads themselves; a warm request makes none.
 """
 
 from __future__ import annotations
@@ -418,11 +425,6 @@ class InferenceRouter:
         )
         request = mm.EnsureLoadedRequest(modelId=model_id, sync=True).SerializeToString()
         await self.pool.get(endpoint).call(ENSURE_LOADED, request, metadata, None)
-
-    def peer_records(self) -> dict[str, InstanceRecord]:
-        """The other live instances (their lease holds), straight from the mirror."""
-        me = self.local.instance_id
-        return {iid: v.record for iid, v in self.registry.instances.items.items() if iid != me}
 
     def live_peers(self) -> dict[str, InstanceRecord]:
         """Instances with a live record (their lease holds), this one from its own state."""

@@ -59,7 +59,6 @@ _DROPS = frozenset(
         RepairKind.STALE_CLAIM,
         RepairKind.PEER_STALE_CLAIM,
         RepairKind.STARTUP_CLAIM,
-        RepairKind.RUNTIME_LOST,
     }
 )
 
@@ -110,6 +109,10 @@ def apply_repair(
     if rec is None:
         return None
     iid = InstanceId(me)
+    if kind is RepairKind.RUNTIME_LOST:
+        # The lost copy is being cleaned up (UNLOADING); only a new load keeps the claim.
+        lost = iid in rec.instance_ids and local in (LocalCopy.NONE, LocalCopy.UNLOADING)
+        return rec.without_copy(iid) if lost else None
     if kind in _DROPS:
         stale = iid in rec.instance_ids and local not in _BACKED
         return rec.without_copy(iid) if stale else None

@@ -99,6 +99,12 @@ def test_a_stale_claim_is_dropped_and_failures_are_kept() -> None:
     assert set(after.failed_in) == {ME}
 
 
+def test_a_copy_the_runtime_lost_is_dropped_while_its_cleanup_runs() -> None:
+    after = _apply(RepairKind.RUNTIME_LOST, rec(loaded=(ME, B)), LocalCopy.UNLOADING)
+    assert after is not None and set(after.instance_ids) == {B}
+    assert _apply(RepairKind.STALE_CLAIM, rec(loaded=(ME, B)), LocalCopy.UNLOADING) is None
+
+
 @pytest.mark.parametrize(
     "kind", [RepairKind.STALE_CLAIM, RepairKind.STARTUP_CLAIM, RepairKind.RUNTIME_LOST]
 )
