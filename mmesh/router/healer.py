@@ -27,7 +27,7 @@ from collections.abc import Awaitable, Callable
 from mmesh.core.errors import StoreUnavailable
 from mmesh.core.proto import grpc_predict_v2_pb2 as v2
 from mmesh.core.records import ModelRecord, Table, VModelRecord
-from mmesh.router.errors import ModelNotHere, RouterError
+from mmesh.router.errors import ModelNotHere, NoCapacity, RouterError
 from mmesh.router.forwarding import Forwarder
 from mmesh.router.loading import LocalModels, now_ms
 from mmesh.router.metrics import RouterMetrics
@@ -210,7 +210,7 @@ class Healer:
 
         def change(rec: ModelRecord | None) -> ModelRecord | Unchanged:
             nonlocal wrote
-            fixed = drop_peer_claim(rec, instance_id, seen_ms)
+            fixed = drop_peer_claim(rec, instance_id, seen_ms, now_ms=now_ms())
             wrote = fixed is not None
             return _or_unchanged(fixed)
 
@@ -377,6 +377,8 @@ class FirstLoads:
                     return
                 logger.info("loading %s, new and loaded nowhere, ahead of any request", model_id)
                 await self._place(model_id, record)
+        except NoCapacity as exc:  # no pod of its runtime yet, or all full: the next survey
+            logger.info("first load of %s waits: %s", model_id, exc)
         except RouterError as exc:
             logger.warning("first load of %s failed: %s", model_id, exc)
         except StoreUnavailable as exc:
