@@ -11,6 +11,7 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import time
@@ -25,7 +26,8 @@ from mmesh.core.ids import InstanceId, ModelId
 from mmesh.core.proto import grpc_predict_v2_pb2 as v2
 from mmesh.core.proto import model_mesh_pb2 as mm
 from mmesh.core.records import ModelRecord, VModelRecord
-from tests.fixtures.etcd import ETCDCTL_BIN, EtcdServer
+from tests.fixtures.etcd import ETCDCTL_BIN, EtcdServer, make_data_dir, start_etcd
+from tests.fixtures.procs import free_port
 from tests.fixtures.router import RouterProc, clients, router_process
 from tests.fixtures.runtimes import StubRuntimeProc, stub_runtime_process
 
@@ -286,3 +288,50 @@ def test_a_new_inference_service_that_cannot_load_reports_why_with_no_request(
     time.sleep(1)
     failed = sum(mesh.stubs[p].stats()["failed_loads"].get("bad__v1", 0) for p in PODS)
     assert failed == 2
+
+
+def test_a_load_while_etcd_is_away_fails_unavailable_naming_etcd_and_is_not_held_against_the_model(
+    tmp_path: Path,
+) -> None:
+    """A cold request while etcd is down cannot claim its copy: UNAVAILABLE naming etcd,
+    and no load failure is remembered, so the model loads as soon as etcd is back."""
+    data = make_data_dir()
+    client_port, peer_port = free_port(), free_port()
+    etcd_stack = contextlib.ExitStack()
+    try:
+        etcd = etcd_stack.enter_context(
+            start_etcd(
+                tmp_path / "etcd1.log", data_dir=data, client_port=client_port, peer_port=peer_port
+            )
+        )
+        with (
+            stub_runtime_process(tmp_path) as stub,
+            router_process(
+                tmp_path, etcd_endpoint=etcd.endpoint, runtime_port=stub.port, env=ENV
+            ) as router,
+        ):
+            register(router, "cold")
+            etcd_stack.close()
+
+            with pytest.raises(grpc.RpcError) as failed:
+                infer(router, "cold", timeout_s=30)
+            assert failed.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert "etcd" in (failed.value.details() or "")
+            assert stub.stats()["loads"] == {}
+
+            etcd_stack.enter_context(
+                start_etcd(
+                    tmp_path / "etcd2.log",
+                    data_dir=data,
+                    client_port=client_port,
+                    peer_port=peer_port,
+                )
+            )
+            took = wait_for(
+                lambda: answers(router, "cold"), 15, "the model loads once etcd is back"
+            )
+            assert took < 15
+            assert model_status(router, "cold").status == mm.ModelStatusInfo.LOADED
+    finally:
+        etcd_stack.close()
+        shutil.rmtree(data, ignore_errors=True)
