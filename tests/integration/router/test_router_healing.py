@@ -186,7 +186,9 @@ def test_both_routers_killed_and_restarted_under_their_ids_answer_again(mesh: Me
 
     for router in (a, b):
         wait_for(lambda r=router: answers(r, "hot"), 15, f"{router.instance_id} answers")
-    assert time.monotonic() - restarted < 15
+    recovered_s = time.monotonic() - restarted
+    print(f"double restart: both pods answer {recovered_s:.2f} s after the second restart")
+    assert recovered_s < 15
     for _ in range(10):
         assert infer(a, "hot") == "hot" and infer(b, "hot") == "hot"
     assert mesh.claims("hot") == mesh.held_by("hot") != set()

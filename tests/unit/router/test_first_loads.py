@@ -11,6 +11,7 @@ import pytest
 from mmesh.core.ids import InstanceId, ModelId, VModelId
 from mmesh.core.kv import MemoryKV
 from mmesh.core.records import InstanceRecord, KeyLayout, ModelRecord, VModelRecord
+from mmesh.router.errors import NoCapacity
 from mmesh.router.healer import FirstLoads
 from mmesh.router.registry import Registry
 
@@ -48,10 +49,10 @@ async def put_vmodel(reg: Registry, vmodel_id: str, active: str, target: str | N
 
 async def settled(reg: Registry, loads: FirstLoads) -> None:
     """The watch delivered what was written, and every load it started has run."""
-    marker = InstanceId(f"marker-{len(reg.instances.items)}")
+    marker = ModelId(f"marker-{len(reg.models.items)}")  # no vmodel: never loaded
     arrived = asyncio.Event()
     reg.on_change(lambda table, ident: arrived.set() if ident == marker else None)
-    await reg.kv.put(LAYOUT.instance_key(marker), InstanceRecord().to_json())
+    await reg.kv.put(LAYOUT.model_key(marker), ModelRecord(model_type="none").to_json())
     async with asyncio.timeout(2):
         await arrived.wait()
     await asyncio.gather(*loads._tasks)
@@ -119,3 +120,23 @@ async def test_a_transition_target_is_loaded_only_while_the_active_model_has_no_
     loads.sweep()
     await settled(registry, loads)
     assert set(placer.placed) == {"cold__v2"}
+
+
+async def test_a_model_with_no_room_waits_until_a_new_instance_comes(registry: Registry) -> None:
+    class Refusing(Placer):
+        async def __call__(self, model_id: str, record: ModelRecord) -> str:
+            self.placed.append(model_id)
+            raise NoCapacity("There are no running instances that meet the label requirements")
+
+    placer = Refusing()
+    loads = first_loads(registry, placer)
+    await put_model(registry, "small__v1", ModelRecord(model_type="mt:small"))
+    await put_vmodel(registry, "small", "small__v1")
+    await settled(registry, loads)
+    loads.sweep()
+    await settled(registry, loads)
+    assert placer.placed == ["small__v1"]  # the retry waits its back-off
+
+    await registry.kv.put(LAYOUT.instance_key(InstanceId("pod-small")), InstanceRecord().to_json())
+    await settled(registry, loads)
+    assert placer.placed == ["small__v1", "small__v1"]
