@@ -337,3 +337,56 @@ def test_a_load_while_etcd_is_away_fails_unavailable_naming_etcd_and_is_not_held
     finally:
         etcd_stack.close()
         shutil.rmtree(data, ignore_errors=True)
+
+
+def test_the_periodic_reconcile_drops_claims_nobody_backs_and_expired_failures(
+    tmp_path: Path, etcd_server: EtcdServer
+) -> None:
+    """No request needed: each router compares its cache with the registry every
+    MM_RECONCILE_INTERVAL_SECS and repairs its own entries."""
+    env = {**ENV, "MM_RECONCILE_INTERVAL_SECS": "1", "MM_LOAD_FAILURE_EXPIRY_TIME_MS": "60000"}
+    with (
+        stub_runtime_process(tmp_path) as stub,
+        router_process(
+            tmp_path, etcd_endpoint=etcd_server.endpoint, runtime_port=stub.port, env=env
+        ) as router,
+    ):
+        me = InstanceId(router.instance_id)
+        stamp = int(time.time() * 1000)
+        base = f"{router.root_prefix}/mm/modelmesh-serving/registry"
+        stale = ModelRecord(model_type="stub", instance_ids={me: stamp}, loaded_in={me: stamp})
+        expired = ModelRecord(
+            model_type="stub", failed_in={me: stamp - 120_000}, failures={me: "old failure"}
+        )
+        etcdctl = [str(ETCDCTL_BIN), f"--endpoints={etcd_server.endpoint}"]
+        env_ctl = {**os.environ, "ETCDCTL_API": "3"}
+        for name, record in (("stale", stale), ("expired", expired)):
+            value = record.to_json().decode()
+            subprocess.run(
+                [*etcdctl, "put", f"{base}/{name}", value],
+                env=env_ctl,
+                check=True,
+                capture_output=True,
+                timeout=10,
+            )
+
+        def stored(name: str) -> dict[str, object]:
+            out = subprocess.run(
+                [*etcdctl, "get", "--print-value-only", f"{base}/{name}"],
+                env=env_ctl,
+                check=True,
+                capture_output=True,
+                timeout=10,
+                text=True,
+            ).stdout
+            found: dict[str, object] = json.loads(out)
+            return found
+
+        def repaired() -> bool:
+            return "failedIn" not in stored("expired") and "instanceIds" not in stored("stale")
+
+        took = wait_for(repaired, 10, "the reconcile repaired both records")
+        assert took < 10
+        assert repairs(router, "stale_claim") == 1
+        assert repairs(router, "expired_failure") == 1
+        assert stub.stats()["loads"] == {}
