@@ -9,7 +9,9 @@
       TooManyRequests        the model's in-flight bound here is reached     -> RESOURCE_EXHAUSTED
       LoadFailed             the runtime failed to load the model            -> INTERNAL
       ModelNotHere           the copy vanished; retry elsewhere (internal)   -> UNAVAILABLE
+        CopyNotHeld          a peer's claimed copy is not there (stale claim) -> UNAVAILABLE
       RuntimeUnavailable     the local runtime or a peer does not answer     -> UNAVAILABLE
+      RegistryUnavailable    etcd does not answer, so no copy can be claimed -> UNAVAILABLE
       Unimplemented          streaming, or a method the runtime does not allow -> UNIMPLEMENTED
       RequestTimeout         the request's deadline passed while it waited   -> DEADLINE_EXCEEDED
       ShuttingDown           this router is stopping                         -> UNAVAILABLE
@@ -71,7 +73,20 @@ class ModelNotHere(RouterError):
     http_status = 503
 
 
+class CopyNotHeld(ModelNotHere):
+    """A forwarded request reached the instance the registry names as a holder, and that
+    instance holds no copy: its claim is stale and the sender removes it."""
+
+
 class RuntimeUnavailable(RouterError):
+    grpc_code = "UNAVAILABLE"
+    http_status = 503
+
+
+class RegistryUnavailable(RouterError):
+    """A load could not be recorded in the registry (etcd is away). Not the model's fault
+    nor the instance's: not recorded as a load failure, not retried on other instances."""
+
     grpc_code = "UNAVAILABLE"
     http_status = 503
 
