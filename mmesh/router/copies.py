@@ -99,9 +99,9 @@ class MeshView:
     now_ms: int
 
 
-def wants_another_copy(rpm: int, policy: CopyPolicy) -> bool:
+def wants_another_copy(rpm: int, threshold_rpm: int) -> bool:
     """Scale-up: a copy above the threshold (strictly: a rate at it is no reason)."""
-    return rpm > policy.scaleup_rpm
+    return rpm > threshold_rpm
 
 
 def idle_ms(cache_age_ms: int, policy: CopyPolicy) -> int:

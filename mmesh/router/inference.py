@@ -250,8 +250,9 @@ class InferenceRouter:
             self.local.is_loaded(call.model_id)
             or (peers.is_balanced(call.headers) and self.local.has_copy(call.model_id))
             # Our copy is being evicted but the registry still names us, so no other instance
-            # may load it: wait for the unload here and load it again.
-            or self.local.is_unloading(call.model_id)
+            # may load it: wait for the unload here and load it again. (A copy retired by
+            # scale-down left the registry first: the request goes to a remaining copy.)
+            or (self.local.is_unloading(call.model_id) and me in record.instance_ids)
         ):
             return await self._attempt(me, self._serve_local(call, exclude))
         others = self.peer_records()
@@ -348,7 +349,10 @@ class InferenceRouter:
         await self._ensure_local(call.model_id, record, unreachable)
         self.on_served(call.model_id)
         try:
-            return await self.forwarder.call(call.method, call.payload, metadata, call.timeout_s)
+            with self.local.in_use(call.model_id):  # a retiring copy unloads after this
+                return await self.forwarder.call(
+                    call.method, call.payload, metadata, call.timeout_s
+                )
         except ModelNotHere:
             logger.warning("runtime lost model %s; reloading it once", call.model_id)
             self.local.evict(call.model_id)

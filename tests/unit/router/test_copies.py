@@ -235,8 +235,8 @@ def test_min_copy_protection(
 
 
 def test_a_rate_at_the_threshold_is_no_reason_to_scale_up() -> None:
-    assert not wants_another_copy(600, POLICY)
-    assert wants_another_copy(601, POLICY)
+    assert not wants_another_copy(600, POLICY.scaleup_rpm)
+    assert wants_another_copy(601, POLICY.scaleup_rpm)
 
 
 def test_bad_policies_are_refused() -> None:
@@ -287,7 +287,7 @@ class Sim:
                 self.last_use[holder] = self.now
         view_rpm = {p: shares.get(p, 0) for p in PODS}
         # Scale-up: the lowest holder over the threshold asks for one more copy.
-        if any(wants_another_copy(rpm, POLICY) for rpm in shares.values()):
+        if any(wants_another_copy(rpm, POLICY.scaleup_rpm) for rpm in shares.values()):
             spare = [p for p in PODS if p not in self.loaded]
             if spare:
                 self.loaded[spare[0]] = self.now
