@@ -255,7 +255,7 @@ async def build_pod(settings: RouterSettings, life: Lifecycle) -> Pod:
             second_copy_age_s=settings.second_copy_age_s,
             second_copy_gap_s=settings.second_copy_gap_s,
             failure_expiry_ms=settings.load_failure_expiry_ms,
-            copies=copy_policy(settings),
+            copy_policy=copy_policy(settings),
             scaledown_interval_s=settings.scaledown_interval_s,
             retire_drain_s=settings.copy_drain_s,
         ),

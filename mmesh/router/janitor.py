@@ -64,7 +64,7 @@ class JanitorPolicy:
     second_copy_age_s: float
     second_copy_gap_s: float
     failure_expiry_ms: int
-    copies: copies.CopyPolicy | None = None
+    copy_policy: copies.CopyPolicy | None = None
     """Windows of the copy scale-down (`scale_down_idle`); None turns it off."""
     scaledown_interval_s: float = 360.0
     retire_drain_s: float = 30.0
@@ -112,7 +112,7 @@ class Janitor:
             asyncio.create_task(self._every(self.policy.reap_grace_s / 2, self.leader_duties)),
             asyncio.create_task(self._every(GC_FREEZE_INTERVAL_S, self._gc.tick)),
         ]
-        if self.policy.copies is not None:
+        if self.policy.copy_policy is not None:
             period = self.policy.scaledown_interval_s
             self._tasks.append(asyncio.create_task(self._every(period, self.scale_down_idle)))
 
@@ -195,7 +195,7 @@ class Janitor:
     async def scale_down_idle(self) -> None:
         """Tell the registry that shared models are still in use here, then retire the
         local extra copies that have gone idle."""
-        policy = self.policy.copies
+        policy = self.policy.copy_policy
         if policy is None:
             return
         view, held = self._mesh_view(), self._held_copies()
