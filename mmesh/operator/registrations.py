@@ -154,7 +154,11 @@ class Registrations:
                 if await self.kv.put_if(key, _model_record(reg).to_json(), mod_revision=0):
                     return
                 continue
-            current = ModelRecord.from_json(found.value, key)
+            try:
+                current = ModelRecord.from_json(found.value, key)
+            except InvalidRecord:
+                logger.warning("not updating %s: unreadable record", key)
+                return
             if current.min_copies == reg.min_copies:
                 return
             record = replace(current, min_copies=reg.min_copies)
