@@ -43,7 +43,7 @@ async def registry() -> AsyncIterator[Registry]:
 
 
 async def setup(
-    registry: Registry, *, min_copies: int = 0, last_unload_ms: int = 0
+    registry: Registry, *, min_copies: int = 0, unloaded_ago_ms: int | None = None
 ) -> tuple[LocalModels, FakeRuntime]:
     runtime = FakeRuntime()
     info = RuntimeInfo(100, 1, 1000, 1, "1", {}, False)
@@ -57,6 +57,7 @@ async def setup(
         policy=EvictionPolicy(min_churn_age_ms=0),
         failure_expiry_ms=900_000,
     )
+    last_unload_ms = 0 if unloaded_ago_ms is None else now_ms() - unloaded_ago_ms
     record = ModelRecord("stub", min_copies=min_copies, last_unload_ms=last_unload_ms)
     for iid in (HERE, PEER):
         record = record.with_copy_loaded(iid, now_ms() - 60_000)
@@ -105,7 +106,7 @@ async def test_a_request_that_never_ends_delays_the_unload_only_by_the_drain_lim
     [
         ({}, {}, False),  # the other copy's pod is gone: this is the last live copy
         ({"min_copies": 2}, {"keep": 2}, True),  # one of the model's minimum copies
-        ({"last_unload_ms": now_ms()}, {}, True),  # another copy went a moment ago
+        ({"unloaded_ago_ms": 1000}, {}, True),  # another copy went a moment ago
     ],
     ids=["last live copy", "minimum copy", "within the unload gap"],
 )
