@@ -13,7 +13,8 @@ Rules (reference §4.8; every window is a setting, see `CopyPolicy`):
   * the copy is idle: unused here for `idle_ms` = 10 % of the cache age, clamped to
     [`steady_gap_ms`, `idle_max_ms`] (reference: 10 % of the cache age, at most 10 h);
     for the last extra copy (2 -> 1) the model must be idle everywhere: its registry last
-    use (`lu`, which holders refresh through `last_use_to_publish`) too;
+    use (`lu`, which holders refresh through `last_use_to_publish` once it is a quarter
+    window stale) must be older than 1.25 windows;
   * the remaining holders stay under 2/3 of the scale-up rate even if one of them takes
     all of this copy's traffic: rpm of the busiest remaining holder (its whole pod's rate,
     an upper bound of its share) + this copy's rpm <= 2/3 x scaleup_rpm.
@@ -139,9 +140,13 @@ def keep_reason(
         gap = now - record.last_unload_ms
         return f"a copy was removed {gap} ms ago (gap {policy.unload_gap_ms} ms)"
     window = idle_ms(mesh.cache_age_ms, policy)
-    last_use = copy.last_used_ms if len(others) > 1 else max(copy.last_used_ms, record.last_used_ms)
-    if now - last_use < window:
-        return f"used {now - last_use} ms ago (idle after {window} ms)"
+    if now - copy.last_used_ms < window:
+        return f"used {now - copy.last_used_ms} ms ago (idle after {window} ms)"
+    # The last extra copy goes only if the model is idle everywhere; the record's last use
+    # lags the other holders' by up to a refresh, so it must be older by that much more.
+    everywhere = window + int(window * LAST_USE_REFRESH_FRACTION)
+    if len(others) == 1 and now - record.last_used_ms < everywhere:
+        return f"used {now - record.last_used_ms} ms ago elsewhere (idle after {everywhere} ms)"
     limit = int(policy.scaleup_rpm * SCALE_DOWN_RATE_FRACTION)
     busiest = max(mesh.live_rpm[i] for i in others)
     if busiest + copy.rpm > limit:

@@ -119,9 +119,9 @@ KEEP_CASES = [
     (
         "2 -> 1: used recently elsewhere (lu)",
         idle_copy(),
-        record("me", "b", last_used_ago_s=100),
+        record("me", "b", last_used_ago_s=140),
         mesh(),
-        "used 100000 ms ago",
+        "used 140000 ms ago elsewhere (idle after 150000 ms)",
     ),
     (
         "3 -> 2: use elsewhere does not keep this copy",
