@@ -192,11 +192,14 @@ def last_use_to_publish(
 def is_min_copy(
     record: ModelRecord | None, instance_id: str, is_live: Callable[[str], bool]
 ) -> bool:
-    """Whether this instance's copy is one of the model's minimum copies: the model asks for
-    some and has no more live copies than that, so evicting this one would go below it."""
+    """Whether this instance's copy is one of the model's minimum copies: the oldest
+    `min_copies` live copies (by load start, then instance id) are. Every pod ranks the same
+    way, so when a model briefly has more copies than its minimum, only the newest may go:
+    two pods never both evict theirs at once."""
     if record is None or record.min_copies <= 0:
         return False
     if InstanceId(instance_id) not in record.instance_ids:
         return False
-    live = sum(1 for iid in record.instance_ids if is_live(iid))
-    return live <= record.min_copies
+    live = sorted((t, iid) for iid, t in record.instance_ids.items() if is_live(iid))
+    oldest = [iid for _, iid in live[: record.min_copies]]
+    return instance_id in oldest

@@ -112,11 +112,10 @@ def test_minimum_copies_survive_a_burst_that_evicts_everything_else(
             timeout=10,
         )
         wait_for(lambda: len(pods_holding(m, "pinned")) == 2, timeout_s=15)
-        holders = set(pods_holding(m, "pinned"))
         time.sleep(1.5)  # "pinned" is now older than every model of the burst
         for i in range(15):  # five times what the free slots hold: every pod evicts
             register(b, f"filler-{i}")
             b.infer.ModelInfer(request(f"filler-{i}"), timeout=10)
-            assert set(pods_holding(m, "pinned")) == holders, i
+            assert len(pods_holding(m, "pinned")) >= 2, i
         assert not pods_holding(m, "filler-0")  # the burst did evict
         assert loaded_copies(b, "pinned") == 2

@@ -234,6 +234,15 @@ def test_min_copy_protection(
     assert is_min_copy(None, "me", lambda iid: True) is False
 
 
+def test_of_more_copies_than_the_minimum_only_the_newest_are_unprotected() -> None:
+    rec = record("me", "b", "c", min_copies=2)
+    started = {InstanceId("c"): NOW - 3000, InstanceId("me"): NOW - 2000, InstanceId("b"): NOW}
+    rec = replace(rec, instance_ids=started)
+    everyone = {"me", "b", "c"}
+    protected = {iid for iid in everyone if is_min_copy(rec, iid, lambda i: i in everyone)}
+    assert protected == {"c", "me"}
+
+
 def test_a_rate_at_the_threshold_is_no_reason_to_scale_up() -> None:
     assert not wants_another_copy(600, POLICY.scaleup_rpm)
     assert wants_another_copy(601, POLICY.scaleup_rpm)
