@@ -117,5 +117,8 @@ def test_minimum_copies_survive_a_burst_that_evicts_everything_else(
             register(b, f"filler-{i}")
             b.infer.ModelInfer(request(f"filler-{i}"), timeout=10)
             assert len(pods_holding(m, "pinned")) >= 2, i
-        assert not pods_holding(m, "filler-0")  # the burst did evict
-        assert loaded_copies(b, "pinned") == 2
+        unloads = sum(sum(m.stubs[pod].stats()["unloads"].values()) for pod in PODS)
+        assert unloads >= 15 - 7, unloads  # the burst did evict: 7 slots were left for it
+        # (A pod whose 2 s lease lapses under load may briefly look gone to the leader, which
+        # then adds a third copy: never fewer than 2 is the promise.)
+        assert loaded_copies(b, "pinned") >= 2
