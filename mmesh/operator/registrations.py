@@ -2,8 +2,9 @@
 
 For an InferenceService the operator writes (reference: modelmesh-features.md §3.5):
 
-- `registry/<name>__isvc-<hash>`: a ModelRecord (type, path, key, `autoDel: true`), created
-  once (compare-and-swap on "does not exist"); the routers own its copies from then on;
+- `registry/<name>__isvc-<hash>`: a ModelRecord (type, path, key, `autoDel: true`, minimum
+  copies), created once (compare-and-swap on "does not exist"); the routers own its copies
+  from then on, the operator only moves its minimum copies (compare-and-swap);
 - `vmodels/<name>`: created with active = target = that model; on a spec change only the
   target moves (the routers load it, promote it once a copy is LOADED and delete the old
   auto-delete model). A target dropped before it was promoted is deleted here, and a vmodel
@@ -23,7 +24,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from mmesh.core.errors import InvalidRecord, RevisionCompacted, StoreUnavailable
 from mmesh.core.ids import ModelId, VModelId
@@ -91,7 +92,11 @@ class MeshScope:
 def _model_record(reg: Registration) -> ModelRecord:
     info = reg.model_info
     return ModelRecord(
-        model_type=info.type, model_path=info.path, encoded_key=info.key, auto_delete=True
+        model_type=info.type,
+        model_path=info.path,
+        encoded_key=info.key,
+        auto_delete=True,
+        min_copies=reg.min_copies,
     )
 
 
@@ -115,9 +120,7 @@ class Registrations:
     async def upsert(self, reg: Registration, service: str) -> VModelRecord:
         """Make the records say what `reg` says; raise InvalidSpec on a foreign vmodel."""
         layout = self.scope.layout(reg.namespace, service)
-        model_key = layout.model_key(reg.model_id)
-        if await self.kv.get(model_key) is None:
-            await self.kv.put_if(model_key, _model_record(reg).to_json(), mod_revision=0)
+        await self._put_model(layout.model_key(reg.model_id), reg)
         vkey = layout.vmodel_key(reg.vmodel_id)
         while True:
             found = await self.kv.get(vkey)
@@ -142,6 +145,26 @@ class Registrations:
                     "vmodel %s/%s now targets %s", reg.namespace, reg.vmodel_id, reg.model_id
                 )
                 return record
+
+    async def _put_model(self, key: str, reg: Registration) -> None:
+        """Create the model record, or bring its minimum copies in line with `reg`."""
+        while True:
+            found = await self.kv.get(key)
+            if found is None:
+                if await self.kv.put_if(key, _model_record(reg).to_json(), mod_revision=0):
+                    return
+                continue
+            try:
+                current = ModelRecord.from_json(found.value, key)
+            except InvalidRecord:
+                logger.warning("not updating %s: unreadable record", key)
+                return
+            if current.min_copies == reg.min_copies:
+                return
+            record = replace(current, min_copies=reg.min_copies)
+            if await self.kv.put_if(key, record.to_json(), mod_revision=found.mod_revision):
+                logger.info("model %s now keeps %d minimum copies", key, reg.min_copies)
+                return
 
     async def delete(
         self, namespace: str, vmodel_id: VModelId, service: str, owner: str = ISVC_SOURCE

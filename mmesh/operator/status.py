@@ -2,7 +2,8 @@
 
 Input is an `Observation` (the vmodel record, the model records it points at, and what the
 operator itself found: a spec problem, or that no pod of a supporting runtime is up). Output
-is the status dict: `modelStatus` (states, transitionStatus, copies, lastFailureInfo),
+is the status dict: `modelStatus` (states, transitionStatus, copies with `minCopies` when
+the model keeps some, lastFailureInfo),
 `conditions` (PredictorReady, Ready) and, only while the predictor is available, `url` and
 `components.predictor` URLs. Mirrors kserve/modelmesh-serving predictor_controller.go
 (decodeModelState, updatePredictorStatusFromVModel) and inferenceservice_registry.go
@@ -90,6 +91,7 @@ class ModelView:
     total_copies: int = 0
     failed_copies: int = 0
     failure: FailureInfo | None = None
+    min_copies: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +129,7 @@ def decode_model(
         total_copies=counts[CopyState.LOADED] + counts[CopyState.LOADING] + len(live_failures),
         failed_copies=len(live_failures),
         failure=_load_failure(model_id, record, live_failures[0]) if live_failures else None,
+        min_copies=record.min_copies,
     )
 
 
@@ -227,11 +230,13 @@ def _runtime_outlook(view: ModelView, observation: Observation) -> ModelView:
     problem = observation.problem
     if problem is not None and problem.reason in _PLACEMENT_REASONS:
         info = FailureInfo(problem.reason, problem.message, view.model_id)
-        return ModelView(view.model_id, ModelState.FAILED_TO_LOAD, failure=info)
+        return ModelView(
+            view.model_id, ModelState.FAILED_TO_LOAD, failure=info, min_copies=view.min_copies
+        )
     if observation.waiting_for_runtime:
         info = FailureInfo(FailureReason.RUNTIME_UNHEALTHY, RUNTIME_WAIT_MESSAGE, view.model_id)
         state = ModelState.PENDING if view.state is ModelState.PENDING else ModelState.LOADING
-        return ModelView(view.model_id, state, failure=info)
+        return ModelView(view.model_id, state, failure=info, min_copies=view.min_copies)
     return view
 
 
@@ -291,6 +296,8 @@ def _model_status(decoded: _Decoded, failure: FailureInfo | None) -> dict[str, A
             "totalCopies": sum(v.total_copies for v in views),
         },
     }
+    if decoded.current.min_copies:
+        out["copies"]["minCopies"] = decoded.current.min_copies
     if failure is not None:
         out["lastFailureInfo"] = failure.to_status()
     return out

@@ -11,6 +11,9 @@ Rules (reference: modelmesh-serving pkg/predictor_source/inferenceservice_regist
   `storage.parameters`. The storage key is `storage.key`, else the
   `serving.kserve.io/secretKey` annotation; the schema path is `storage.schemaPath`, else
   the `serving.kserve.io/schemaPath` annotation.
+- The `serving.kserve.io/minimumCopies` annotation (a whole number, 0 = none) becomes the
+  model record's minimum copies; it is not part of the spec hash (changing it reloads
+  nothing).
 - vmodel id = InferenceService name; concrete model id = `<name>__isvc-<hash>` of the
   translated spec (naming.py); ModelInfo.type is the placement requirement
   (runtime_selection.py); ModelInfo.key is the JSON the adapter parses
@@ -33,6 +36,7 @@ from mmesh.core.model_key import ModelKey
 from mmesh.operator.errors import FailureReason, InvalidSpec
 from mmesh.operator.naming import ISVC_SOURCE, check_isvc_name, concrete_model_id
 from mmesh.operator.resources import (
+    MIN_COPIES_ANNOTATION,
     SCHEMA_PATH_ANNOTATION,
     SECRET_KEY_ANNOTATION,
     SERVING_RUNTIME_ANNOTATION,
@@ -42,6 +46,7 @@ from mmesh.operator.resources import (
 from mmesh.operator.runtime_selection import UNKNOWN_PROTOCOL, ModelFormat, Requirement
 
 AZURE_BLOB_HOST_SUFFIX = "blob.core.windows.net"
+MAX_MIN_COPIES = 1000
 
 _EMPTY: Mapping[str, str] = MappingProxyType({})
 
@@ -77,6 +82,8 @@ class Registration:
     model_info: ModelInfo
     owner: str = ISVC_SOURCE
     """vmodel owner: keeps InferenceServices apart from other sources of the same name."""
+    min_copies: int = 0
+    """Copies the mesh keeps loaded even when unused (`serving.kserve.io/minimumCopies`)."""
 
 
 def to_registration(isvc: InferenceService) -> Registration:
@@ -97,6 +104,7 @@ def to_registration(isvc: InferenceService) -> Registration:
             path=storage.path,
             key=model_key_json(requirement.format, storage),
         ),
+        min_copies=_min_copies(isvc),
     )
 
 
@@ -131,6 +139,19 @@ def _predictor(isvc: InferenceService) -> tuple[PredictorModel, str | None]:
             f"({', '.join(frameworks)}); give exactly one"
         )
     return isvc.frameworks[0][1], annotated or None
+
+
+def _min_copies(isvc: InferenceService) -> int:
+    text = isvc.meta.annotations.get(MIN_COPIES_ANNOTATION)
+    if text is None:
+        return 0
+    value = str(text).strip()
+    if not re.fullmatch(r"[0-9]{1,9}", value) or int(value) > MAX_MIN_COPIES:
+        raise _invalid(
+            f"annotation {MIN_COPIES_ANNOTATION} must be a whole number of copies from 0 to "
+            f"{MAX_MIN_COPIES}, got {text!r}"
+        )
+    return int(value)
 
 
 def _model_format(model: PredictorModel) -> ModelFormat:

@@ -26,6 +26,7 @@ from mmesh.core.records import UNIT_BYTES, InstanceRecord, KeyLayout, Table, byt
 from mmesh.core.version import VERSION
 from mmesh.router.cache import EntryState, EvictionPolicy, LocalCache
 from mmesh.router.certs import CertFiles, PeerCredentials, ServerContext, server_credentials
+from mmesh.router.copies import CopyPolicy, is_min_copy
 from mmesh.router.errors import RouterError
 from mmesh.router.forwarding import Forwarder
 from mmesh.router.healer import FirstLoads, Healer
@@ -63,6 +64,17 @@ def eviction_policy(settings: RouterSettings, info: RuntimeInfo) -> EvictionPoli
         return EvictionPolicy(min_churn_age_ms=settings.min_churn_age_ms)
     assume_loaded_ms = max(3000, info.load_timeout_ms // 3)
     return EvictionPolicy(min_churn_age_ms=10 * assume_loaded_ms)
+
+
+def copy_policy(settings: RouterSettings) -> CopyPolicy:
+    return CopyPolicy(
+        scaleup_rpm=settings.scaleup_rpm_threshold,
+        idle_max_ms=int(settings.copy_idle_max_s * 1000),
+        steady_gap_ms=int(settings.second_copy_gap_s * 1000),
+        settle_ms=int(settings.copy_settle_s * 1000),
+        unload_gap_ms=int(settings.copy_unload_gap_s * 1000),
+        max_free_fraction=settings.scaledown_max_free_pct / 100,
+    )
 
 
 def instance_snapshot(
@@ -255,6 +267,9 @@ async def build_pod(settings: RouterSettings, life: Lifecycle) -> Pod:
             second_copy_age_s=settings.second_copy_age_s,
             second_copy_gap_s=settings.second_copy_gap_s,
             failure_expiry_ms=settings.load_failure_expiry_ms,
+            copy_policy=copy_policy(settings),
+            scaledown_interval_s=settings.scaledown_interval_s,
+            retire_drain_s=settings.copy_drain_s,
         ),
         lease=lambda: pod.membership.lease if pod.membership else None,
     )
@@ -285,6 +300,9 @@ async def build_pod(settings: RouterSettings, life: Lifecycle) -> Pod:
     pod.tls = tls
     local.on_change = pod.changed
     local.is_live = lambda iid: iid == local.instance_id or iid in registry.instances.items
+    local.cache.protected = lambda m: is_min_copy(
+        registry.models.get(m), local.instance_id, local.is_live
+    )
     router.self_record = pod.snapshot
     router.on_served = janitor.count
     registry.on_change(lambda table, ident: _drop_unregistered(registry, local, table, ident))

@@ -14,14 +14,16 @@ models dropped with `remove()` are free only once they are unloaded.
 `admit()` refuses, inserting nothing, when room can only be made by evicting
 a model used within the churn age ("Cache churn threshold exceeded") or a
 model used more recently than the newcomer (it would be evicted at once), or
-when the space is held by entries still loading or unloading. Callers: the
-router's loading and placement shells, which pass `now` in epoch ms.
+when the space is held by entries still loading or unloading. Entries the
+`protected` predicate names (a model's minimum copies) are never victims.
+Callers: the router's loading and placement shells, which pass `now` in epoch ms.
 """
 
 from __future__ import annotations
 
 import enum
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from mmesh.core.ids import ModelId
@@ -50,6 +52,7 @@ class Refusal(enum.StrEnum):
     STALE = "model is older than every loaded model that could make room"
     UNLOADING = "capacity is taken up by models still unloading"
     BUSY = "capacity is taken up by models still loading or failed"
+    PROTECTED = "capacity is taken up by models' minimum copies"
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,10 +117,14 @@ class _Slot:
 class LocalCache:
     """Weighted LRU of this pod's models; see the module docstring for the rules."""
 
-    def __init__(self, capacity_units: int) -> None:
+    def __init__(
+        self, capacity_units: int, *, protected: Callable[[ModelId], bool] | None = None
+    ) -> None:
         if capacity_units < 0:
             raise ValueError(f"capacity_units must not be negative: {capacity_units}")
         self.capacity_units = capacity_units
+        self.protected: Callable[[ModelId], bool] = protected or _unprotected
+        """Eviction skips entries this says True for (see `copies.is_min_copy`)."""
         # Ordered by last_used_ms, oldest first; equal times keep insertion order.
         self._slots: OrderedDict[ModelId, _Slot] = OrderedDict()
         self._newest_ms = _NEVER  # >= every last_used_ms in _slots
@@ -283,10 +290,14 @@ class LocalCache:
         the newcomer) or after `churn_after` (too young to evict).
         """
         victims: list[_Slot] = []
+        kept = False
         for slot in self._slots.values():
             if need <= 0:
                 break
             if slot.state is not EntryState.LOADED or slot.model_id == skip:
+                continue
+            if self.protected(slot.model_id):
+                kept = True
                 continue
             if slot.last_used_ms > stale_after:
                 return victims, need, Refusal.STALE
@@ -294,7 +305,7 @@ class LocalCache:
                 return victims, need, Refusal.CHURN
             victims.append(slot)
             need -= slot.units
-        return victims, need, None
+        return victims, need, Refusal.PROTECTED if kept and need > 0 else None
 
     def _refuse(self, weight: int, missing: int, stop: Refusal | None) -> Admission:
         unclaimed = self._unloading_units - self._claimed_units
@@ -353,3 +364,7 @@ class LocalCache:
         if slot is None:
             raise ValueError(f"model {model_id} is not in the cache")
         return slot
+
+
+def _unprotected(_: ModelId) -> bool:
+    return False

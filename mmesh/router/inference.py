@@ -357,7 +357,10 @@ class InferenceRouter:
         await self._ensure_local(call.model_id, record, unreachable)
         self.on_served(call.model_id)
         try:
-            return await self.forwarder.call(call.method, call.payload, metadata, call.timeout_s)
+            with self.local.in_use(call.model_id):  # a retiring copy unloads after this
+                return await self.forwarder.call(
+                    call.method, call.payload, metadata, call.timeout_s
+                )
         except ModelNotHere:
             # The runtime lost a copy this router holds: it may have lost them all.
             await self.healer.runtime_lost(call.model_id)

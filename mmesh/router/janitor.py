@@ -17,12 +17,14 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from mmesh.core.errors import StoreUnavailable
 from mmesh.core.ids import InstanceId
 from mmesh.core.kv import Lease
 from mmesh.core.records import InstanceRecord, ModelRecord, bytes_to_units
+from mmesh.router import copies
+from mmesh.router.cache import EntryState
 from mmesh.router.errors import RouterError
 from mmesh.router.inference import InferenceRouter
 from mmesh.router.loading import now_ms
@@ -62,6 +64,11 @@ class JanitorPolicy:
     second_copy_age_s: float
     second_copy_gap_s: float
     failure_expiry_ms: int
+    copy_policy: copies.CopyPolicy | None = None
+    """Windows of the copy scale-down (`scale_down_idle`); None turns it off."""
+    scaledown_interval_s: float = 360.0
+    retire_drain_s: float = 30.0
+    """How long a retired copy waits for requests still running on it before it unloads."""
 
 
 class Janitor:
@@ -85,6 +92,8 @@ class Janitor:
         """Other leader-only work run with each survey (the management API's transitions)."""
         self.requests: Counter[str] = Counter()
         self.rpm = 0
+        self.model_rpm: dict[str, int] = {}
+        """Requests/min each local copy served in the last rate window."""
         self.is_leader = False
         self._in_use_since: dict[str, float] = {}
         self._last_use: dict[str, float] = {}
@@ -103,6 +112,9 @@ class Janitor:
             asyncio.create_task(self._every(self.policy.reap_grace_s / 2, self.leader_duties)),
             asyncio.create_task(self._every(GC_FREEZE_INTERVAL_S, self._gc.tick)),
         ]
+        if self.policy.copy_policy is not None:
+            period = self.policy.scaledown_interval_s
+            self._tasks.append(asyncio.create_task(self._every(period, self.scale_down_idle)))
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -133,11 +145,12 @@ class Janitor:
         counts, self.requests = self.requests, Counter()
         per_minute = 60 / self.policy.rate_interval_s
         self.rpm = int(sum(counts.values()) * per_minute)
+        self.model_rpm = {m: int(n * per_minute) for m, n in counts.items()}
         now = time.monotonic()
         for model_id, n in counts.items():
             self._note_use(model_id, now)
             rpm = int(n * per_minute)
-            if rpm > self.policy.scaleup_rpm:
+            if copies.wants_another_copy(rpm, self.policy.scaleup_rpm):
                 self._scale_up(model_id, f"{rpm} req/min per copy")
             elif now - self._in_use_since[model_id] >= self.policy.second_copy_age_s:
                 self._scale_up(model_id, "in steady use", only_if_single=True)
@@ -176,6 +189,62 @@ class Janitor:
         self._scaling.discard(model_id)
         if not task.cancelled() and isinstance(task.exception(), RouterError):
             logger.warning("extra copy of %s failed: %s", model_id, task.exception())
+
+    # --- copy scale-down (decisions: mmesh.router.copies) ------------------------------
+
+    async def scale_down_idle(self) -> None:
+        """Tell the registry that shared models are still in use here, then retire the
+        local extra copies that have gone idle."""
+        policy = self.policy.copy_policy
+        if policy is None:
+            return
+        view, held = self._mesh_view(), self._held_copies()
+        records = {c.model_id: r for c in held if (r := self.registry.models.get(c.model_id))}
+        for copy in held:
+            record = records.get(copy.model_id)
+            used = record and copies.last_use_to_publish(copy, record, view, policy)
+            if used:
+                await self._publish_last_use(copy.model_id, used)
+        local = self.router.local
+        capacity = local.cache.capacity_units
+        for model_id in copies.plan_scale_down(
+            held, records, view, policy, capacity_units=capacity
+        ):
+            keep, gap = records[model_id].min_copies, policy.unload_gap_ms
+            drain = self.policy.retire_drain_s
+            if await local.retire(model_id, keep=keep, gap_ms=gap, drain_s=drain):
+                logger.info("model %s: removing this idle extra copy", model_id)
+
+    def _mesh_view(self) -> copies.MeshView:
+        live = {i: r for i, r in self.router.live_peers().items() if not r.shutting_down}
+        capacity = sum(r.capacity_units for r in live.values())
+        free = sum(r.free_units for r in live.values())
+        lrus = [r.lru_time_ms for r in live.values() if r.lru_time_ms is not None]
+        now = now_ms()
+        return copies.MeshView(
+            instance_id=self.instance_id,
+            live_rpm={i: r.rpm for i, r in live.items()},
+            free_fraction=free / capacity if capacity else 1.0,
+            cache_age_ms=now - min(lrus) if lrus else 0,
+            now_ms=now,
+        )
+
+    def _held_copies(self) -> list[copies.LocalCopy]:
+        return [
+            copies.LocalCopy(e.model_id, e.units, e.last_used_ms, self.model_rpm.get(e.model_id, 0))
+            for e in self.router.local.cache.entries()
+            if e.state is EntryState.LOADED
+        ]
+
+    async def _publish_last_use(self, model_id: str, used_ms: int) -> None:
+        await self.registry.update_model(
+            model_id,
+            lambda r: (
+                replace(r, last_used_ms=used_ms)
+                if r is not None and r.last_used_ms < used_ms
+                else UNCHANGED
+            ),
+        )
 
     # --- leader ----------------------------------------------------------------------
 

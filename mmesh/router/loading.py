@@ -10,9 +10,11 @@ the runtime confirms the unload.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Callable, Collection, Coroutine, Iterable
+from collections import Counter
+from collections.abc import Callable, Collection, Coroutine, Iterable, Iterator
 from dataclasses import replace
 from typing import Any
 
@@ -73,6 +75,8 @@ class LocalModels:
         self._slots = asyncio.Semaphore(info.loading_concurrency)
         self._background: set[asyncio.Task[None]] = set()
         self._unloads: dict[str, asyncio.Task[None]] = {}
+        self._serving: Counter[str] = Counter()
+        self._drained: dict[str, asyncio.Event] = {}
 
     # --- queries ---------------------------------------------------------------------
 
@@ -114,6 +118,19 @@ class LocalModels:
 
     def touch(self, model_id: str) -> None:
         self.cache.touch(ModelId(model_id), now_ms())
+
+    @contextlib.contextmanager
+    def in_use(self, model_id: str) -> Iterator[None]:
+        """Counts a request the local runtime is serving, so a retiring copy drains first."""
+        self._serving[model_id] += 1
+        try:
+            yield
+        finally:
+            self._serving[model_id] -= 1
+            if not self._serving[model_id]:
+                del self._serving[model_id]
+                if model_id in self._drained:
+                    self._drained[model_id].set()
 
     # --- loading ---------------------------------------------------------------------
 
@@ -314,6 +331,38 @@ class LocalModels:
         self.cache.remove(ModelId(model_id))
         self._start_unload(model_id, reason="removed", last_used_ms=entry.last_used_ms)
 
+    async def retire(self, model_id: str, *, keep: int, gap_ms: int, drain_s: float) -> bool:
+        """Scale-down of this instance's copy; False when the registry says no.
+
+        The copy leaves the registry first (one CAS, which also checks that the model keeps
+        max(1, `keep`) other live loaded copies and that no copy of it went within
+        `gap_ms`), so new requests go to the remaining copies; requests already running on
+        it finish (up to `drain_s`); then the runtime unloads it."""
+        entry = self.cache.get(ModelId(model_id))
+        if entry is None or entry.state is not EntryState.LOADED:
+            return False
+        iid, stamp, dropped = self.instance_id, now_ms(), False
+
+        def drop(rec: ModelRecord | None) -> ModelRecord | Unchanged:
+            nonlocal dropped
+            if rec is None or iid not in rec.loaded_in:
+                return UNCHANGED
+            others = [i for i in rec.loaded_in if i != iid and self.is_live(i)]
+            if len(others) < max(1, keep) or stamp - rec.last_unload_ms < gap_ms:
+                return UNCHANGED
+            dropped = True
+            return _without_copy(rec, iid, stamp, entry.last_used_ms)
+
+        await self.registry.update_model(model_id, drop)
+        current = self.cache.get(ModelId(model_id))
+        if not dropped or current is None or current.state is not EntryState.LOADED:
+            return False
+        self.cache.remove(ModelId(model_id))
+        self._start_unload(
+            model_id, reason="scaled down", last_used_ms=current.last_used_ms, drain_s=drain_s
+        )
+        return True
+
     def _unload_victims(self, victims: Iterable[CacheEntry]) -> None:
         stamp = now_ms()
         for victim in victims:
@@ -323,16 +372,25 @@ class LocalModels:
             logger.info("evicting %s (idle %d ms) to make room", victim.model_id, idle_ms)
             self._start_unload(victim.model_id, reason="evicted", last_used_ms=victim.last_used_ms)
 
-    def _start_unload(self, model_id: str, *, reason: str, last_used_ms: int) -> None:
+    def _start_unload(
+        self, model_id: str, *, reason: str, last_used_ms: int, drain_s: float = 0.0
+    ) -> None:
         task = asyncio.ensure_future(
-            self._unload(model_id, reason=reason, last_used_ms=last_used_ms)
+            self._unload(model_id, reason=reason, last_used_ms=last_used_ms, drain_s=drain_s)
         )
         self._unloads[model_id] = task
         self._background.add(task)
         task.add_done_callback(self._background.discard)
         task.add_done_callback(lambda _: self._unloads.pop(model_id, None))
 
-    async def _unload(self, model_id: str, *, reason: str, last_used_ms: int) -> None:
+    async def _unload(
+        self, model_id: str, *, reason: str, last_used_ms: int, drain_s: float = 0.0
+    ) -> None:
+        if self._serving[model_id] and drain_s > 0:
+            drained = self._drained.setdefault(model_id, asyncio.Event())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(drained.wait(), drain_s)
+            self._drained.pop(model_id, None)
         started = time.monotonic()
         for attempt in range(1, UNLOAD_ATTEMPTS + 1):
             try:

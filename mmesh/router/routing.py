@@ -141,9 +141,10 @@ def decide(model_id: str, record: ModelRecord, view: View, hops: Hops) -> Decisi
         return ForwardTo(target)
     if local is LocalCopy.LOADING and me not in exclude:
         return WaitForLoad(me)
-    if local is LocalCopy.UNLOADING and me not in exclude:
+    if local is LocalCopy.UNLOADING and me not in exclude and me in record.instance_ids:
         # The registry still names this instance until the unload ends, so nobody else
-        # would load it: wait for the unload here and load it again.
+        # would load it: wait for the unload here and load it again. (A copy retired by
+        # scale-down left the registry first: the request goes to a remaining copy.)
         return ServeHere()
     loading = choose_loading_copy(record, peers, exclude=exclude)
     if loading is not None:

@@ -91,6 +91,22 @@ class RouterSettings(BaseSettings):
     migrate_cutoff_s: float = Field(3600.0, alias="MM_SHUTDOWN_MIGRATE_CUTOFF_SECS")
     """On shutdown, models used more recently than this get a copy elsewhere first."""
 
+    scaledown_interval_s: float = Field(360.0, gt=0, alias="MM_SCALEDOWN_INTERVAL_SECS")
+    """How often this pod judges its extra copies for scale-down (the reference janitor's
+    period)."""
+    scaledown_max_free_pct: float = Field(5.0, ge=0, le=100, alias="MM_SCALEDOWN_MAX_FREE_PCT")
+    """Idle extra copies are removed only while the mesh has at most this much free space
+    (the reference: >= 95 % full); 100 removes them whenever they are idle."""
+    copy_idle_max_s: float = Field(36_000.0, ge=0, alias="MM_COPY_IDLE_MAX_SECS")
+    """An extra copy is idle once unused for 10 % of the cache age, at most this long and at
+    least MM_SECOND_COPY_MAX_GAP_SECS."""
+    copy_settle_s: float = Field(1800.0, ge=0, alias="MM_COPY_SETTLE_SECS")
+    """No copy of a model is removed this soon after one of its copies started loading."""
+    copy_unload_gap_s: float = Field(80.0, ge=0, alias="MM_COPY_UNLOAD_GAP_SECS")
+    """At most one copy of a model is removed per this long."""
+    copy_drain_s: float = Field(30.0, ge=0, alias="MM_COPY_DRAIN_SECS")
+    """A removed copy waits up to this long for requests still running on it to finish."""
+
     tls_key_cert_path: str = Field("", alias="MM_TLS_KEY_CERT_PATH")
     """PEM certificate chain; with MM_TLS_PRIVATE_KEY_PATH, TLS on every client and peer
     port (see mmesh.router.tls)."""

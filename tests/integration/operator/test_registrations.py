@@ -4,6 +4,7 @@ idempotent upserts, vmodel retargeting, owner clashes, deletion and the watch.""
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 
 import pytest
 
@@ -72,6 +73,28 @@ async def test_upsert_retarget_and_delete(etcd_kv: EtcdTestKV) -> None:
     await regs.delete("ns1", VModelId("m"), SVC)
     items, _ = await kv.range_prefix(layout.base)
     assert items == []
+
+
+async def test_minimum_copies_reach_the_record_and_follow_the_annotation(
+    etcd_kv: EtcdTestKV,
+) -> None:
+    kv, prefix = etcd_kv
+    regs = Registrations(kv, MeshScope(prefix))
+    reg = replace(registration("m", "s3://b/one"), min_copies=2)
+    mkey = regs.scope.layout("ns1", SVC).model_key(reg.model_id)
+
+    async def stored() -> ModelRecord:
+        return ModelRecord.from_json((await kv.range_prefix(mkey))[0][0].value)
+
+    await regs.upsert(reg, SVC)
+    assert (await stored()).min_copies == 2
+    # A router's copy is in the record when the annotation changes: the change keeps it.
+    routed = (await stored()).with_copy_loaded(InstanceId("pod-a"), 1)
+    await kv.put(mkey, routed.to_json())
+    await regs.upsert(replace(reg, min_copies=3), SVC)
+    assert await stored() == replace(routed, min_copies=3)
+    await regs.upsert(replace(reg, min_copies=0), SVC)  # annotation removed
+    assert (await stored()).min_copies == 0
 
 
 async def test_missing_active_model_switches_at_once(etcd_kv: EtcdTestKV) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import functools
+from dataclasses import replace
 from typing import Any
 
 import jsonschema  # type: ignore[import-untyped]  # no stubs in the dev pins
@@ -188,6 +189,7 @@ def _statuses() -> list[dict[str, Any]]:
         Observation(
             VModelRecord(M, M), {M: ModelRecord("mt:sklearn")}, M, waiting_for_runtime=True
         ),
+        Observation(VModelRecord(M, M), {M: replace(loaded, min_copies=2)}, M),
     ]
     return [decode_status(o, endpoints=ENDPOINTS, now_ms=NOW) for o in observations]
 
@@ -206,6 +208,7 @@ def test_status_the_operator_writes_validates(status: dict[str, Any]) -> None:
         ("states", {"targetModelState": "Loaded"}),
         ("copies", {"totalCopies": 1}),
         ("copies", {"failedCopies": -1}),
+        ("copies", {"failedCopies": 0, "minCopies": -1}),
         ("lastFailureInfo", {"reason": "Oops"}),
     ],
 )
@@ -213,6 +216,13 @@ def test_bad_status_is_rejected(path: str, value: Any) -> None:
     status = copy.deepcopy(_statuses()[3])
     status["modelStatus"][path] = value
     assert errors("inferenceservices", {**tutorial_isvc(), "status": status})
+
+
+def test_min_copies_is_declared_so_an_api_server_keeps_it() -> None:
+    status = schema("inferenceservices")["properties"]["status"]
+    copies = status["properties"]["modelStatus"]["properties"]["copies"]["properties"]
+    assert copies["minCopies"] == {"type": "integer", "minimum": 0}
+    assert _statuses()[-1]["modelStatus"]["copies"]["minCopies"] == 2
 
 
 # ---------------------------------------------------------------- runtimes

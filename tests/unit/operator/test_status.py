@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -366,3 +367,21 @@ def test_rfc3339(ms: int, text: str) -> None:
 )
 def test_parse_rfc3339_rejects(text: str) -> None:
     assert parse_rfc3339(text) is None
+
+
+# ---------------------------------------------------------------- minimum copies
+
+
+def test_minimum_copies_show_next_to_the_copies() -> None:
+    rec = record(loaded=(POD_A, POD_B))
+    status = decode(settled(replace(rec, min_copies=2)))
+    assert status["modelStatus"]["copies"] == {"failedCopies": 0, "totalCopies": 2, "minCopies": 2}
+    assert "minCopies" not in decode(settled(rec))["modelStatus"]["copies"]
+
+
+def test_minimum_copies_show_while_waiting_for_a_runtime_and_during_a_transition() -> None:
+    pinned = replace(record(), min_copies=3)
+    waiting = Observation(settled(pinned).vmodel, {M1: pinned}, M1, waiting_for_runtime=True)
+    assert decode(waiting)["modelStatus"]["copies"]["minCopies"] == 3
+    status = decode(moving(record(loaded=(POD_A,)), replace(record(), min_copies=2)))
+    assert status["modelStatus"]["copies"]["minCopies"] == 2  # the target's: what the spec asks

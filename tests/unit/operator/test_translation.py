@@ -262,3 +262,35 @@ def test_messages_name_the_problem() -> None:
         translate(BAD_CRS["unknown URI scheme"])
     with pytest.raises(InvalidSpec, match="64 characters"):
         translate(BAD_CRS["name too long for a label"])
+
+
+# ---------------------------------------------------------------- minimum copies
+
+MIN_COPIES = "serving.kserve.io/minimumCopies"
+
+
+@pytest.mark.parametrize(("value", "expected"), [(None, 0), ("0", 0), ("2", 2), (" 3 ", 3)])
+def test_minimum_copies_come_from_the_annotation(value: str | None, expected: int) -> None:
+    body = tutorial_isvc()
+    if value is not None:
+        body["metadata"]["annotations"][MIN_COPIES] = value
+    assert translate(body).min_copies == expected
+
+
+def test_minimum_copies_do_not_change_the_concrete_model() -> None:
+    body = tutorial_isvc()
+    before = translate(body)
+    body["metadata"]["annotations"][MIN_COPIES] = "2"
+    after = translate(body)
+    assert (after.model_id, after.model_info) == (before.model_id, before.model_info)
+
+
+@pytest.mark.parametrize("value", ["two", "-1", "1.5", "", "1001", "²"])
+def test_bad_minimum_copies_are_an_invalid_spec_naming_the_annotation(value: str) -> None:
+    body = tutorial_isvc()
+    body["metadata"]["annotations"][MIN_COPIES] = value
+    with pytest.raises(InvalidSpec) as err:
+        translate(body)
+    assert err.value.reason is FailureReason.INVALID_PREDICTOR_SPEC
+    assert f"{MIN_COPIES} must be a whole number of copies from 0 to 1000" in err.value.message
+    assert repr(value) in err.value.message

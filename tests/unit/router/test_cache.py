@@ -501,3 +501,43 @@ def _check_totals(cache: LocalCache) -> None:
     assert cache.count == sum(e.state is not EntryState.UNLOADING for e in entries)
     times = [e.last_used_ms for e in entries]
     assert times == sorted(times)
+
+
+# ---------------------------------------------------------------- protected entries
+
+
+def test_protected_entries_are_never_victims_an_older_unprotected_one_goes_instead() -> None:
+    pinned = {M("a")}
+    cache = LocalCache(2, protected=lambda m: m in pinned)
+    load(cache, "a", at=1)  # the oldest, but one of its model's minimum copies
+    load(cache, "b", at=2)
+    assert load(cache, "c", at=3) == ["b"]
+    assert cache.get(M("a")) is not None and cache.get(M("a")).state is EntryState.LOADED
+
+
+def test_space_held_only_by_protected_entries_refuses_with_its_reason() -> None:
+    cache = LocalCache(2, protected=lambda m: True)
+    load(cache, "a", at=1)
+    load(cache, "b", at=2)
+    admission = admit(cache, "c", at=3)
+    assert admission.refusal is Refusal.PROTECTED
+    assert "minimum copies" in admission.detail and "needs 1 units" in admission.detail
+    assert [e.model_id for e in cache.entries()] == ["a", "b"]
+
+
+def test_a_protected_entry_stops_being_protected_when_the_predicate_says_so() -> None:
+    pinned = {M("a")}
+    cache = LocalCache(1, protected=lambda m: m in pinned)
+    load(cache, "a", at=1)
+    assert admit(cache, "b", at=2).refusal is Refusal.PROTECTED
+    pinned.clear()  # e.g. a third copy loaded elsewhere
+    assert load(cache, "b", at=3) == ["a"]
+
+
+def test_growing_to_the_real_size_skips_protected_entries() -> None:
+    cache = LocalCache(3, protected=lambda m: m == M("a"))
+    load(cache, "a", at=1)
+    load(cache, "b", at=2)
+    assert admit(cache, "c", at=3).admitted
+    victims = cache.loaded(M("c"), 2, 3)  # bigger than predicted: b goes, a stays
+    assert [v.model_id for v in victims] == ["b"]
