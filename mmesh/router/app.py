@@ -25,6 +25,7 @@ from mmesh.core.ids import InstanceId
 from mmesh.core.records import InstanceRecord, KeyLayout, Table, bytes_to_units
 from mmesh.router.cache import EntryState, EvictionPolicy, LocalCache
 from mmesh.router.certs import CertFiles, PeerCredentials, ServerContext, server_credentials
+from mmesh.router.dataplane import DataPlane, RuntimeCallObserver
 from mmesh.router.errors import RouterError
 from mmesh.router.forwarding import Forwarder
 from mmesh.router.inference import InferenceRouter
@@ -34,6 +35,8 @@ from mmesh.router.loading import LocalModels, now_ms
 from mmesh.router.management import Management
 from mmesh.router.membership import Membership
 from mmesh.router.metrics import RouterMetrics
+from mmesh.router.payloads import parse_processors
+from mmesh.router.payloadsink import PayloadSinks
 from mmesh.router.peers import PeerPool
 from mmesh.router.registry import Registry
 from mmesh.router.rest import build_rest_app
@@ -166,6 +169,8 @@ class Pod:
     tls: CertFiles | None = None
     server: grpc.aio.Server | None = None
     runners: list[web.AppRunner] = field(default_factory=list)
+    dataplane: DataPlane | None = None
+    sinks: PayloadSinks | None = None
 
     def snapshot(self) -> InstanceRecord:
         return replace(
@@ -200,11 +205,11 @@ async def build_pod(settings: RouterSettings, life: Lifecycle) -> Pod:
     # requests for 100+ ms. They are acyclic data that live as long as the process.
     gc.collect()
     gc.freeze()
-    runtime = RuntimeClient(f"{settings.runtime_host}:{settings.runtime_port}")
+    runtime = RuntimeClient(settings.runtime_target)
     info = await runtime.wait_ready(settings.startup_timeout_s)
     check_runtime_info(info)
     logger.info("runtime ready: %s", info)
-    metrics = RouterMetrics()
+    metrics = RouterMetrics(settings.metrics_config)
     local = LocalModels(
         instance_id=settings.resolved_instance_id,
         cache=LocalCache(bytes_to_units(info.capacity_bytes)),
@@ -215,9 +220,10 @@ async def build_pod(settings: RouterSettings, life: Lifecycle) -> Pod:
         policy=eviction_policy(settings, info),
         failure_expiry_ms=settings.load_failure_expiry_ms,
     )
-    data_port = settings.serving_port or settings.runtime_port
     forwarder = Forwarder(
-        f"{settings.runtime_host}:{data_port}", max_message_bytes=settings.max_message_bytes
+        settings.serving_target,
+        max_message_bytes=settings.max_message_bytes,
+        observer=RuntimeCallObserver(metrics),
     )
     pool = PeerPool(
         max_message_bytes=settings.max_message_bytes,
@@ -249,6 +255,16 @@ async def build_pod(settings: RouterSettings, life: Lifecycle) -> Pod:
     pod = Pod(
         settings, life, kv, registry, runtime, local, router, janitor, metrics, forwarder, pool
     )
+    pod.sinks = PayloadSinks(
+        parse_processors(settings.payload_processors),
+        capacity=settings.payload_processors_capacity,
+        workers=settings.payload_processors_threads,
+        dropped=metrics.payloads_dropped,
+        failed=metrics.payloads_failed,
+    )
+    pod.dataplane = DataPlane(
+        router, metrics, default_timeout_ms=settings.inference_timeout_ms, sinks=pod.sinks
+    )
     pod.tls = tls
     local.on_change = pod.changed
     local.is_live = lambda iid: iid == local.instance_id or iid in registry.instances.items
@@ -275,11 +291,13 @@ async def start_servers(pod: Pod) -> None:
             ("grpc.max_receive_message_length", settings.max_message_bytes),
         ]
     )
+    assert pod.dataplane is not None
+    if pod.sinks is not None and pod.sinks.processors:
+        pod.sinks.start()
     add_servicers(
         server,
         management=management,
-        router=pod.router,
-        metrics=pod.metrics,
+        dataplane=pod.dataplane,
         ready=pod.is_ready,
         log_each=settings.log_each_invoke,
     )
@@ -298,7 +316,10 @@ async def start_servers(pod: Pod) -> None:
         pod.runners.append(await start_site(scrape, settings.host, settings.metrics_port, context))
     if settings.rest_port:
         rest = build_rest_app(
-            pod.router, readiness=pod.is_ready, max_body_bytes=settings.max_message_bytes
+            pod.dataplane,
+            readiness=pod.is_ready,
+            max_body_bytes=settings.max_message_bytes,
+            model_readiness=pod.dataplane.model_readiness,
         )
         context = site_context(pod.tls)
         pod.runners.append(await start_site(rest, settings.host, settings.rest_port, context))
@@ -422,6 +443,8 @@ async def shutdown(pod: Pod) -> None:
         await pod.membership.stop()
     await pod.registry.stop()
     await pod.forwarder.close()
+    if pod.sinks is not None:
+        await pod.sinks.close()
     await pod.pool.close()
     await pod.runtime.close()
     await pod.kv.close()
