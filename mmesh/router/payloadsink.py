@@ -1,10 +1,12 @@
 """I/O: hands payloads to the configured sinks without ever holding a request up.
 
-`offer` is synchronous and never waits: the payload joins a bounded queue
-(MM_PAYLOAD_PROCESSORS_CAPACITY) or, when the queue is full because a sink is slow or
-hanging, is dropped and counted (`modelmesh_payload_processor_dropped_total`). A few worker
-tasks (MM_PAYLOAD_PROCESSORS_THREADS) drain the queue: loggers write a line, http(s) sinks
-get a JSON POST with a per-send time limit; a failed send is logged and counted, not retried.
+`offer` is synchronous and never waits: the payload joins the bounded queue
+(MM_PAYLOAD_PROCESSORS_CAPACITY) of each processor that wants it or, when that queue is full
+because its sink is slow or hanging, is dropped there and counted
+(`modelmesh_payload_processor_dropped_total`). Each processor has its own queue and workers
+(MM_PAYLOAD_PROCESSORS_THREADS), so one hanging sink never starves another. Loggers write a
+line, http(s) sinks get a JSON POST with a per-send time limit; a failed send is logged and
+counted, not retried.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from collections.abc import Sequence
 import aiohttp
 from prometheus_client import Counter
 
-from mmesh.router.payloads import Payload, Processor, SinkKind, body, log_line, matching
+from mmesh.router.payloads import Payload, Processor, SinkKind, body, log_line
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +38,9 @@ class PayloadSinks:
         send_timeout_s: float = SEND_TIMEOUT_S,
     ) -> None:
         self.processors = tuple(processors)
-        self._queue: asyncio.Queue[tuple[Payload, list[Processor]]] = asyncio.Queue(capacity)
+        self._queues: list[asyncio.Queue[Payload]] = [
+            asyncio.Queue(capacity) for _ in self.processors
+        ]
         self._workers = workers
         self._dropped = dropped
         self._failed = failed
@@ -47,25 +51,25 @@ class PayloadSinks:
     def start(self) -> None:
         self._session = aiohttp.ClientSession(timeout=self._timeout)
         loop = asyncio.get_running_loop()
-        self._tasks = [loop.create_task(self._drain()) for _ in range(self._workers)]
+        self._tasks = [
+            loop.create_task(self._drain(processor, queue))
+            for processor, queue in zip(self.processors, self._queues, strict=True)
+            for _ in range(self._workers)
+        ]
 
     def offer(self, payload: Payload) -> None:
-        wanted = matching(self.processors, payload)
-        if not wanted:
-            return
-        try:
-            self._queue.put_nowait((payload, wanted))
-        except asyncio.QueueFull:
-            self._dropped.inc()
-
-    async def _drain(self) -> None:
-        while True:
-            payload, wanted = await self._queue.get()
+        for processor, queue in zip(self.processors, self._queues, strict=True):
+            if not processor.wants(payload):
+                continue
             try:
-                for processor in wanted:
-                    await self._send(processor, payload)
-            finally:
-                self._queue.task_done()
+                queue.put_nowait(payload)
+            except asyncio.QueueFull:
+                self._dropped.inc()
+
+    async def _drain(self, processor: Processor, queue: asyncio.Queue[Payload]) -> None:
+        while True:
+            payload = await queue.get()
+            await self._send(processor, payload)
 
     async def _send(self, processor: Processor, payload: Payload) -> None:
         if processor.kind is SinkKind.LOGGER:
@@ -82,7 +86,7 @@ class PayloadSinks:
                         "payload sink %s answered %d for %s", processor.url, response.status,
                         payload.id,
                     )  # fmt: skip
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+        except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:
             self._failed.inc()
             logger.warning("payload sink %s failed for %s: %r", processor.url, payload.id, exc)
 
