@@ -35,6 +35,7 @@ from mmesh.router.loading import LocalModels, now_ms
 from mmesh.router.management import Management
 from mmesh.router.membership import Membership
 from mmesh.router.metrics import RouterMetrics
+from mmesh.router.nodezone import api_base, lookup_zone
 from mmesh.router.payloads import parse_processors
 from mmesh.router.payloadsink import PayloadSinks
 from mmesh.router.peers import PeerPool
@@ -194,7 +195,24 @@ class Pod:
         return self.life.is_ready() and not draining
 
 
+async def with_node_zone(settings: RouterSettings) -> RouterSettings:
+    """MM_ZONE, or the zone label of the pod's node read from the Kubernetes API."""
+    if settings.zone or not settings.node_name:
+        return settings
+    base = api_base(
+        explicit_url=settings.kube_api_url,
+        service_host=settings.kube_service_host,
+        service_port=settings.kube_service_port,
+    )
+    zone = await lookup_zone(settings.node_name, base)
+    if not zone:
+        return settings
+    logger.info("zone %s (label of node %s)", zone, settings.node_name)
+    return settings.model_copy(update={"zone": zone})
+
+
 async def build_pod(settings: RouterSettings, life: Lifecycle) -> Pod:
+    settings = await with_node_zone(settings)
     tls = load_tls(settings)
     conn = settings.etcd_connection()
     kv = await EtcdKV.connect(conn)
@@ -255,8 +273,11 @@ async def build_pod(settings: RouterSettings, life: Lifecycle) -> Pod:
     pod = Pod(
         settings, life, kv, registry, runtime, local, router, janitor, metrics, forwarder, pool
     )
+    processors, problems = parse_processors(settings.payload_processors)
+    for problem in problems:
+        logger.error("MM_PAYLOAD_PROCESSORS: %s; skipped", problem)
     pod.sinks = PayloadSinks(
-        parse_processors(settings.payload_processors),
+        processors,
         capacity=settings.payload_processors_capacity,
         workers=settings.payload_processors_threads,
         dropped=metrics.payloads_dropped,

@@ -68,29 +68,38 @@ def _filter(value: str) -> str | None:
     return None if text in ("", "*") else text
 
 
-def parse_processors(raw: str) -> tuple[Processor, ...]:
-    """Every definition in MM_PAYLOAD_PROCESSORS; BadPayloadProcessor names a bad one."""
+def parse_processor(definition: str) -> Processor:
+    """One URI of MM_PAYLOAD_PROCESSORS; BadPayloadProcessor says what is wrong with it."""
+    rest, _, fragment = definition.partition("#")
+    rest, _, query = rest.partition("?")
+    scheme, sep, location = rest.partition("://")
+    scheme = scheme.lower()
+    model_id, method = _filter(query), _filter(fragment)
+    if sep and scheme == "logger":
+        return Processor(SinkKind.LOGGER, definition, model_id, method)
+    if sep and scheme in ("http", "https"):
+        host, slash, path = location.partition("/")
+        if not host or host.startswith(":"):
+            raise BadPayloadProcessor(f"payload processor {definition!r} has no host")
+        return Processor(
+            SinkKind.HTTP, f"{scheme}://{host}/{path if slash else ''}", model_id, method
+        )
+    raise BadPayloadProcessor(
+        f"payload processor {definition!r} is not logger://..., http://... or https://..."
+    )
+
+
+def parse_processors(raw: str) -> tuple[tuple[Processor, ...], tuple[str, ...]]:
+    """The processors of MM_PAYLOAD_PROCESSORS, and a message for each definition that is
+    not one (skipped, as the reference skips what it cannot parse)."""
     found: list[Processor] = []
+    problems: list[str] = []
     for definition in raw.split():
-        rest, _, fragment = definition.partition("#")
-        rest, _, query = rest.partition("?")
-        scheme, sep, location = rest.partition("://")
-        scheme = scheme.lower()
-        model_id, method = _filter(query), _filter(fragment)
-        if sep and scheme == "logger":
-            found.append(Processor(SinkKind.LOGGER, definition, model_id, method))
-        elif sep and scheme in ("http", "https"):
-            host, slash, path = location.partition("/")
-            if not host or host.startswith(":"):
-                raise BadPayloadProcessor(f"MM_PAYLOAD_PROCESSORS: {definition!r} has no host")
-            url = f"{scheme}://{host}/{path if slash else ''}"
-            found.append(Processor(SinkKind.HTTP, url, model_id, method))
-        else:
-            raise BadPayloadProcessor(
-                f"MM_PAYLOAD_PROCESSORS: {definition!r}: must be logger://..., http://... "
-                "or https://..."
-            )
-    return tuple(found)
+        try:
+            found.append(parse_processor(definition))
+        except BadPayloadProcessor as exc:
+            problems.append(str(exc))
+    return tuple(found), tuple(problems)
 
 
 def matching(processors: Sequence[Processor], payload: Payload) -> list[Processor]:

@@ -120,6 +120,11 @@ class RouterSettings(BaseSettings):
     """The pod's node (`spec.nodeName`); with MM_ZONE unset, the router reads the node's
     `topology.kubernetes.io/zone` label from the Kubernetes API (mmesh.router.nodezone)."""
 
+    kube_api_url: str = Field("", alias="MM_KUBE_API_URL")
+    """Kubernetes API for the zone lookup; default: the in-cluster Service address."""
+    kube_service_host: str = Field("", alias="KUBERNETES_SERVICE_HOST")
+    kube_service_port: str = Field("", alias="KUBERNETES_SERVICE_PORT")
+
     @field_validator("kv_store")
     @classmethod
     def _etcd_only(cls, value: str) -> str:
