@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import json
 import shutil
+import subprocess
 import tempfile
 import threading
 import time
@@ -352,3 +353,76 @@ def test_the_router_serves_a_runtime_over_unix_sockets(
             resp = c.infer.ModelInfer(infer_request("uds", 4.0), timeout=30)
             assert list(resp.outputs[0].contents.fp32_contents) == [4.0]
         assert stub.stats()["infers"] == {"uds": 1}
+
+
+# --- zones --------------------------------------------------------------------------------
+
+
+@contextmanager
+def fake_kube_api(nodes: dict[str, dict[str, Any]], status: int = 200) -> Iterator[str]:
+    """Answers GET /api/v1/nodes/<name> like an API server (a real HTTP server)."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            name = self.path.rsplit("/", 1)[-1]
+            node = nodes.get(name)
+            code = status if node is not None else 404
+            body = json.dumps(node if code == 200 else {"kind": "Status", "code": code}).encode()
+            self.send_response(code)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            return
+
+    server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def published_zone(etcd: EtcdServer, router: RouterProc) -> str:
+    key = f"{router.root_prefix}/mm/modelmesh-serving/instances/{router.instance_id}"
+    out = subprocess.run(
+        ["etcdctl", f"--endpoints={etcd.endpoint}", "get", key, "--print-value-only"],
+        capture_output=True, text=True, check=True, timeout=10,
+    ).stdout  # fmt: skip
+    return str(json.loads(out).get("zone", ""))
+
+
+def test_the_router_takes_its_zone_from_its_node(
+    start_router: StartRouter, start_stub_runtime: StartStub, etcd_server: EtcdServer
+) -> None:
+    node = {"metadata": {"name": "node-a", "labels": {"topology.kubernetes.io/zone": "zone-a"}}}
+    with fake_kube_api({"node-a": node}) as api, start_stub_runtime() as stub:
+        env = {"NODE_NAME": "node-a", "MM_KUBE_API_URL": api}
+        with start_router(
+            etcd_endpoint=etcd_server.endpoint, runtime_port=stub.port, env=env
+        ) as router:
+            assert published_zone(etcd_server, router) == "zone-a"
+        # MM_ZONE wins; nothing is read.
+        env = {"NODE_NAME": "node-a", "MM_KUBE_API_URL": api, "MM_ZONE": "set-by-hand"}
+        with start_router(
+            etcd_endpoint=etcd_server.endpoint, runtime_port=stub.port, env=env
+        ) as router:
+            assert published_zone(etcd_server, router) == "set-by-hand"
+
+
+def test_without_node_access_the_router_runs_zoneless_and_says_why(
+    start_router: StartRouter, start_stub_runtime: StartStub, etcd_server: EtcdServer
+) -> None:
+    node = {"metadata": {"name": "node-a", "labels": {"topology.kubernetes.io/zone": "zone-a"}}}
+    with fake_kube_api({"node-a": node}, status=403) as api, start_stub_runtime() as stub:
+        env = {"NODE_NAME": "node-a", "MM_KUBE_API_URL": api}
+        with start_router(
+            etcd_endpoint=etcd_server.endpoint, runtime_port=stub.port, env=env
+        ) as router:
+            assert published_zone(etcd_server, router) == ""
+            assert "answered 403 (the pod's service account needs get on nodes)" in (
+                router.log.read_text()
+            )
