@@ -23,7 +23,7 @@ from aiohttp.typedefs import Handler, Middleware
 from google.protobuf.message import DecodeError, Message
 
 from mmesh.core.proto import grpc_predict_v2_pb2 as v2
-from mmesh.router import restconv
+from mmesh.router import restbinary, restconv
 from mmesh.router.errors import RouterError
 
 logger = logging.getLogger(__name__)
@@ -101,13 +101,22 @@ class _Routes:
 
     async def infer(self, request: web.Request) -> web.Response:
         name, version = _model_path(request)
-        body = restconv.parse_json_body(await self._read_body(request))
-        message = restconv.to_infer_request(name, version, body)
+        raw = await self._read_body(request)
+        head, binary = restbinary.split_body(raw, request.headers.get(restbinary.HEADER))
+        body = restconv.parse_json_body(head)
+        message = restbinary.to_infer_request(name, version, body, binary)
         answer = await self._caller.call(
             MODEL_INFER, message.SerializeToString(), _routing_headers(request)
         )
         response = _parse(v2.ModelInferResponse(), answer)
-        return web.json_response(restconv.from_infer_response(response))
+        content, json_length = restbinary.render_response(response, body)
+        if json_length is None:
+            return web.Response(body=content, content_type="application/json")
+        return web.Response(
+            body=content,
+            content_type="application/octet-stream",
+            headers={restbinary.HEADER: str(json_length)},
+        )
 
     async def model_metadata(self, request: web.Request) -> web.Response:
         name, version = _model_path(request)

@@ -80,6 +80,12 @@ def test_http_infer_json(ready_cluster: Cluster) -> None:
     assert seen["predict"] == [[8]]
 
 
+def test_http_infer_binary_data_the_clients_default(ready_cluster: Cluster) -> None:
+    seen = client("http_infer_binary", ready_cluster.rest)
+    assert CONCRETE.match(seen["model_name"])
+    assert seen["binary_size"] == 8 and seen["predict"] == [[8]]
+
+
 def test_http_unknown_model_is_404(ready_cluster: Cluster) -> None:
     seen = client("http_unknown", ready_cluster.rest)
     for call in ("infer", "metadata"):

@@ -128,6 +128,22 @@ def http_infer(address: str, model: str) -> dict[str, Any]:
     return {"response": result.get_response(), "predict": result.as_numpy("predict").tolist()}
 
 
+def http_infer_binary(address: str, model: str) -> dict[str, Any]:
+    """tritonclient HTTP's defaults: binary input data, binary output data."""
+    import tritonclient.http as t
+
+    client = t.InferenceServerClient(url=address, network_timeout=120)
+    tensor = t.InferInput("predict", [1, 64], "FP32")
+    tensor.set_data_from_numpy(digits())
+    result = client.infer(model, [tensor])
+    output = result.get_output("predict")
+    return {
+        "model_name": result.get_response()["model_name"],
+        "binary_size": output["parameters"]["binary_data_size"],
+        "predict": result.as_numpy("predict").tolist(),
+    }
+
+
 def http_unknown(address: str, model: str) -> dict[str, Any]:
     import tritonclient.http as t
 
@@ -144,7 +160,7 @@ CHECKS = {
     f.__name__: f
     for f in (
         grpc_health, grpc_infer_raw, grpc_infer_typed, grpc_metadata, grpc_unknown,
-        http_health, http_infer, http_unknown,
+        http_health, http_infer, http_infer_binary, http_unknown,
     )
 }  # fmt: skip
 
