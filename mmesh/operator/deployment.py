@@ -458,6 +458,8 @@ def _mm_env(ctx: _Context) -> list[Manifest]:
     ]
     if config.payload_processors:
         env.append(_env("MM_PAYLOAD_PROCESSORS", " ".join(config.payload_processors)))
+    if config.inference_timeout_millis:
+        env.append(_env("MM_INFERENCE_TIMEOUT_MS", config.inference_timeout_millis))
     env.extend(_tls_env(ctx))
     env.extend({"name": e.name, "value": e.value} for e in config.internal_model_mesh_env_vars)
     return env

@@ -178,6 +178,9 @@ class ServingConfig(_Section):
         default=(), alias="payloadProcessors"
     )
     """URIs joined with spaces into MM_PAYLOAD_PROCESSORS (see mmesh.router.payloads)."""
+    inference_timeout_millis: int = Field(default=0, ge=0, alias="inferenceTimeoutMillis")
+    """Ours (reference issue #134): default inference deadline, MM_INFERENCE_TIMEOUT_MS;
+    0 = none. Clients override it per request with the `mm-timeout-ms` header."""
     internal_model_mesh_env_vars: tuple[EnvVar, ...] = Field(
         default=(), alias="internalModelMeshEnvVars"
     )

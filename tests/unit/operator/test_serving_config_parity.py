@@ -30,6 +30,7 @@ def test_per_model_metrics_defaults_off() -> None:
 def test_the_router_gets_both() -> None:
     config = with_config(
         "metrics: {perModelMetrics: true}\n"
+        "inferenceTimeoutMillis: 30000\n"
         "payloadProcessors: ['http://sink:8080/p?iris', 'logger://*#ModelInfer']"
     )
     env = env_of(containers(render(config=config))["mm"])
@@ -39,6 +40,8 @@ def test_the_router_gets_both() -> None:
         {"KV_STORE": "etcd:127.0.0.1:2379", **env_strings(env)}
     )
     assert settings.metrics_config.per_model
+    assert settings.inference_timeout_ms == 30000
+    assert "MM_INFERENCE_TIMEOUT_MS" not in env_of(containers(render())["mm"])  # default: none
 
 
 def env_strings(env: dict[str, object]) -> dict[str, str]:
