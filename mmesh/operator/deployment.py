@@ -439,6 +439,9 @@ def _mm_env(ctx: _Context) -> list[Manifest]:
         _field_env("WKUBE_POD_NAME", "metadata.name"),
         _field_env("WKUBE_POD_IPADDR", "status.podIP"),
         _field_env("MM_LOCATION", "status.hostIP"),
+        # The router reads this Node's zone label (mmesh.router.nodezone): the Downward API
+        # cannot expose node labels.
+        _field_env("NODE_NAME", "spec.nodeName"),
         # Containers share the pod's network; the Service and peers reach mm from outside.
         _env("MM_BIND_HOST", "0.0.0.0"),
         _env("KV_STORE", f"etcd:{ETCD_DIR}/{ETCD_CONNECTION_KEY}"),
@@ -455,6 +458,8 @@ def _mm_env(ctx: _Context) -> list[Manifest]:
     ]
     if config.payload_processors:
         env.append(_env("MM_PAYLOAD_PROCESSORS", " ".join(config.payload_processors)))
+    if config.inference_timeout_millis:
+        env.append(_env("MM_INFERENCE_TIMEOUT_MS", config.inference_timeout_millis))
     env.extend(_tls_env(ctx))
     env.extend({"name": e.name, "value": e.value} for e in config.internal_model_mesh_env_vars)
     return env
@@ -464,7 +469,8 @@ def _metrics_value(config: ServingConfig) -> str:
     metrics = config.metrics
     if not metrics.enabled:
         return "disabled"
-    return f"prometheus:port={metrics.port};scheme={metrics.scheme}"
+    per_model = ";per_model_metrics=true" if metrics.per_model_metrics else ""
+    return f"prometheus:port={metrics.port};scheme={metrics.scheme}{per_model}"
 
 
 def _internal_endpoint_env(ctx: _Context) -> list[Manifest]:

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from mmesh.core.mappings import deep_merge
 from mmesh.operator.errors import InvalidConfig
@@ -73,6 +73,14 @@ def _lower(value: object) -> object:
     return value.lower() if isinstance(value, str) else value
 
 
+def _one_uri(value: str) -> str:
+    # Entries are joined with spaces for the router, which splits them again: as in the
+    # reference, an entry with whitespace in it would become two.
+    if not value.strip() or any(c.isspace() for c in value):
+        raise ValueError(f"a payload processor is one URI without whitespace, got {value!r}")
+    return value
+
+
 class TLSConfig(_Section):
     """TLS on the router's gRPC, REST and pod-to-pod ports (deployment.py sets MM_TLS_*)."""
 
@@ -95,6 +103,9 @@ class MetricsConfig(_Section):
     disable_prometheus_operator_support: bool = Field(
         default=False, alias="disablePrometheusOperatorSupport"
     )
+    per_model_metrics: bool = Field(default=False, alias="perModelMetrics")
+    """Ours: `modelId`/`vModelId` labels on request metrics (MM_METRICS per_model_metrics);
+    one series per model, so off by default as in the reference router."""
 
 
 class ScaleToZeroConfig(_Section):
@@ -164,7 +175,13 @@ class ServingConfig(_Section):
     built_in_server_types: tuple[str, ...] = Field(
         default=("triton", "mlserver", "ovms", "torchserve"), alias="builtInServerTypes"
     )
-    payload_processors: tuple[str, ...] = Field(default=(), alias="payloadProcessors")
+    payload_processors: tuple[Annotated[str, AfterValidator(_one_uri)], ...] = Field(
+        default=(), alias="payloadProcessors"
+    )
+    """URIs joined with spaces into MM_PAYLOAD_PROCESSORS (see mmesh.router.payloads)."""
+    inference_timeout_millis: int = Field(default=0, ge=0, alias="inferenceTimeoutMillis")
+    """Ours (reference issue #134): default inference deadline, MM_INFERENCE_TIMEOUT_MS;
+    0 = none. Clients override it per request with the `mm-timeout-ms` header."""
     internal_model_mesh_env_vars: tuple[EnvVar, ...] = Field(
         default=(), alias="internalModelMeshEnvVars"
     )

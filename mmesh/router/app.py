@@ -27,6 +27,7 @@ from mmesh.core.version import VERSION
 from mmesh.router.cache import EntryState, EvictionPolicy, LocalCache
 from mmesh.router.certs import CertFiles, PeerCredentials, ServerContext, server_credentials
 from mmesh.router.copies import CopyPolicy, is_min_copy
+from mmesh.router.dataplane import DataPlane, RuntimeCallObserver
 from mmesh.router.errors import RouterError
 from mmesh.router.forwarding import Forwarder
 from mmesh.router.healer import FirstLoads, Healer
@@ -37,6 +38,9 @@ from mmesh.router.loading import LocalModels, now_ms
 from mmesh.router.management import Management
 from mmesh.router.membership import Membership
 from mmesh.router.metrics import RouterMetrics
+from mmesh.router.nodezone import api_base, lookup_zone
+from mmesh.router.payloads import parse_processors
+from mmesh.router.payloadsink import PayloadSinks
 from mmesh.router.peers import PeerPool
 from mmesh.router.registry import Registry
 from mmesh.router.rest import build_rest_app
@@ -180,6 +184,8 @@ class Pod:
     tls: CertFiles | None = None
     server: grpc.aio.Server | None = None
     runners: list[web.AppRunner] = field(default_factory=list)
+    dataplane: DataPlane | None = None
+    sinks: PayloadSinks | None = None
 
     def snapshot(self) -> InstanceRecord:
         return replace(
@@ -203,7 +209,24 @@ class Pod:
         return self.life.is_ready() and not draining
 
 
+async def with_node_zone(settings: RouterSettings) -> RouterSettings:
+    """MM_ZONE, or the zone label of the pod's node read from the Kubernetes API."""
+    if settings.zone or not settings.node_name:
+        return settings
+    base = api_base(
+        explicit_url=settings.kube_api_url,
+        service_host=settings.kube_service_host,
+        service_port=settings.kube_service_port,
+    )
+    zone = await lookup_zone(settings.node_name, base)
+    if not zone:
+        return settings
+    logger.info("zone %s (label of node %s)", zone, settings.node_name)
+    return settings.model_copy(update={"zone": zone})
+
+
 async def build_pod(settings: RouterSettings, life: Lifecycle) -> Pod:
+    settings = await with_node_zone(settings)
     tls = load_tls(settings)
     conn = settings.etcd_connection()
     kv = await EtcdKV.connect(conn)
@@ -214,11 +237,11 @@ async def build_pod(settings: RouterSettings, life: Lifecycle) -> Pod:
     # requests for 100+ ms. They are acyclic data that live as long as the process.
     gc.collect()
     gc.freeze()
-    runtime = RuntimeClient(f"{settings.runtime_host}:{settings.runtime_port}")
+    runtime = RuntimeClient(settings.runtime_target)
     info = await runtime.wait_ready(settings.startup_timeout_s)
     check_runtime_info(info)
     logger.info("runtime ready: %s", info)
-    metrics = RouterMetrics()
+    metrics = RouterMetrics(settings.metrics_config)
     local = LocalModels(
         instance_id=settings.resolved_instance_id,
         cache=LocalCache(bytes_to_units(info.capacity_bytes)),
@@ -229,9 +252,10 @@ async def build_pod(settings: RouterSettings, life: Lifecycle) -> Pod:
         policy=eviction_policy(settings, info),
         failure_expiry_ms=settings.load_failure_expiry_ms,
     )
-    data_port = settings.serving_port or settings.runtime_port
     forwarder = Forwarder(
-        f"{settings.runtime_host}:{data_port}", max_message_bytes=settings.max_message_bytes
+        settings.serving_target,
+        max_message_bytes=settings.max_message_bytes,
+        observer=RuntimeCallObserver(metrics),
     )
     pool = PeerPool(
         max_message_bytes=settings.max_message_bytes,
@@ -297,6 +321,19 @@ async def build_pod(settings: RouterSettings, life: Lifecycle) -> Pod:
         healer,
         first_loads,
     )
+    processors, problems = parse_processors(settings.payload_processors)
+    for problem in problems:
+        logger.error("MM_PAYLOAD_PROCESSORS: %s; skipped", problem)
+    pod.sinks = PayloadSinks(
+        processors,
+        capacity=settings.payload_processors_capacity,
+        workers=settings.payload_processors_threads,
+        dropped=metrics.payloads_dropped,
+        failed=metrics.payloads_failed,
+    )
+    pod.dataplane = DataPlane(
+        router, metrics, default_timeout_ms=settings.inference_timeout_ms, sinks=pod.sinks
+    )
     pod.tls = tls
     local.on_change = pod.changed
     local.is_live = lambda iid: iid == local.instance_id or iid in registry.instances.items
@@ -326,11 +363,13 @@ async def start_servers(pod: Pod) -> None:
             ("grpc.max_receive_message_length", settings.max_message_bytes),
         ]
     )
+    assert pod.dataplane is not None
+    if pod.sinks is not None and pod.sinks.processors:
+        pod.sinks.start()
     add_servicers(
         server,
         management=management,
-        router=pod.router,
-        metrics=pod.metrics,
+        dataplane=pod.dataplane,
         ready=pod.is_ready,
         log_each=settings.log_each_invoke,
     )
@@ -349,7 +388,10 @@ async def start_servers(pod: Pod) -> None:
         pod.runners.append(await start_site(scrape, settings.host, settings.metrics_port, context))
     if settings.rest_port:
         rest = build_rest_app(
-            pod.router, readiness=pod.is_ready, max_body_bytes=settings.max_message_bytes
+            pod.dataplane,
+            readiness=pod.is_ready,
+            max_body_bytes=settings.max_message_bytes,
+            model_readiness=pod.dataplane.model_readiness,
         )
         context = site_context(pod.tls)
         pod.runners.append(await start_site(rest, settings.host, settings.rest_port, context))
@@ -480,6 +522,8 @@ async def shutdown(pod: Pod) -> None:
         await pod.membership.stop()
     await pod.registry.stop()
     await pod.forwarder.close()
+    if pod.sinks is not None:
+        await pod.sinks.close()
     await pod.pool.close()
     await pod.runtime.close()
     await pod.kv.close()

@@ -6,7 +6,8 @@ serializers, so request and response stay opaque bytes end to end.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import grpc
@@ -23,6 +24,8 @@ from mmesh.router.errors import (
 )
 
 Metadata = Sequence[tuple[str, str | bytes]]
+CallObserver = Callable[[str, str, float, float], None]
+"""(method, gRPC code name, monotonic start, monotonic end) of each call."""
 
 RECONNECT_OPTIONS = (
     ("grpc.initial_reconnect_backoff_ms", 200),
@@ -52,9 +55,12 @@ class Forwarder:
         max_message_bytes: int,
         credentials: grpc.ChannelCredentials | None = None,
         options: Sequence[tuple[str, str | int]] = (),
+        observer: CallObserver | None = None,
     ) -> None:
-        """A plaintext channel, or a TLS one with `credentials` (peer routers)."""
+        """A plaintext channel, or a TLS one with `credentials` (peer routers). `target` is
+        host:port or `unix:/path`; `observer` hears of every call (the runtime's metrics)."""
         self.target = target
+        self.observer = observer
         channel_options = [
             ("grpc.max_send_message_length", max_message_bytes),
             ("grpc.max_receive_message_length", max_message_bytes),
@@ -76,6 +82,27 @@ class Forwarder:
                 method, request_serializer=None, response_deserializer=None
             )
             self._calls[method] = callable_
+        if self.observer is None:
+            return await self._call(callable_, payload, metadata, timeout_s)
+        started, code = time.monotonic(), "OK"
+        try:
+            return await self._call(callable_, payload, metadata, timeout_s)
+        except RouterError as exc:
+            code = exc.grpc_code
+            raise
+        except BaseException:
+            code = "CANCELLED"
+            raise
+        finally:
+            self.observer(method, code, started, time.monotonic())
+
+    async def _call(
+        self,
+        callable_: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes],
+        payload: bytes,
+        metadata: Metadata,
+        timeout_s: float | None,
+    ) -> bytes:
         try:
             response: bytes = await callable_(payload, metadata=tuple(metadata), timeout=timeout_s)
         except grpc.aio.AioRpcError as exc:

@@ -1,43 +1,77 @@
-"""Prometheus collectors with the reference's metric names, all in one place."""
+"""Prometheus collectors with the reference's metric names, all in one place.
+
+Request metrics carry `method` (short name unless MM_METRICS has fq_names=true) and `code`,
+plus `modelId` and `vModelId` with per_model_metrics=true (off by default: one series per
+model). The reference's counters are exposed under its own names too (no `_total`), so the
+reference Grafana dashboard's queries answer unchanged.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import Metric, UnknownMetricFamily
+from prometheus_client.registry import Collector
+
+from mmesh.router.metricsconfig import MetricsConfig
 
 MS_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 30000, 60000, 120000)
 SIZE_BUCKETS = (256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216)
 
 
+MODEL_LABELS = ("modelId", "vModelId")
+
+
 class RouterMetrics:
-    def __init__(self) -> None:
+    def __init__(self, config: MetricsConfig | None = None) -> None:
+        self.config = config or MetricsConfig()
         self.registry = CollectorRegistry()
         r = self.registry
+        per_model = MODEL_LABELS if self.config.per_model else ()
         self.api_request_ms = Histogram(
             "modelmesh_api_request_milliseconds",
             "External request time",
-            ["method", "code"],
+            ["method", "code", *per_model],
             buckets=MS_BUCKETS,
             registry=r,
         )
         self.invoke_model_ms = Histogram(
             "modelmesh_invoke_model_milliseconds",
             "Runtime call time",
-            ["method", "code"],
+            ["method", "code", *per_model],
             buckets=MS_BUCKETS,
             registry=r,
         )
         self.request_size = Histogram(
             "modelmesh_request_size_bytes",
             "Request payload size",
-            ["method"],
+            ["method", "code", *per_model],
             buckets=SIZE_BUCKETS,
             registry=r,
         )
         self.response_size = Histogram(
             "modelmesh_response_size_bytes",
             "Response payload size",
-            ["method"],
+            ["method", "code", *per_model],
             buckets=SIZE_BUCKETS,
+            registry=r,
+        )
+        self.req_queue_delay_ms = Histogram(
+            "modelmesh_req_queue_delay_milliseconds",
+            "Time a request waited on this router before its model server call started",
+            list(per_model),
+            buckets=MS_BUCKETS,
+            registry=r,
+        )
+        self.payloads_dropped = Counter(
+            "modelmesh_payload_processor_dropped",
+            "Payloads not handed to a payload processor because its queue was full",
+            registry=r,
+        )
+        self.payloads_failed = Counter(
+            "modelmesh_payload_processor_failed",
+            "Payloads a payload processor sink refused or did not take",
             registry=r,
         )
         self.cache_miss_ms = Histogram(
@@ -127,3 +161,60 @@ class RouterMetrics:
             ["kind"],
             registry=r,
         )
+
+        r.register(_ReferenceCounterNames(self))
+
+    def _model(self, model_id: str, vmodel_id: str) -> tuple[str, ...]:
+        return (model_id, vmodel_id) if self.config.per_model else ()
+
+    def observe_request(
+        self,
+        method: str,
+        code: str,
+        elapsed_ms: float,
+        *,
+        request_bytes: int,
+        response_bytes: int | None,
+        model_id: str = "",
+        vmodel_id: str = "",
+    ) -> None:
+        """One external request, as the reference's logRequestMetrics(external=true)."""
+        labels = (self.config.method_label(method), code, *self._model(model_id, vmodel_id))
+        self.api_request_ms.labels(*labels).observe(elapsed_ms)
+        self.request_size.labels(*labels).observe(request_bytes)
+        if response_bytes is not None:
+            self.response_size.labels(*labels).observe(response_bytes)
+
+    def observe_invoke(
+        self, method: str, code: str, elapsed_ms: float, *, model_id: str = "", vmodel_id: str = ""
+    ) -> None:
+        """One call to the local model server."""
+        labels = (self.config.method_label(method), code, *self._model(model_id, vmodel_id))
+        self.invoke_model_ms.labels(*labels).observe(elapsed_ms)
+
+    def observe_queue_delay(
+        self, delay_ms: float, *, model_id: str = "", vmodel_id: str = ""
+    ) -> None:
+        model = self._model(model_id, vmodel_id)
+        (self.req_queue_delay_ms.labels(*model) if model else self.req_queue_delay_ms).observe(
+            delay_ms
+        )
+
+
+class _ReferenceCounterNames(Collector):
+    """The reference's counters as it names them (its dashboard queries
+    `modelmesh_loadmodel_failure`, prometheus_client always adds `_total`)."""
+
+    def __init__(self, metrics: RouterMetrics) -> None:
+        self._metrics = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        m = self._metrics
+        for name, counter in (
+            ("modelmesh_loadmodel_failure", m.load_failures),
+            ("modelmesh_unloadmodel_failure", m.unload_failures),
+            ("modelmesh_unloadmodel_attempt_failure", m.unload_attempt_failures),
+        ):
+            family = UnknownMetricFamily(name, f"{counter._documentation} (reference name)")
+            family.add_metric([], counter._value.get())
+            yield family

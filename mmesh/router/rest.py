@@ -23,7 +23,7 @@ from google.protobuf.message import DecodeError, Message
 
 from mmesh.core.proto import grpc_predict_v2_pb2 as v2
 from mmesh.core.version import VERSION
-from mmesh.router import restconv
+from mmesh.router import restbinary, restconv
 from mmesh.router.errors import RouterError
 
 logger = logging.getLogger(__name__)
@@ -32,7 +32,7 @@ MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer"
 MODEL_METADATA = "/inference.GRPCInferenceService/ModelMetadata"
 
 # Routing headers a REST client may set, passed to the gRPC path as metadata.
-FORWARDED_HEADERS = ("mm-model-id", "mm-vmodel-id", "mm-balanced")
+FORWARDED_HEADERS = ("mm-model-id", "mm-vmodel-id", "mm-balanced", "mm-timeout-ms")
 
 SERVER_NAME = "mmesh"
 
@@ -47,11 +47,29 @@ class InferenceCaller(Protocol):
         ...
 
 
+class ModelReadiness(Protocol):
+    @property
+    def ready(self) -> bool: ...
+
+    @property
+    def reason(self) -> str: ...
+
+
+ReadinessOf = Callable[[str], ModelReadiness]
+"""Model name -> whether it can serve; raises ModelNotFound for unknown names."""
+
+
 def build_rest_app(
-    caller: InferenceCaller, *, readiness: Callable[[], bool], max_body_bytes: int
+    caller: InferenceCaller,
+    *,
+    readiness: Callable[[], bool],
+    max_body_bytes: int,
+    model_readiness: ReadinessOf | None = None,
 ) -> web.Application:
-    """The V2 REST application; the caller binds it (127.0.0.1 or the pod address)."""
-    routes = _Routes(caller, readiness, max_body_bytes)
+    """The V2 REST application; the caller binds it (127.0.0.1 or the pod address).
+    Every route of the KServe V2 REST protocol: server live/ready/metadata, model ready,
+    model metadata, infer; the model routes also under `/versions/{version}`."""
+    routes = _Routes(caller, readiness, max_body_bytes, model_readiness)
     app = web.Application(
         client_max_size=max_body_bytes, middlewares=[_json_errors(max_body_bytes)]
     )
@@ -59,6 +77,8 @@ def build_rest_app(
     app.router.add_post("/v2/models/{name}/versions/{version}/infer", routes.infer)
     app.router.add_get("/v2/models/{name}", routes.model_metadata)
     app.router.add_get("/v2/models/{name}/versions/{version}", routes.model_metadata)
+    app.router.add_get("/v2/models/{name}/ready", routes.model_ready)
+    app.router.add_get("/v2/models/{name}/versions/{version}/ready", routes.model_ready)
     app.router.add_get("/v2/health/live", routes.live)
     app.router.add_get("/v2/health/ready", routes.ready)
     app.router.add_get("/v2", routes.server_metadata)
@@ -67,22 +87,36 @@ def build_rest_app(
 
 class _Routes:
     def __init__(
-        self, caller: InferenceCaller, readiness: Callable[[], bool], max_body_bytes: int
+        self,
+        caller: InferenceCaller,
+        readiness: Callable[[], bool],
+        max_body_bytes: int,
+        model_readiness: ReadinessOf | None,
     ) -> None:
         self._caller = caller
         self._readiness = readiness
         self._max_body_bytes = max_body_bytes
+        self._model_readiness = model_readiness
         self._version = VERSION
 
     async def infer(self, request: web.Request) -> web.Response:
         name, version = _model_path(request)
-        body = restconv.parse_json_body(await self._read_body(request))
-        message = restconv.to_infer_request(name, version, body)
+        raw = await self._read_body(request)
+        head, binary = restbinary.split_body(raw, request.headers.get(restbinary.HEADER))
+        body = restconv.parse_json_body(head)
+        message = restbinary.to_infer_request(name, version, body, binary)
         answer = await self._caller.call(
             MODEL_INFER, message.SerializeToString(), _routing_headers(request)
         )
         response = _parse(v2.ModelInferResponse(), answer)
-        return web.json_response(restconv.from_infer_response(response))
+        content, json_length = restbinary.render_response(response, body)
+        if json_length is None:
+            return web.Response(body=content, content_type="application/json")
+        return web.Response(
+            body=content,
+            content_type="application/octet-stream",
+            headers={restbinary.HEADER: str(json_length)},
+        )
 
     async def model_metadata(self, request: web.Request) -> web.Response:
         name, version = _model_path(request)
@@ -92,6 +126,17 @@ class _Routes:
         )
         response = _parse(v2.ModelMetadataResponse(), answer)
         return web.json_response(restconv.metadata_to_json(response))
+
+    async def model_ready(self, request: web.Request) -> web.Response:
+        """200 when the model can serve, 4xx otherwise, as the V2 protocol says: 404 for an
+        unknown name, 400 for a model whose load failed (the same answer as gRPC)."""
+        name, _ = _model_path(request)
+        if self._model_readiness is None:
+            raise RouterError("model readiness is not wired into this REST face")
+        state = self._model_readiness(name)
+        if not state.ready:
+            return _error(400, f"model {name} is not ready: {state.reason}")
+        return web.json_response({"name": name, "ready": True})
 
     async def live(self, _request: web.Request) -> web.Response:
         return web.json_response({"live": True})

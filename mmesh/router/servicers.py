@@ -17,6 +17,7 @@ from mmesh.core.proto import model_mesh_pb2 as mm
 from mmesh.core.proto import model_mesh_pb2_grpc as mm_grpc
 from mmesh.core.version import VERSION
 from mmesh.router import peers
+from mmesh.router.dataplane import DataPlane
 from mmesh.router.errors import (
     InvalidRequest,
     ModelNotFound,
@@ -25,9 +26,7 @@ from mmesh.router.errors import (
     checked_vmodel_id,
 )
 from mmesh.router.forwarding import FAILURE_TRAILER, failure_kind
-from mmesh.router.inference import InferenceRouter
 from mmesh.router.management import Management, ModelInfo, VModelStatusView
-from mmesh.router.metrics import RouterMetrics
 from mmesh.router.modelstatus import ModelStatusView
 
 logger = logging.getLogger(__name__)
@@ -187,8 +186,8 @@ class ModelMeshServicer(mm_grpc.ModelMeshServicer):
 class RouterAnswered:
     """V2 health and metadata calls answered without a model server."""
 
-    def __init__(self, router: InferenceRouter, ready: Callable[[], bool]) -> None:
-        self.router = router
+    def __init__(self, dataplane: DataPlane, ready: Callable[[], bool]) -> None:
+        self.dataplane = dataplane
         self.ready = ready
 
     async def ServerLive(
@@ -204,19 +203,20 @@ class RouterAnswered:
     async def ServerMetadata(
         self, request: v2.ServerMetadataRequest, context: Context
     ) -> v2.ServerMetadataResponse:
-        return v2.ServerMetadataResponse(
-            name="mmesh", version=VERSION, extensions=["model_repository"]
-        )
+        return v2.ServerMetadataResponse(name="mmesh", version=VERSION, extensions=[])
 
     @grpc_errors
     async def ModelReady(
         self, request: v2.ModelReadyRequest, context: Context
     ) -> v2.ModelReadyResponse:
+        """Ready = it can serve now (loaded, or registered and loadable: the first request
+        pays the load); false for unknown names and models whose load just failed. The
+        REST face answers the same (mmesh.router.dataplane.DataPlane.model_readiness)."""
         try:
-            _, record = self.router._by_name(request.name)
+            readiness = self.dataplane.model_readiness(request.name)
         except ModelNotFound:
             return v2.ModelReadyResponse(ready=False)
-        return v2.ModelReadyResponse(ready=bool(record.loaded_in))
+        return v2.ModelReadyResponse(ready=readiness.ready)
 
     def handler(self) -> grpc.GenericRpcHandler[Any, Any]:
         methods = {}
@@ -243,11 +243,8 @@ else:  # the stubs make it generic, the runtime class is not
 class InferenceHandler(_BytesHandler):
     """Every other unary method: routed by model id, forwarded as bytes."""
 
-    def __init__(
-        self, router: InferenceRouter, metrics: RouterMetrics, *, log_each: bool = False
-    ) -> None:
-        self.router = router
-        self.metrics = metrics
+    def __init__(self, dataplane: DataPlane, *, log_each: bool = False) -> None:
+        self.dataplane = dataplane
         self.log_each = log_each
         self._handlers: dict[str, grpc.RpcMethodHandler[bytes, bytes]] = {}
 
@@ -265,17 +262,13 @@ class InferenceHandler(_BytesHandler):
         try:
             headers = dict(context.invocation_metadata() or ())
             remaining = context.time_remaining()
-            response = await self.router.invoke(method, payload, headers, remaining)
-            self.metrics.request_size.labels(method).observe(len(payload))
-            self.metrics.response_size.labels(method).observe(len(response))
-            return response
+            return await self.dataplane.invoke(method, payload, headers, remaining)
         except Exception as exc:
             code = exc.grpc_code if isinstance(exc, RouterError) else "INTERNAL"
             await abort_with(context, exc)
             raise AssertionError("unreachable") from exc
         finally:
             elapsed_ms = (time.monotonic() - started) * 1000
-            self.metrics.api_request_ms.labels(method, code).observe(elapsed_ms)
             if self.log_each:
                 logger.info("%s %s %.1f ms", method, code, elapsed_ms)
 
@@ -284,16 +277,15 @@ def add_servicers(
     server: grpc.aio.Server,
     *,
     management: Management,
-    router: InferenceRouter,
-    metrics: RouterMetrics,
+    dataplane: DataPlane,
     ready: Callable[[], bool],
     log_each: bool,
 ) -> None:
-    servicer = ModelMeshServicer(management, router.local.instance_id)
+    servicer = ModelMeshServicer(management, dataplane.router.local.instance_id)
     mm_grpc.add_ModelMeshServicer_to_server(servicer, server)
     server.add_generic_rpc_handlers(
         (
-            RouterAnswered(router, ready).handler(),
-            InferenceHandler(router, metrics, log_each=log_each),
+            RouterAnswered(dataplane, ready).handler(),
+            InferenceHandler(dataplane, log_each=log_each),
         )
     )

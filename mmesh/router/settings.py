@@ -13,6 +13,7 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from mmesh.core.etcd_config import EtcdConnection
+from mmesh.router.metricsconfig import MetricsConfig, parse_metrics
 from mmesh.router.tls import TlsPolicy, tls_policy
 
 MIB = 1024 * 1024
@@ -122,6 +123,30 @@ class RouterSettings(BaseSettings):
     log_json: bool = Field(False, alias="MM_LOG_JSON")
     log_each_invoke: bool = Field(False, alias="MM_LOG_EACH_INVOKE")
 
+    inference_timeout_ms: int = Field(0, ge=0, alias="MM_INFERENCE_TIMEOUT_MS")
+    """Default deadline of an inference request (gRPC and REST), from its arrival here until
+    its answer; the `mm-timeout-ms` header overrides it per request, a client's own gRPC
+    deadline wins when shorter. 0: no default (the reference has none)."""
+    payload_processors: str = Field("", alias="MM_PAYLOAD_PROCESSORS")
+    """Space-separated `logger://...` / `http(s)://host:port/path` URIs, with an optional
+    `?modelId` filter and `#method` filter (see mmesh.router.payloads)."""
+    payload_processors_capacity: int = Field(64, ge=1, alias="MM_PAYLOAD_PROCESSORS_CAPACITY")
+    """Payloads waiting for the sinks; more are dropped and counted."""
+    payload_processors_threads: int = Field(2, ge=1, alias="MM_PAYLOAD_PROCESSORS_THREADS")
+    """Payloads sent at once."""
+    runtime_socket_path: str = Field("", alias="INTERNAL_GRPC_SOCKET_PATH")
+    """The runtime's ModelRuntime API on a unix socket; set, it replaces INTERNAL_GRPC_PORT."""
+    serving_socket_path: str = Field("", alias="INTERNAL_SERVING_GRPC_SOCKET_PATH")
+    """The runtime's inference API on a unix socket; set, it replaces the serving port."""
+    node_name: str = Field("", alias="NODE_NAME")
+    """The pod's node (`spec.nodeName`); with MM_ZONE unset, the router reads the node's
+    `topology.kubernetes.io/zone` label from the Kubernetes API (mmesh.router.nodezone)."""
+
+    kube_api_url: str = Field("", alias="MM_KUBE_API_URL")
+    """Kubernetes API for the zone lookup; default: the in-cluster Service address."""
+    kube_service_host: str = Field("", alias="KUBERNETES_SERVICE_HOST")
+    kube_service_port: str = Field("", alias="KUBERNETES_SERVICE_PORT")
+
     @field_validator("kv_store")
     @classmethod
     def _etcd_only(cls, value: str) -> str:
@@ -132,6 +157,11 @@ class RouterSettings(BaseSettings):
     @model_validator(mode="after")
     def _tls_consistent(self) -> RouterSettings:
         self.tls_policy()
+        return self
+
+    @model_validator(mode="after")
+    def _metrics_valid(self) -> RouterSettings:
+        parse_metrics(self.metrics)
         return self
 
     def tls_policy(self) -> TlsPolicy | None:
@@ -153,6 +183,22 @@ class RouterSettings(BaseSettings):
         raise ValueError("set MM_INSTANCE_ID or WKUBE_POD_NAME")
 
     @property
+    def runtime_target(self) -> str:
+        """gRPC target of the ModelRuntime API: `unix:/path` or host:port."""
+        if self.runtime_socket_path:
+            return f"unix:{self.runtime_socket_path}"
+        return f"{self.runtime_host}:{self.runtime_port}"
+
+    @property
+    def serving_target(self) -> str:
+        """gRPC target of the inference API; the ModelRuntime target when none is set."""
+        if self.serving_socket_path:
+            return f"unix:{self.serving_socket_path}"
+        if self.serving_port:
+            return f"{self.runtime_host}:{self.serving_port}"
+        return self.runtime_target
+
+    @property
     def endpoint(self) -> str:
         return f"{self.pod_ip or self.host}:{self.internal_port}"
 
@@ -161,20 +207,18 @@ class RouterSettings(BaseSettings):
         return tuple(sorted({x.strip() for x in self.labels.split(",") if x.strip()}))
 
     @property
+    def metrics_config(self) -> MetricsConfig:
+        return parse_metrics(self.metrics)
+
+    @property
     def metrics_port(self) -> int | None:
-        if self.metrics.strip() in ("", "disabled"):
-            return None
-        for part in self.metrics.partition(":")[2].split(";"):
-            name, _, value = part.partition("=")
-            if name.strip() == "port":
-                return int(value)
-        return 2112
+        config = self.metrics_config
+        return config.port if config.enabled else None
 
     @property
     def metrics_https(self) -> bool:
         """MM_METRICS asks for `scheme=https` (served so only when TLS is on)."""
-        parts = self.metrics.partition(":")[2].split(";")
-        return any(p.replace(" ", "").lower() == "scheme=https" for p in parts)
+        return self.metrics_config.https
 
     def etcd_connection(self) -> EtcdConnection:
         spec = self.kv_store.removeprefix("etcd:").strip()

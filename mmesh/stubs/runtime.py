@@ -7,7 +7,9 @@ inputs back as outputs and answers NOT_FOUND for models that are not loaded, as 
 server does. A tiny HTTP endpoint reports counters so tests can assert on what happened.
 
 A model's modelKey may carry per-model overrides as JSON:
-`{"stub": {"size": 1000000, "delay_ms": 50, "fail": "message"}}`.
+`{"stub": {"size": 1000000, "delay_ms": 50, "fail": "message", "infer_delay_ms": 2000}}`
+(`infer_delay_ms`: every inference of that model sleeps this long first).
+With `--socket PATH` it also listens on a unix socket (runtimes with `unix:` endpoints).
 
 As the container of a custom ServingRuntime it binds `--host` (default: env STUB_HOST, else
 127.0.0.1). With `--require-local-files` a load fails unless modelPath names files on local
@@ -62,6 +64,7 @@ class StubState:
 
     lock: threading.Lock = field(default_factory=threading.Lock)
     loaded: dict[str, int] = field(default_factory=dict)
+    infer_delay_s: dict[str, float] = field(default_factory=dict)
     loads: Counter[str] = field(default_factory=Counter)
     unloads: Counter[str] = field(default_factory=Counter)
     infers: Counter[str] = field(default_factory=Counter)
@@ -151,6 +154,7 @@ class StubRuntime(rt_grpc.ModelRuntimeServicer):
         size = int(over.get("size", self.config.size_bytes))
         with self.state.lock:
             self.state.loaded[request.modelId] = size
+            self.state.infer_delay_s[request.modelId] = float(over.get("infer_delay_ms", 0)) / 1000
         return rt.LoadModelResponse(sizeInBytes=size)
 
     def _pattern_failure(self, model_id: str) -> str | None:
@@ -253,6 +257,10 @@ class StubInference(v2_grpc.GRPCInferenceServiceServicer):
         self, request: v2.ModelInferRequest, context: grpc.ServicerContext
     ) -> v2.ModelInferResponse:
         self._require_loaded(request.model_name, context)
+        with self.state.lock:
+            delay_s = self.state.infer_delay_s.get(request.model_name, 0.0)
+        if delay_s:
+            time.sleep(delay_s)
         resp = v2.ModelInferResponse(model_name=request.model_name, id=request.id)
         for tensor in request.inputs:
             resp.outputs.add(
@@ -290,6 +298,7 @@ def serve(
     stats_port: int | None,
     host: str = "127.0.0.1",
     max_workers: int = 32,
+    socket_path: str | None = None,
 ) -> None:
     state = StubState()
     server = grpc.server(
@@ -302,6 +311,8 @@ def serve(
     rt_grpc.add_ModelRuntimeServicer_to_server(StubRuntime(config, state), server)
     v2_grpc.add_GRPCInferenceServiceServicer_to_server(StubInference(state), server)
     server.add_insecure_port(f"{host}:{port}")
+    if socket_path:
+        server.add_insecure_port(f"unix:{socket_path}")
     server.start()
     stats = _stats_server(state, host, stats_port) if stats_port else None
     logger.info("stub runtime on %s:%d", host, port)
@@ -333,6 +344,7 @@ def main() -> None:
         action="store_true",
         help="a load fails unless modelPath names files on local disk",
     )
+    parser.add_argument("--socket", default=None, help="also listen on this unix socket path")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO)
     config = StubConfig(
@@ -345,7 +357,13 @@ def main() -> None:
         args.fail_pattern,
         args.require_local_files,
     )
-    serve(config, port=args.port, stats_port=args.stats_port or None, host=args.host)
+    serve(
+        config,
+        port=args.port,
+        stats_port=args.stats_port or None,
+        host=args.host,
+        socket_path=args.socket,
+    )
 
 
 if __name__ == "__main__":

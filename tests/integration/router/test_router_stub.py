@@ -275,7 +275,8 @@ def test_router_answers_v2_health_and_metadata_itself(mesh) -> None:
         assert c.infer.ServerReady(v2.ServerReadyRequest(), timeout=5).ready
         assert c.infer.ServerMetadata(v2.ServerMetadataRequest(), timeout=5).name == "mmesh"
         register(c, "meta-model")
-        assert not c.infer.ModelReady(v2.ModelReadyRequest(name="meta-model"), timeout=5).ready
+        # Registered, not loaded: ready, the first request loads it (README, model readiness).
+        assert c.infer.ModelReady(v2.ModelReadyRequest(name="meta-model"), timeout=5).ready
         meta = c.infer.ModelMetadata(v2.ModelMetadataRequest(name="meta-model"), timeout=10)
         assert meta.name == "meta-model" and meta.platform == "stub"
         assert c.infer.ModelReady(v2.ModelReadyRequest(name="meta-model"), timeout=5).ready

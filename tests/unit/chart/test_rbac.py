@@ -324,6 +324,9 @@ def grants_of(docs: list[Manifest]) -> Grants:
     roles |= {("ClusterRole", d["metadata"]["name"]): d for d in of_kind(docs, "ClusterRole")}
     bound: list[tuple[str | None, Manifest]] = []
     for binding in of_kind(docs, "RoleBinding") + of_kind(docs, "ClusterRoleBinding"):
+        if binding["roleRef"]["name"].endswith("-node-reader"):
+            assert subject not in binding["subjects"]  # the runtime pods', not the operator's
+            continue
         assert binding["subjects"] == [subject]
         ref = binding["roleRef"]
         role = roles[(ref["kind"], ref["name"])]  # a dangling roleRef fails here
@@ -423,6 +426,35 @@ def test_rbac_can_be_left_out() -> None:
     assert not [d for d in docs if d["kind"] in kinds]
 
 
+def test_runtime_pods_may_read_nodes_and_nothing_else() -> None:
+    """Zones: the runtime pods' service account gets `get nodes` (their zone label), in the
+    release namespace and the listed ones; not the operator, not any other verb."""
+    values = {"servingConfig": {"serviceAccountName": "runtime-sa"}, "zones": {"namespaces": ["a"]}}
+    docs = render(values)
+    (role,) = [
+        d for d in of_kind(docs, "ClusterRole") if d["metadata"]["name"].endswith("-node-reader")
+    ]
+    assert role["rules"] == [{"apiGroups": [""], "resources": ["nodes"], "verbs": ["get"]}]
+    (binding,) = [
+        d
+        for d in of_kind(docs, "ClusterRoleBinding")
+        if d["roleRef"]["name"] == role["metadata"]["name"]
+    ]
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "runtime-sa", "namespace": NAMESPACE},
+        {"kind": "ServiceAccount", "name": "runtime-sa", "namespace": "a"},
+    ]
+    default = render({})
+    (binding,) = [
+        d for d in of_kind(default, "ClusterRoleBinding") if "node-reader" in d["metadata"]["name"]
+    ]
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "default", "namespace": NAMESPACE}
+    ]
+    off = render({"zones": {"readNodes": False}})
+    assert not [d for d in off if "node-reader" in d["metadata"]["name"]]
+
+
 def test_cluster_role_names_differ_between_releases() -> None:
     def names(namespace: str) -> set[str]:
         docs = render({"namespaceScope": True}, namespace=namespace)
@@ -434,8 +466,11 @@ def test_cluster_role_names_differ_between_releases() -> None:
 # ---------------------------------------------------------------- the checker can fail
 
 
+NO_NODE_READER = {"zones": {"readNodes": False}}
+
+
 def test_a_missing_rule_is_reported() -> None:
-    docs = render({})
+    docs = render(NO_NODE_READER)
     (role,) = of_kind(docs, "ClusterRole")
     role["rules"] = [r for r in role["rules"] if "services" not in r["resources"]]
     grants = grants_of(docs)
@@ -444,7 +479,7 @@ def test_a_missing_rule_is_reported() -> None:
 
 
 def test_an_extra_verb_is_reported() -> None:
-    docs = render({"namespaceScope": True})
+    docs = render({"namespaceScope": True, **NO_NODE_READER})
     (role,) = of_kind(docs, "Role")
     role["rules"].append({"apiGroups": [""], "resources": ["pods"], "verbs": ["get"]})
     (cluster_role,) = of_kind(docs, "ClusterRole")

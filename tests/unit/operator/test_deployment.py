@@ -154,9 +154,14 @@ def test_etcd_secret_name_comes_from_the_namespace_facts() -> None:
 # ---------------------------------------------------------------- the env contract
 
 
-ROUTER_ENV_NOT_READ = {"MM_KVSTORE_PREFIX", "MM_PAYLOAD_PROCESSORS", "MM_TLS_KEY_CERT_PATH"}
+ROUTER_ENV_NOT_READ = {"MM_KVSTORE_PREFIX", "MM_TLS_KEY_CERT_PATH"}
 ADAPTER_ENV_NOT_READ = {"RUNTIME_DATA_ENDPOINT", "USE_EMBEDDED_PULLER"}
-FIELD_VALUES = {"metadata.name": POD_NAME, "status.podIP": "10.1.2.3", "status.hostIP": "10.0.0.7"}
+FIELD_VALUES = {
+    "metadata.name": POD_NAME,
+    "status.podIP": "10.1.2.3",
+    "status.hostIP": "10.0.0.7",
+    "spec.nodeName": "node-7",
+}
 
 
 def resolved_env(container: dict[str, Any], deployment: dict[str, Any]) -> dict[str, str]:
@@ -194,6 +199,7 @@ def test_mm_env_configures_the_router() -> None:
     assert settings.host == "0.0.0.0"
     assert settings.pod_ip == "10.1.2.3"
     assert settings.location == "10.0.0.7"
+    assert settings.node_name == "node-7"  # the router reads this Node's zone label
     assert settings.resolved_instance_id == POD_NAME[-12:]
     assert settings.kv_store == "etcd:/opt/kserve/mmesh/etcd/etcd_connection"
     assert settings.shutdown_timeout_ms == 90_000

@@ -1,0 +1,78 @@
+"""Inference deadlines (reference issue #134): how long one request may take, and running it
+within that time.
+
+The limit is the shortest of the client's own gRPC deadline, the request's `mm-timeout-ms`
+header and the router's default (MM_INFERENCE_TIMEOUT_MS). It covers the whole request on
+this router: routing, a cache-miss load it waits for, the forward to a peer or the runtime.
+The remaining time travels with the forwarded call as its gRPC deadline, so peers and the
+runtime stop when the client stops waiting. A request past its limit ends with
+DEADLINE_EXCEEDED (REST: 504) naming the limit and where it came from; the model, its load
+(shared loads are shielded from the waiters) and the requests behind it carry on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Mapping
+from dataclasses import dataclass
+from typing import TypeVar
+
+from mmesh.router.errors import InvalidRequest, RequestTimeout, RouterError
+
+TIMEOUT_HEADER = "mm-timeout-ms"
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Deadline:
+    seconds: float
+    source: str
+    """What set it, for the error message: the header, the setting, or the client."""
+
+    def describe(self) -> str:
+        return f"{self.seconds * 1000:.0f} ms ({self.source})"
+
+
+def _text(value: str | bytes) -> str:
+    return value.decode(errors="replace") if isinstance(value, bytes) else value
+
+
+def request_deadline(
+    headers: Mapping[str, str | bytes], *, default_ms: int, client_remaining_s: float | None
+) -> Deadline | None:
+    """The limit for one request, or None when nothing limits it. InvalidRequest when the
+    header is not a positive whole number of milliseconds."""
+    candidates: list[Deadline] = []
+    raw = headers.get(TIMEOUT_HEADER)
+    if raw is not None:
+        text = _text(raw).strip()
+        if not text.isdigit() or int(text) == 0:
+            raise InvalidRequest(
+                f"{TIMEOUT_HEADER} must be a positive whole number of milliseconds, got {text!r}"
+            )
+        candidates.append(Deadline(int(text) / 1000, f"{TIMEOUT_HEADER}={text}"))
+    elif default_ms > 0:
+        candidates.append(Deadline(default_ms / 1000, f"MM_INFERENCE_TIMEOUT_MS={default_ms}"))
+    if client_remaining_s is not None:
+        candidates.append(Deadline(max(0.0, client_remaining_s), "the client's deadline"))
+    return min(candidates, key=lambda d: d.seconds) if candidates else None
+
+
+def timed_out(deadline: Deadline, what: str) -> RequestTimeout:
+    return RequestTimeout(f"{what} did not finish within its limit of {deadline.describe()}")
+
+
+async def within(deadline: Deadline | None, work: Awaitable[T], what: str) -> T:
+    """`work`, cut off at the deadline. A DEADLINE_EXCEEDED from further down (a peer, the
+    runtime) is reported the same way, naming this request's limit."""
+    if deadline is None:
+        return await work
+    try:
+        return await asyncio.wait_for(work, timeout=deadline.seconds)
+    except TimeoutError:
+        raise timed_out(deadline, what) from None
+    except RouterError as exc:
+        if exc.grpc_code == "DEADLINE_EXCEEDED":
+            raise timed_out(deadline, what) from exc
+        raise
