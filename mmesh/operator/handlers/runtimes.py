@@ -479,21 +479,16 @@ def apply_plan(kube: Kube, plan: NamespacePlan) -> list[ScaleChange]:
     """Make the namespace match the plan (blocking; runs in a worker thread); return the
     runtime Deployments it scaled to zero or up from zero."""
     ns = plan.namespace
-    changes: list[ScaleChange] = []
     if plan.secret is not None:
         _apply_secret(kube, plan.secret)
-    for deployment in plan.deployments:
-        meta = deployment["metadata"]
-        before = kube.get("Deployment", meta["namespace"], meta["name"])
-        scaling = plan.governed.get(meta["name"])
-        if scaling is not None:
-            deployment = _governed(deployment, before, scaling)
-        kube.apply(deployment)
-        if (change := _scale_change(before, deployment)) is not None:
-            changes.append(change)
     service_name = plan.service["metadata"]["name"]
     ours = {**MANAGED_LABELS, SERVICE_LABEL: service_name}
-    _apply_autoscalers(kube, plan, ours)
+    # an HPA that is no longer wanted goes first: it would scale a Deployment sent to zero
+    # (or back to podsPerRuntime) straight back
+    _delete_stale_autoscalers(kube, plan, ours)
+    changes = _apply_deployments(kube, plan)
+    for autoscaler in plan.autoscalers:
+        kube.apply(autoscaler)
     wanted = {d["metadata"]["name"] for d in plan.deployments} | plan.keep
     for existing in kube.list("Deployment", ns, ours):
         if existing["metadata"]["name"] not in wanted:
@@ -510,10 +505,22 @@ def apply_plan(kube: Kube, plan: NamespacePlan) -> list[ScaleChange]:
     return changes
 
 
-def _apply_autoscalers(kube: Kube, plan: NamespacePlan, ours: Mapping[str, str]) -> None:
-    """Create or update the planned HPAs; delete our other HPAs of the namespace."""
-    for autoscaler in plan.autoscalers:
-        kube.apply(autoscaler)
+def _apply_deployments(kube: Kube, plan: NamespacePlan) -> list[ScaleChange]:
+    changes: list[ScaleChange] = []
+    for deployment in plan.deployments:
+        meta = deployment["metadata"]
+        before = kube.get("Deployment", meta["namespace"], meta["name"])
+        scaling = plan.governed.get(meta["name"])
+        if scaling is not None:
+            deployment = _governed(deployment, before, scaling)
+        kube.apply(deployment)
+        if (change := _scale_change(before, deployment)) is not None:
+            changes.append(change)
+    return changes
+
+
+def _delete_stale_autoscalers(kube: Kube, plan: NamespacePlan, ours: Mapping[str, str]) -> None:
+    """Delete our HPAs of the namespace that the plan does not have."""
     wanted = {a["metadata"]["name"] for a in plan.autoscalers}
     for existing in kube.list("HorizontalPodAutoscaler", plan.namespace, ours):
         if existing["metadata"]["name"] not in wanted:

@@ -54,7 +54,7 @@ class OperatorProc:
         proc = self._stack.enter_context(running(cmd, log=self.log, env=env, cwd=ROOT))
         self.pid = proc.pid
         url = f"http://127.0.0.1:{port}/healthz"
-        wait_until(lambda: http_ok(url), timeout_s=20, what="operator", proc=proc, log=self.log)
+        wait_until(lambda: http_ok(url), timeout_s=60, what="operator", proc=proc, log=self.log)
 
     def stop(self) -> None:
         self._stack.close()
