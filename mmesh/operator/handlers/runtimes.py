@@ -139,6 +139,18 @@ class ClaimFacts:
     """Claims of the storage-config Secret's `pvc` entries."""
     existing: frozenset[str] = frozenset()
     """Claims named by InferenceServices that exist (only looked up with allowAnyPVC)."""
+    missing: frozenset[str] = frozenset()
+    """Claims named by InferenceServices that do not exist (not mounted)."""
+    problems: tuple[str, ...] = ()
+    """Storage Secret entries that could not be read."""
+
+    def log_news(self, namespace: str, secret: str, before: ClaimFacts | None) -> None:
+        """Log the problems and missing claims that `before` did not have (so a poll does
+        not repeat them)."""
+        for problem in sorted(set(self.problems) - set(before.problems if before else ())):
+            logger.warning("Secret %s/%s: %s", namespace, secret, problem)
+        for claim in sorted(self.missing - (before.missing if before else frozenset())):
+            logger.warning("PVC %s/%s does not exist; not mounting it", namespace, claim)
 
 
 def observe_claims(
@@ -147,16 +159,12 @@ def observe_claims(
     """Read the storage Secret's claims and which `wanted` claims exist (blocking)."""
     entries = kube.read_secret_data(namespace, config.storage_secret_name) or {}
     storage = pvc.storage_config_claims(entries)
-    for problem in storage.problems:
-        logger.warning("Secret %s/%s: %s", namespace, config.storage_secret_name, problem)
     existing: set[str] = set()
+    missing: set[str] = set()
     if config.allow_any_pvc:
         for claim in sorted(wanted - set(storage.names)):
-            if kube.claim_exists(namespace, claim):
-                existing.add(claim)
-            else:
-                logger.warning("PVC %s/%s does not exist; not mounting it", namespace, claim)
-    return ClaimFacts(storage.names, frozenset(existing))
+            (existing if kube.claim_exists(namespace, claim) else missing).add(claim)
+    return ClaimFacts(storage.names, frozenset(existing), frozenset(missing), storage.problems)
 
 
 @dataclass
@@ -214,6 +222,8 @@ class NamespaceSync:
                 changes = await asyncio.to_thread(apply_plan, self.ctx.kube, plan)
                 for change in changes:
                     change.announce()
+                secret = self.ctx.config.storage_secret_name
+                claims.log_news(namespace, secret, self._claims_seen.get(namespace))
                 self._claims_seen[namespace] = claims
                 self._report(namespace, plan)
             except Exception:
