@@ -247,6 +247,9 @@ class NamespaceSync:
             if indexes is None or not self.ctx.leads:
                 continue
             for namespace, seen in list(self._claims_seen.items()):
+                worker = self._workers.get(namespace)
+                if namespace in self._dirty or (worker is not None and not worker.done()):
+                    continue  # a reconcile is under way; it reads the claims itself
                 try:
                     now = await self._observe_claims(namespace, indexes)
                 except Exception:
