@@ -48,7 +48,7 @@ class OperatorProc:
             "HEALTH_HOST": "127.0.0.1",
             "HEALTH_PORT": str(port),
             "LOG_LEVEL": "DEBUG",
-            "CLAIMS_POLL_SECS": "2",
+            "CLAIMS_POLL_SECS": "5",
         }
         cmd: list[str | os.PathLike[str]] = [VENV_PY, "-m", "mmesh.operator"]
         proc = self._stack.enter_context(running(cmd, log=self.log, env=env, cwd=ROOT))
