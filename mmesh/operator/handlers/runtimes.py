@@ -139,6 +139,18 @@ class ClaimFacts:
     """Claims of the storage-config Secret's `pvc` entries."""
     existing: frozenset[str] = frozenset()
     """Claims named by InferenceServices that exist (only looked up with allowAnyPVC)."""
+    missing: frozenset[str] = frozenset()
+    """Claims named by InferenceServices that do not exist (not mounted)."""
+    problems: tuple[str, ...] = ()
+    """Storage Secret entries that could not be read."""
+
+    def log_news(self, namespace: str, secret: str, before: ClaimFacts | None) -> None:
+        """Log the problems and missing claims that `before` did not have (so a poll does
+        not repeat them)."""
+        for problem in sorted(set(self.problems) - set(before.problems if before else ())):
+            logger.warning("Secret %s/%s: %s", namespace, secret, problem)
+        for claim in sorted(self.missing - (before.missing if before else frozenset())):
+            logger.warning("PVC %s/%s does not exist; not mounting it", namespace, claim)
 
 
 def observe_claims(
@@ -147,16 +159,12 @@ def observe_claims(
     """Read the storage Secret's claims and which `wanted` claims exist (blocking)."""
     entries = kube.read_secret_data(namespace, config.storage_secret_name) or {}
     storage = pvc.storage_config_claims(entries)
-    for problem in storage.problems:
-        logger.warning("Secret %s/%s: %s", namespace, config.storage_secret_name, problem)
     existing: set[str] = set()
+    missing: set[str] = set()
     if config.allow_any_pvc:
         for claim in sorted(wanted - set(storage.names)):
-            if kube.claim_exists(namespace, claim):
-                existing.add(claim)
-            else:
-                logger.warning("PVC %s/%s does not exist; not mounting it", namespace, claim)
-    return ClaimFacts(storage.names, frozenset(existing))
+            (existing if kube.claim_exists(namespace, claim) else missing).add(claim)
+    return ClaimFacts(storage.names, frozenset(existing), frozenset(missing), storage.problems)
 
 
 @dataclass
@@ -214,6 +222,8 @@ class NamespaceSync:
                 changes = await asyncio.to_thread(apply_plan, self.ctx.kube, plan)
                 for change in changes:
                     change.announce()
+                secret = self.ctx.config.storage_secret_name
+                claims.log_news(namespace, secret, self._claims_seen.get(namespace))
                 self._claims_seen[namespace] = claims
                 self._report(namespace, plan)
             except Exception:
@@ -237,6 +247,9 @@ class NamespaceSync:
             if indexes is None or not self.ctx.leads:
                 continue
             for namespace, seen in list(self._claims_seen.items()):
+                worker = self._workers.get(namespace)
+                if namespace in self._dirty or (worker is not None and not worker.done()):
+                    continue  # a reconcile is under way; it reads the claims itself
                 try:
                     now = await self._observe_claims(namespace, indexes)
                 except Exception:
@@ -479,21 +492,16 @@ def apply_plan(kube: Kube, plan: NamespacePlan) -> list[ScaleChange]:
     """Make the namespace match the plan (blocking; runs in a worker thread); return the
     runtime Deployments it scaled to zero or up from zero."""
     ns = plan.namespace
-    changes: list[ScaleChange] = []
     if plan.secret is not None:
         _apply_secret(kube, plan.secret)
-    for deployment in plan.deployments:
-        meta = deployment["metadata"]
-        before = kube.get("Deployment", meta["namespace"], meta["name"])
-        scaling = plan.governed.get(meta["name"])
-        if scaling is not None:
-            deployment = _governed(deployment, before, scaling)
-        kube.apply(deployment)
-        if (change := _scale_change(before, deployment)) is not None:
-            changes.append(change)
     service_name = plan.service["metadata"]["name"]
     ours = {**MANAGED_LABELS, SERVICE_LABEL: service_name}
-    _apply_autoscalers(kube, plan, ours)
+    # an HPA that is no longer wanted goes first: it would scale a Deployment sent to zero
+    # (or back to podsPerRuntime) straight back
+    _delete_stale_autoscalers(kube, plan, ours)
+    changes = _apply_deployments(kube, plan)
+    for autoscaler in plan.autoscalers:
+        kube.apply(autoscaler)
     wanted = {d["metadata"]["name"] for d in plan.deployments} | plan.keep
     for existing in kube.list("Deployment", ns, ours):
         if existing["metadata"]["name"] not in wanted:
@@ -510,10 +518,22 @@ def apply_plan(kube: Kube, plan: NamespacePlan) -> list[ScaleChange]:
     return changes
 
 
-def _apply_autoscalers(kube: Kube, plan: NamespacePlan, ours: Mapping[str, str]) -> None:
-    """Create or update the planned HPAs; delete our other HPAs of the namespace."""
-    for autoscaler in plan.autoscalers:
-        kube.apply(autoscaler)
+def _apply_deployments(kube: Kube, plan: NamespacePlan) -> list[ScaleChange]:
+    changes: list[ScaleChange] = []
+    for deployment in plan.deployments:
+        meta = deployment["metadata"]
+        before = kube.get("Deployment", meta["namespace"], meta["name"])
+        scaling = plan.governed.get(meta["name"])
+        if scaling is not None:
+            deployment = _governed(deployment, before, scaling)
+        kube.apply(deployment)
+        if (change := _scale_change(before, deployment)) is not None:
+            changes.append(change)
+    return changes
+
+
+def _delete_stale_autoscalers(kube: Kube, plan: NamespacePlan, ours: Mapping[str, str]) -> None:
+    """Delete our HPAs of the namespace that the plan does not have."""
     wanted = {a["metadata"]["name"] for a in plan.autoscalers}
     for existing in kube.list("HorizontalPodAutoscaler", plan.namespace, ours):
         if existing["metadata"]["name"] not in wanted:

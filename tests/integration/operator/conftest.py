@@ -48,13 +48,13 @@ class OperatorProc:
             "HEALTH_HOST": "127.0.0.1",
             "HEALTH_PORT": str(port),
             "LOG_LEVEL": "DEBUG",
-            "CLAIMS_POLL_SECS": "1",
+            "CLAIMS_POLL_SECS": "5",
         }
         cmd: list[str | os.PathLike[str]] = [VENV_PY, "-m", "mmesh.operator"]
         proc = self._stack.enter_context(running(cmd, log=self.log, env=env, cwd=ROOT))
         self.pid = proc.pid
         url = f"http://127.0.0.1:{port}/healthz"
-        wait_until(lambda: http_ok(url), timeout_s=20, what="operator", proc=proc, log=self.log)
+        wait_until(lambda: http_ok(url), timeout_s=60, what="operator", proc=proc, log=self.log)
 
     def stop(self) -> None:
         self._stack.close()

@@ -16,7 +16,7 @@ from tests.integration.operator.conftest import OPERATOR_NAMESPACE
 from tests.integration.operator.test_operator import SKLEARN, Cluster, isvc_yaml
 
 cluster = base.cluster  # the fixture
-WAIT_S = 45.0
+WAIT_S = 90.0
 """A namespace's first reconcile writes five objects; on a busy machine that takes a while."""
 
 
@@ -24,7 +24,7 @@ async def eventually(check: Any, timeout_s: float = WAIT_S) -> Any:
     return await base.eventually(check, timeout_s)
 
 
-pytestmark = pytest.mark.timeout(240)
+pytestmark = pytest.mark.timeout(400)
 
 DEPLOYMENT = "modelmesh-serving-mlserver-1.x"
 HPA = "HorizontalPodAutoscaler"

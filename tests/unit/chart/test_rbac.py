@@ -544,7 +544,7 @@ def test_kube_calls_are_all_exercised() -> None:
     # `_confine` reads the namespace's etcd Secret, which apply_plan reads (and so is granted)
     # in the same scope: cluster scope, where the plan carries that Secret.
     allowed = {("runtimes", "apply_plan"), ("runtimes", "_apply_secret"), ("runtimes", "_confine")}
-    allowed.add(("runtimes", "_apply_autoscalers"))
+    allowed |= {("runtimes", "_delete_stale_autoscalers"), ("runtimes", "_apply_deployments")}
     assert generic_sites <= allowed
 
 
