@@ -57,6 +57,15 @@ LEGACY_MODEL_ID_HEADER = "tas-model-id"
 ENSURE_LOADED = "/mmesh.ModelMesh/ensureLoaded"
 PLACED_MEMORY_S = 2.0
 """How long this router counts a copy it placed on a peer against that peer's free space."""
+PLACED_LOAD_S = 0.75
+"""How long this router counts a copy it placed on a peer as a load queued there: about
+until the peer's instance record (published at most every 0.5 s) shows it."""
+
+
+def unpublished_loads(placed: list[tuple[float, int]], now: float) -> int:
+    """Loads this router sent to a peer that the peer's record may not show yet."""
+    return sum(1 for at, _ in placed if now - at < PLACED_LOAD_S)
+
 
 # Methods whose request names the model in a field: (field path, read as vmodel id first).
 ID_EXTRACTION: Mapping[str, tuple[int, ...]] = {
@@ -310,7 +319,10 @@ class InferenceRouter:
             return rec
         units = sum(u for _, u in recent)
         return replace(
-            rec, used_units=rec.used_units + units, model_count=rec.model_count + len(recent)
+            rec,
+            used_units=rec.used_units + units,
+            model_count=rec.model_count + len(recent),
+            loads_in_progress=rec.loads_in_progress + unpublished_loads(recent, time.monotonic()),
         )
 
     async def _attempt(self, instance_id: str, work: Awaitable[bytes]) -> bytes:
