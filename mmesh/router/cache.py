@@ -257,6 +257,17 @@ class LocalCache:
             self._insert(slot)
         return slot.state
 
+    def note_use(self, model_id: ModelId, now_ms: int) -> None:
+        """Record a use of a model this pod does not hold (a request it forwarded to a
+        peer): value policy only, so that the model arrives here with its frequency if
+        it is ever placed here."""
+        if self._history is None:
+            return
+        if model_id in self._slots:
+            self.touch(model_id, now_ms)
+            return
+        self._history.remember(model_id, self._history.resume(model_id, now_ms), now_ms)
+
     # ------------------------------------------------------------ transitions
 
     def admit(

@@ -238,6 +238,7 @@ class InferenceRouter:
                 return await self._serve_local(call)
         exclude: set[str] = set()
         last_error: RouterError | None = None
+        tried: dict[str, RouterError] = {}
         for _ in range(peers.MAX_ITERATIONS):
             record = self.registry.models.get(call.model_id)
             if record is None:
@@ -248,6 +249,9 @@ class InferenceRouter:
                 logger.info("model %s on %s: %s", call.model_id, failed.instance_id, failed.error)
                 exclude.add(failed.instance_id)
                 last_error = failed.error
+                tried[failed.instance_id] = failed.error
+            except NoCapacity as exc:
+                raise _with_attempts(exc, call.model_id, tried) from exc
         raise RuntimeUnavailable(
             f"{peers.MAX_ITERATIONS} retry iterations exhausted for model {call.model_id}: "
             f"{last_error}"
@@ -343,6 +347,7 @@ class InferenceRouter:
             model_id=call.model_id, hops=0, dest=target, load=True, exclude=exclude
         )
         metadata += _forwarded_metadata(call.headers, call.model_id)[:-1]
+        self.local.note_forwarded(call.model_id)
         self.pool.inflight[target] = self.pool.inflight.get(target, 0) + 1
         try:
             return await self.pool.get(endpoint).call(
@@ -435,6 +440,14 @@ class InferenceRouter:
         live = {iid: v.record for iid, v in self.registry.instances.items.items()}
         live[self.local.instance_id] = self.self_record()
         return live
+
+
+def _with_attempts(exc: NoCapacity, model_id: str, tried: Mapping[str, RouterError]) -> NoCapacity:
+    """Nowhere left to place a copy: the real causes are why the instances tried refused."""
+    if not tried:
+        return exc
+    causes = "; ".join(f"{iid}: {error}" for iid, error in tried.items())
+    return NoCapacity(f"cannot load model {model_id} on any instance: {causes}")
 
 
 @dataclass(frozen=True, slots=True)

@@ -107,6 +107,10 @@ class LocalModels:
     def touch(self, model_id: str) -> None:
         self.cache.touch(ModelId(model_id), now_ms())
 
+    def note_forwarded(self, model_id: str) -> None:
+        """A request for the model went to a peer: its frequency counts here too."""
+        self.cache.note_use(ModelId(model_id), now_ms())
+
     # --- loading ---------------------------------------------------------------------
 
     async def ensure_loaded(

@@ -94,7 +94,7 @@ class RouterSettings(BaseSettings):
     recently used (the reference's policy)."""
     eviction_tau_ms: int = Field(60_000, gt=0, alias="MM_EVICTION_TAU_MS")
     """`value` policy: time constant over which a model's use frequency decays."""
-    min_loaded_age_ms: int = Field(1_000, ge=0, alias="MM_MIN_LOADED_AGE_MS")
+    min_loaded_age_ms: int = Field(250, ge=0, alias="MM_MIN_LOADED_AGE_MS")
     """A model loaded less than this long ago is not evicted to make room (its first
     requests may still be on their way to the runtime)."""
 

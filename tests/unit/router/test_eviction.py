@@ -259,3 +259,23 @@ def test_with_equal_queues_the_least_valuable_victim_wins() -> None:
         rec, [Peer("a", a), Peer("b", b)], size_units=1, exclude=(), now_ms=1, failure_expiry_ms=1
     )
     assert chosen == "b"  # 1 load on 2 threads starts at once too: the value decides
+
+
+def test_uses_seen_while_the_model_lived_elsewhere_count_when_it_arrives() -> None:
+    cache = cache_of(2)
+    for t in range(0, 50, 10):
+        cache.note_use(M("remote-hot"), t)  # requests forwarded to the peer holding it
+    request(cache, "x", 60)
+    request(cache, "remote-hot", 70)  # placed here now
+    request(cache, "x", 80)  # x used last: LRU would evict remote-hot next
+    assert request(cache, "y", 90) == ["x"]
+
+
+def test_note_use_of_a_model_held_here_is_a_touch_and_a_no_op_under_lru() -> None:
+    cache = cache_of(2)
+    request(cache, "a", 0)
+    cache.note_use(M("a"), 5)
+    assert cache.get(M("a")).last_used_ms == 5  # type: ignore[union-attr]
+    lru = LocalCache(2)
+    lru.note_use(M("a"), 5)
+    assert lru.get(M("a")) is None
