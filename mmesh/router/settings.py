@@ -94,9 +94,10 @@ class RouterSettings(BaseSettings):
     recently used (the reference's policy)."""
     eviction_tau_ms: int = Field(60_000, gt=0, alias="MM_EVICTION_TAU_MS")
     """`value` policy: time constant over which a model's use frequency decays."""
-    min_loaded_age_ms: int = Field(250, ge=0, alias="MM_MIN_LOADED_AGE_MS")
+    min_loaded_age_ms: int = Field(50, ge=0, alias="MM_MIN_LOADED_AGE_MS")
     """A model loaded less than this long ago is not evicted to make room (its first
-    requests may still be on their way to the runtime)."""
+    requests may still be on their way to the runtime). Kept short: a just-loaded one-off
+    model is usually the best victim, and the guard forbids it."""
 
     tls_key_cert_path: str = Field("", alias="MM_TLS_KEY_CERT_PATH")
     """PEM certificate chain; with MM_TLS_PRIVATE_KEY_PATH, TLS on every client and peer
