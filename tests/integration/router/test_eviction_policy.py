@@ -20,7 +20,7 @@ from tests.fixtures.runtimes import StubRuntimeProc
 MIB = 1024 * 1024
 StartRouter = Callable[..., AbstractContextManager[RouterProc]]
 StartStub = Callable[..., AbstractContextManager[StubRuntimeProc]]
-THREE_SLOTS = ("--capacity-bytes", str(3 * MIB), "--size-bytes", str(MIB))
+THREE_SLOTS = ("--capacity-bytes", str(12 * MIB), "--size-bytes", str(4 * MIB))
 THREE_SLOTS += ("--default-size-bytes", str(MIB), "--load-delay-ms", "100")
 
 
@@ -60,7 +60,7 @@ def test_one_off_models_evict_each_other_and_the_frequent_one_stays(
         assert "hot" not in stats["unloads"]
         assert stats["loads"]["hot"] == 1
         assert sorted(stats["unloads"]) == once[:3]
-    assert router.metric("modelmesh_model_evicted_total") == 3
+        assert router.metric("modelmesh_model_evicted_total") == 3
 
 
 def test_lru_policy_is_selectable_and_evicts_the_frequent_model(
@@ -100,7 +100,7 @@ def test_no_room_within_the_load_timeout_fails_naming_cache_churn(
         assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         details = err.value.details() or ""
         assert "cache churn" in details, details
-        assert "384/384 units used by 3 loaded" in details
+        assert "1536/1536 units used by 3 loaded" in details
         assert "3 loaded models used within the last 600000 ms (MM_MIN_CHURN_AGE_MS)" in details
         assert "within the load timeout (1500 ms)" in details
         assert "Add capacity or instances, or lower MM_MIN_CHURN_AGE_MS" in details
