@@ -1,10 +1,11 @@
-"""This pod's copies: the LRU cache decisions plus the I/O that loads and unloads models.
+"""This pod's copies: the cache's eviction decisions plus the I/O that loads and unloads models.
 
 Concurrent requests for a model that is not loaded share one load. A load claims its copy
 in the registry (one CAS), waits for a loading slot (the runtime's maxLoadingConcurrency),
-loads with the runtime's timeout, then records the copy as loaded (a second CAS). Models the
-cache evicts to make room are unloaded in the background; their space stays taken until
-the runtime confirms the unload.
+makes room in the cache (waiting, up to the load timeout, while only models too young to
+evict stand in the way), loads with the runtime's timeout, then records the copy as loaded
+(a second CAS). Models the cache evicts to make room are unloaded in the background; their
+space stays taken until the runtime confirms the unload.
 """
 
 from __future__ import annotations
@@ -105,7 +106,8 @@ class LocalModels:
         return len(self._loads)
 
     def touch(self, model_id: str) -> None:
-        self.cache.touch(ModelId(model_id), now_ms())
+        if self.cache.touch(ModelId(model_id), now_ms()) is None and model_id in self._loads:
+            self.cache.note_use(ModelId(model_id), now_ms())  # queued for a loading slot
 
     def note_forwarded(self, model_id: str) -> None:
         """A request for the model went to a peer: its frequency counts here too."""
@@ -184,14 +186,16 @@ class LocalModels:
         if unloading is not None:
             await asyncio.shield(unloading)
         await self._claim(model_id, extra=extra, unreachable=unreachable)
-        admission = await self._admit(model_id, units)
-        if admission.refusal is not None:
-            await self._unclaim(model_id)
-            raise NoCapacity(f"cannot load {model_id} here: {admission.detail}")
-        self._unload_victims(admission.victims)
         queued = time.monotonic()
         async with self._slots:
             self.metrics.loading_queue_ms.observe((time.monotonic() - queued) * 1000)
+            # Room is made when the load starts, not when it queues: the models it evicts
+            # keep serving while it waits for a loading slot.
+            admission = await self._admit(model_id, units)
+            if admission.refusal is not None:
+                await self._unclaim(model_id)
+                raise NoCapacity(f"cannot load {model_id} here: {admission.detail}")
+            self._unload_victims(admission.victims)
             load_started = time.monotonic()
             size = await self._runtime_load(model_id, record)
             load_ms = (time.monotonic() - load_started) * 1000
