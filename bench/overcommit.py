@@ -14,8 +14,9 @@ and a router each, one mesh), 400 registered models, a Zipf(1.0) trace of 5,000 
 - `lru`: `MM_EVICTION_POLICY=lru`, `MM_MIN_CHURN_AGE_MS=0` (plain LRU, every request answered);
 - `lru-reference`: `MM_EVICTION_POLICY=lru` with the reference's churn guard (100 s here).
 
-`--router-src DIR` runs the routers from another source tree (e.g. `git archive` of main,
-for before/after numbers; that code ignores the variables it does not know).
+`--router-src DIR` runs the routers from another source tree (their working directory, so
+`python -m mmesh.router` imports DIR/mmesh; e.g. `git archive` of main, for before/after
+numbers; that code ignores the variables it does not know).
 
 Hit ratio = 1 - loads / requests (loads counted by the stubs). Each mode gets a fresh
 registry prefix, fresh stubs and routers. Prints a table; writes bench/results-overcommit.json.
@@ -87,7 +88,7 @@ def offline(trace: list[int]) -> dict[str, float]:
 
 
 def run_mode(
-    mesh: Mesh, mode: str, rep: int, requests: int, router_env: dict[str, str]
+    mesh: Mesh, mode: str, rep: int, requests: int, router_src: Path | None
 ) -> dict[str, Any]:
     prefix = mesh.prefix(f"oc-{mode}-{rep}")
     ids = [f"oc-{i:03d}" for i in range(MODELS)]
@@ -101,10 +102,10 @@ def run_mode(
 
     asyncio.run(seed())
     stubs = [start_stub(mesh, f"{mode}{rep}{x}") for x in "ab"]
-    env = {"MM_INSTANCE_LEASE_TTL_SECS": "5", "MM_LOG_LEVEL": "WARNING", **router_env}
-    env.update(MODES[mode])
+    env = {"MM_INSTANCE_LEASE_TTL_SECS": "5", "MM_LOG_LEVEL": "WARNING", **MODES[mode]}
+    cwd = router_src or ROOT
     routers = [
-        mesh.start_router(f"{mode}{rep}{x}", prefix, stub, env=env)
+        mesh.start_router(f"{mode}{rep}{x}", prefix, stub, env=env, cwd=cwd)
         for x, stub in zip("ab", stubs, strict=True)
     ]
     time.sleep(2.0)  # each router sees the other's instance record
@@ -234,9 +235,7 @@ def main() -> int:
     unknown = set(modes) - set(MODES)
     if unknown:
         sys.exit(f"unknown modes {sorted(unknown)}; known: {sorted(MODES)}")
-    router_env: dict[str, str] = {}
-    if args.router_src is not None:
-        router_env["PYTHONPATH"] = str(args.router_src.resolve())
+    router_src = args.router_src.resolve() if args.router_src is not None else None
     trace = zipf_sequence(MODELS, ALPHA, requests, SEED)
     results: dict[str, Any] = {
         "environment": environment(MeshConfig.make(True), ["overcommit"]),
@@ -252,7 +251,7 @@ def main() -> int:
         for rep in range(1, args.reps + 1):
             order = modes[(rep - 1) % len(modes) :] + modes[: (rep - 1) % len(modes)]
             for mode in order:
-                results["runs"].append(run_mode(mesh, mode, rep, requests, router_env))
+                results["runs"].append(run_mode(mesh, mode, rep, requests, router_src))
     results["goals"] = goals(results["runs"], results["offline"], requests)
     results["wall_s"] = round(time.monotonic() - started, 1)
     args.out.write_text(json.dumps(results, indent=1, default=str) + "\n")
