@@ -28,6 +28,7 @@ EXPECTED_PURE = {
     "mmesh/adapter/sizing.py",
     "mmesh/adapter/storage/spec.py",
     "mmesh/router/cache.py",
+    "mmesh/router/eviction.py",
     "mmesh/router/inflight.py",
     "mmesh/router/wire.py",
     "mmesh/router/vmodels.py",
