@@ -272,9 +272,13 @@ class Mesh:
         env: dict[str, str] | None = None,
         hooks: Sequence[str] = (),
         timeout_s: float = 60.0,
+        cwd: Path = ROOT,
     ) -> Router:
-        """`hooks`: "decode" (decode_hook.py) and/or "pause" (pause_hook.py) in the router."""
-        return self.retrying(lambda: self._start_router(name, prefix, stub, env, hooks, timeout_s))
+        """`hooks`: "decode" (decode_hook.py) and/or "pause" (pause_hook.py) in the router.
+        `cwd`: where `python -m mmesh.router` runs (its `mmesh` package comes from there)."""
+        return self.retrying(
+            lambda: self._start_router(name, prefix, stub, env, hooks, timeout_s, cwd)
+        )
 
     def _start_router(
         self,
@@ -284,6 +288,7 @@ class Mesh:
         env: dict[str, str] | None,
         hooks: Sequence[str],
         timeout_s: float,
+        cwd: Path = ROOT,
     ) -> Router:
         ports = self.ports(7)
         kv_store = {"endpoints": f"http://{self.etcd_endpoint}", "root_prefix": prefix}
@@ -314,9 +319,7 @@ class Mesh:
             (hook_dir / "sitecustomize.py").write_text(imports)
             full_env["PYTHONPATH"] = str(hook_dir)
         started = time.time()
-        proc = self.procs.start(
-            f"router-{name}", [PY, "-m", "mmesh.router"], env=full_env, cwd=ROOT
-        )
+        proc = self.procs.start(f"router-{name}", [PY, "-m", "mmesh.router"], env=full_env, cwd=cwd)
         router = Router(
             name, prefix, ports[0], ports[1], ports[4], ports[2], ports[5], ports[6], proc, started
         )

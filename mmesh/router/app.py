@@ -29,6 +29,7 @@ from mmesh.router.certs import CertFiles, PeerCredentials, ServerContext, server
 from mmesh.router.copies import CopyPolicy, is_min_copy
 from mmesh.router.dataplane import DataPlane, RuntimeCallObserver
 from mmesh.router.errors import RouterError
+from mmesh.router.eviction import PolicyKind, Scoring
 from mmesh.router.forwarding import Forwarder
 from mmesh.router.healer import FirstLoads, Healer
 from mmesh.router.inference import InferenceRouter
@@ -64,10 +65,21 @@ class Lifecycle:
 
 
 def eviction_policy(settings: RouterSettings, info: RuntimeInfo) -> EvictionPolicy:
+    loaded_age = settings.min_loaded_age_ms
     if settings.min_churn_age_ms is not None:
-        return EvictionPolicy(min_churn_age_ms=settings.min_churn_age_ms)
-    assume_loaded_ms = max(3000, info.load_timeout_ms // 3)
-    return EvictionPolicy(min_churn_age_ms=10 * assume_loaded_ms)
+        churn = settings.min_churn_age_ms
+    elif settings.eviction_policy == PolicyKind.VALUE:
+        churn = 0
+    else:
+        churn = 10 * max(3000, info.load_timeout_ms // 3)
+    return EvictionPolicy(min_churn_age_ms=churn, min_loaded_age_ms=loaded_age)
+
+
+def eviction_scoring(settings: RouterSettings) -> Scoring | None:
+    """The value policy's parameters; None selects LRU."""
+    if settings.eviction_policy == PolicyKind.LRU:
+        return None
+    return Scoring(tau_ms=settings.eviction_tau_ms)
 
 
 def copy_policy(settings: RouterSettings) -> CopyPolicy:
@@ -86,7 +98,7 @@ def instance_snapshot(
 ) -> InstanceRecord:
     cache = local.cache
     return InstanceRecord(
-        lru_time_ms=cache.lru_time_ms(),
+        lru_time_ms=cache.victim_time_ms(),
         model_count=cache.count,
         capacity_units=cache.capacity_units,
         used_units=cache.used_units,
@@ -244,7 +256,7 @@ async def build_pod(settings: RouterSettings, life: Lifecycle) -> Pod:
     metrics = RouterMetrics(settings.metrics_config)
     local = LocalModels(
         instance_id=settings.resolved_instance_id,
-        cache=LocalCache(bytes_to_units(info.capacity_bytes)),
+        cache=LocalCache(bytes_to_units(info.capacity_bytes), scoring=eviction_scoring(settings)),
         runtime=runtime,
         info=info,
         registry=registry,

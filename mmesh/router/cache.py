@@ -1,32 +1,42 @@
-"""Pure: this pod's weighted LRU of models, in 8 KiB units (ModelMesh semantics).
+"""Pure: this pod's cache of models, in 8 KiB units (ModelMesh semantics).
 
 `LocalCache` holds one entry per model this pod has loaded, is loading, failed
 to load or is unloading, ordered by last use (reference §4.5). Entries weigh
 their size in units; a failed entry weighs one unit. An entry being unloaded
 still holds its units until `unloaded()` is called: its memory is not free yet.
 
-Making room is "decide, then act": `admit()` and `loaded()` pick the least
-recently used LOADED entries as victims and flip them to UNLOADING in the
-same call; the caller then unloads them. A victim's units are promised to the
+Victims are chosen by one of two policies: LRU (no `Scoring`: the least recently
+used first) or value (with a `Scoring`, see `mmesh.router.eviction`: the least
+load time saved per unit of space first; a min-heap, lazily refreshed, finds
+them). Entries the `protected` hook names (e.g. a model's minimum copies) are
+never chosen.
+
+Making room is "decide, then act": `admit()` and `loaded()` pick victims among
+the LOADED entries and flip them to UNLOADING in the same call; the caller then
+unloads them. A victim's units are promised to the
 model it made room for, so later admissions do not count them twice; units of
 models dropped with `remove()` are free only once they are unloaded.
 
 `admit()` refuses, inserting nothing, when room can only be made by evicting
-a model used within the churn age ("Cache churn threshold exceeded") or a
-model used more recently than the newcomer (it would be evicted at once), or
-when the space is held by entries still loading or unloading. Entries the
-`protected` predicate names (a model's minimum copies) are never victims.
+a model used within the churn age or loaded within `min_loaded_age_ms`
+("cache churn"), or (LRU only) a model used more recently than the newcomer
+(it would be evicted at once), or when the space is held by entries still
+loading or unloading. Entries the `protected` predicate names (a model's
+minimum copies) are never victims. The caller may wait and try again.
 Callers: the router's loading and placement shells, which pass `now` in epoch ms.
 """
 
 from __future__ import annotations
 
 import enum
+import heapq
+import itertools
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from mmesh.core.ids import ModelId
+from mmesh.router.eviction import History, Scoring
 
 FAILED_UNITS = 1
 """What a failed entry weighs (reference: failed entries weigh 1)."""
@@ -48,7 +58,7 @@ class Refusal(enum.StrEnum):
     """Why `admit()` could not make room; the values are the messages."""
 
     TOO_BIG = "model is larger than the whole cache"
-    CHURN = "Cache churn threshold exceeded"
+    CHURN = "cache churn"
     STALE = "model is older than every loaded model that could make room"
     UNLOADING = "capacity is taken up by models still unloading"
     BUSY = "capacity is taken up by models still loading or failed"
@@ -61,10 +71,15 @@ class EvictionPolicy:
 
     min_churn_age_ms: int
     """Models used less than this long ago are never evicted to make room."""
+    min_loaded_age_ms: int = 0
+    """Models loaded less than this long ago are never evicted to make room (their first
+    requests may not have reached the runtime yet)."""
 
     def __post_init__(self) -> None:
         if self.min_churn_age_ms < 0:
             raise ValueError(f"min_churn_age_ms must not be negative: {self.min_churn_age_ms}")
+        if self.min_loaded_age_ms < 0:
+            raise ValueError(f"min_loaded_age_ms must not be negative: {self.min_loaded_age_ms}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,7 +113,17 @@ class Admission:
 class _Slot:
     """The mutable entry behind a `CacheEntry` snapshot."""
 
-    __slots__ = ("claimed", "last_used_ms", "model_id", "state", "state_since_ms", "units")
+    __slots__ = (
+        "claimed",
+        "cost",
+        "frequency",
+        "heap_key",
+        "last_used_ms",
+        "model_id",
+        "state",
+        "state_since_ms",
+        "units",
+    )
 
     def __init__(self, model_id: ModelId, units: int, last_used_ms: int, now_ms: int) -> None:
         self.model_id = model_id
@@ -107,6 +132,15 @@ class _Slot:
         self.state = EntryState.LOADING
         self.state_since_ms = now_ms
         self.claimed = False  # UNLOADING only: its units are promised to a newcomer
+        # Value policy only: see mmesh.router.eviction. heap_key is the key of the slot's
+        # newest heap entry (never above its value: uses only raise the value).
+        self.frequency = float(last_used_ms)
+        self.cost = 0.0
+        self.heap_key = 0.0
+
+    @property
+    def value(self) -> float:
+        return self.frequency + self.cost
 
     def snapshot(self) -> CacheEntry:
         return CacheEntry(
@@ -115,16 +149,24 @@ class _Slot:
 
 
 class LocalCache:
-    """Weighted LRU of this pod's models; see the module docstring for the rules."""
+    """This pod's models; see the module docstring for the rules."""
 
     def __init__(
-        self, capacity_units: int, *, protected: Callable[[ModelId], bool] | None = None
+        self,
+        capacity_units: int,
+        *,
+        scoring: Scoring | None = None,
+        protected: Callable[[ModelId], bool] | None = None,
     ) -> None:
         if capacity_units < 0:
             raise ValueError(f"capacity_units must not be negative: {capacity_units}")
         self.capacity_units = capacity_units
+        self.scoring = scoring
         self.protected: Callable[[ModelId], bool] = protected or _unprotected
         """Eviction skips entries this says True for (see `copies.is_min_copy`)."""
+        self._history = History(scoring) if scoring is not None else None
+        self._heap: list[tuple[float, int, _Slot]] = []
+        self._seq = itertools.count()
         # Ordered by last_used_ms, oldest first; equal times keep insertion order.
         self._slots: OrderedDict[ModelId, _Slot] = OrderedDict()
         self._newest_ms = _NEVER  # >= every last_used_ms in _slots
@@ -168,6 +210,28 @@ class LocalCache:
                 return slot.last_used_ms
         return None
 
+    def victim_time_ms(self) -> int | None:
+        """What the next victim is worth, as a time peers compare (the instance record's
+        `lruTime`): its last use under LRU, its value (an equivalent last use) under the
+        value policy. None when nothing is loaded."""
+        if self.scoring is None:
+            return self.lru_time_ms()
+        top = self._heap_top()
+        return None if top is None else int(top.value)
+
+    def value_of(self, model_id: ModelId) -> float | None:
+        """A model's value (value policy), None when absent or under LRU."""
+        slot = self._slots.get(model_id)
+        return None if slot is None or self.scoring is None else slot.value
+
+    def used_since(self, since_ms: int) -> int:
+        """LOADED models used after `since_ms` (for churn messages)."""
+        return sum(
+            1
+            for s in self._slots.values()
+            if s.state is EntryState.LOADED and s.last_used_ms > since_ms
+        )
+
     def __repr__(self) -> str:
         counts = self._counts
         return (
@@ -184,6 +248,8 @@ class LocalCache:
         slot = self._slots.get(model_id)
         if slot is None:
             return None
+        if self.scoring is not None:
+            slot.frequency = self.scoring.used(slot.frequency, now_ms)
         if now_ms >= self._newest_ms:
             slot.last_used_ms = self._newest_ms = now_ms
             self._slots.move_to_end(model_id)
@@ -192,6 +258,17 @@ class LocalCache:
             slot.last_used_ms = now_ms
             self._insert(slot)
         return slot.state
+
+    def note_use(self, model_id: ModelId, now_ms: int) -> None:
+        """Record a use of a model this pod does not hold (a request it forwarded to a
+        peer): value policy only, so that the model arrives here with its frequency if
+        it is ever placed here."""
+        if self._history is None:
+            return
+        if model_id in self._slots:
+            self.touch(model_id, now_ms)
+            return
+        self._history.remember(model_id, self._history.resume(model_id, now_ms), now_ms)
 
     # ------------------------------------------------------------ transitions
 
@@ -220,23 +297,38 @@ class LocalCache:
             return Admission(refusal=Refusal.TOO_BIG, detail=detail)
         need = weight - self._room() - (old.units if old else 0)
         churn_after = now_ms - policy.min_churn_age_ms
-        victims, missing, stop = self._choose_victims(need, last_used_ms, churn_after)
+        loaded_after = now_ms - policy.min_loaded_age_ms
+        victims, missing, stop = self._choose_victims(
+            need, last_used_ms, churn_after, loaded_after=loaded_after
+        )
         if missing > 0:
-            return self._refuse(weight, missing, stop)
+            return self._refuse(weight, missing, stop, now_ms=now_ms, policy=policy)
+        frequency = float(last_used_ms)
         if old is not None:
+            frequency = old.frequency
             self._pop(old)
         evicted = self._evict(victims, now_ms)
         slot = _Slot(model_id, weight, last_used_ms, now_ms)
+        if self.scoring is not None and self._history is not None:
+            slot.frequency = (
+                self.scoring.used(frequency, last_used_ms)
+                if old is not None
+                else self._history.resume(model_id, last_used_ms)
+            )
         self._account(slot, +1)
         self._insert(slot)
         return Admission(victims=evicted)
 
-    def loaded(self, model_id: ModelId, units: int, now_ms: int) -> tuple[CacheEntry, ...]:
+    def loaded(
+        self, model_id: ModelId, units: int, now_ms: int, *, load_ms: float | None = None
+    ) -> tuple[CacheEntry, ...]:
         """Mark a LOADING (or LOADED) model LOADED at its real size.
 
-        A bigger real size evicts LRU models (not this one) regardless of the
-        churn age: the memory is already taken. Returns those victims, now
-        UNLOADING. A model removed while it loaded stays UNLOADING.
+        `load_ms`, how long the load took, sets what the model is worth (value policy);
+        unknown, the load is taken to cost REFERENCE_MS_PER_UNIT per unit. A bigger real
+        size evicts other models regardless of the churn age: the memory is already
+        taken. Returns those victims, now UNLOADING. A model removed while it loaded
+        stays UNLOADING.
         """
         slot = self._require(model_id)
         if slot.state is EntryState.UNLOADING:
@@ -244,7 +336,13 @@ class LocalCache:
         if slot.state is EntryState.FAILED:
             raise ValueError(f"model {model_id} failed; admit it again before loading")
         self._change(slot, EntryState.LOADED, max(units, 1), now_ms)
-        victims, _, _ = self._choose_victims(-self._room(), _ALWAYS, _ALWAYS, skip=model_id)
+        if self.scoring is not None:
+            if load_ms is not None:
+                slot.cost = self.scoring.cost_term(load_ms, slot.units)
+            self._push(slot)
+        victims, _, _ = self._choose_victims(
+            -self._room(), _ALWAYS, _ALWAYS, loaded_after=_ALWAYS, skip=model_id
+        )
         return self._evict(victims, now_ms)
 
     def failed(self, model_id: ModelId, now_ms: int) -> None:
@@ -282,15 +380,26 @@ class LocalCache:
         return self.capacity_units - self._cached_units - unclaimed
 
     def _choose_victims(
-        self, need: int, stale_after: int, churn_after: int, *, skip: ModelId | None = None
+        self,
+        need: int,
+        stale_after: int,
+        churn_after: int,
+        *,
+        loaded_after: int,
+        skip: ModelId | None = None,
     ) -> tuple[list[_Slot], int, Refusal | None]:
-        """Oldest LOADED entries freeing `need` units: (victims, units missing, stop).
+        """LOADED entries freeing `need` units, least worth keeping first:
+        (victims, units missing, why the rest could not go).
 
-        The walk stops at the first entry used after `stale_after` (newer than
-        the newcomer) or after `churn_after` (too young to evict).
+        Entries used after `churn_after` or loaded after `loaded_after` are too young
+        to evict; under LRU, the walk stops at the first entry used after
+        `stale_after` (newer than the newcomer). Protected entries never go.
         """
+        if self.scoring is not None:
+            return self._choose_by_value(need, churn_after, loaded_after, skip)
         victims: list[_Slot] = []
         kept = False
+        young = False
         for slot in self._slots.values():
             if need <= 0:
                 break
@@ -300,22 +409,95 @@ class LocalCache:
                 kept = True
                 continue
             if slot.last_used_ms > stale_after:
-                return victims, need, Refusal.STALE
+                return victims, need, Refusal.CHURN if young else Refusal.STALE
             if slot.last_used_ms > churn_after:
                 return victims, need, Refusal.CHURN
+            if slot.state_since_ms > loaded_after:
+                young = True
+                continue
             victims.append(slot)
             need -= slot.units
-        return victims, need, Refusal.PROTECTED if kept and need > 0 else None
+        return victims, need, _shortfall(need, young=young, kept=kept)
 
-    def _refuse(self, weight: int, missing: int, stop: Refusal | None) -> Admission:
+    def _choose_by_value(
+        self, need: int, churn_after: int, loaded_after: int, skip: ModelId | None
+    ) -> tuple[list[_Slot], int, Refusal | None]:
+        victims: list[_Slot] = []
+        kept: list[_Slot] = []  # examined, not chosen: back into the heap afterwards
+        young = protected = False
+        while need > 0:
+            slot = self._heap_top()
+            if slot is None:
+                break
+            heapq.heappop(self._heap)
+            slot.heap_key = float("nan")  # no live heap entry until pushed again
+            if slot.model_id == skip:
+                kept.append(slot)
+            elif self.protected(slot.model_id):
+                protected = True
+                kept.append(slot)
+            elif slot.last_used_ms > churn_after or slot.state_since_ms > loaded_after:
+                young = True
+                kept.append(slot)
+            else:
+                victims.append(slot)
+                need -= slot.units
+        for slot in kept:
+            self._push(slot)
+        if need > 0:
+            for slot in victims:
+                self._push(slot)
+        return victims, need, _shortfall(need, young=young, kept=protected)
+
+    def _heap_top(self) -> _Slot | None:
+        """The LOADED entry of least value (value policy), its heap entry on top."""
+        heap = self._heap
+        while heap:
+            key, _, slot = heap[0]
+            if slot.heap_key != key or self._slots.get(slot.model_id) is not slot:
+                heapq.heappop(heap)  # superseded by a newer entry, or gone
+            elif slot.state is not EntryState.LOADED:
+                heapq.heappop(heap)
+                slot.heap_key = float("nan")  # pushed again when it is LOADED again
+            elif slot.value > key:
+                heapq.heappop(heap)  # used since it was pushed: its place moved up
+                self._push(slot)
+            else:
+                return slot
+        return None
+
+    def _push(self, slot: _Slot) -> None:
+        slot.heap_key = slot.value
+        heapq.heappush(self._heap, (slot.heap_key, next(self._seq), slot))
+
+    def _refuse(
+        self,
+        weight: int,
+        missing: int,
+        stop: Refusal | None,
+        *,
+        now_ms: int,
+        policy: EvictionPolicy,
+    ) -> Admission:
         unclaimed = self._unloading_units - self._claimed_units
         # Space that frees itself soon beats a guard: retrying later will work.
         reason = Refusal.UNLOADING if missing <= unclaimed else stop or Refusal.BUSY
+        counts = self._counts
         detail = (
-            f"{reason}: needs {weight} units, {missing} more than the LRU models allowed to "
-            f"go can free ({self.used_units}/{self.capacity_units} used, {unclaimed} unloading)"
+            f"{reason}: needs {weight} units, {missing} more than the models allowed to "
+            f"go can free ({self.used_units}/{self.capacity_units} units used by "
+            f"{counts[EntryState.LOADED]} loaded, {counts[EntryState.LOADING]} loading, "
+            f"{unclaimed} units unloading"
         )
-        return Admission(refusal=reason, detail=detail)
+        if reason is Refusal.CHURN:
+            window = policy.min_churn_age_ms
+            recent = self.used_since(now_ms - window) if window else 0
+            detail += (
+                f"; {recent} loaded models used within the last {window} ms "
+                f"(MM_MIN_CHURN_AGE_MS), models loaded within the last "
+                f"{policy.min_loaded_age_ms} ms are kept too"
+            )
+        return Admission(refusal=reason, detail=detail + ")")
 
     def _evict(self, victims: list[_Slot], now_ms: int) -> tuple[CacheEntry, ...]:
         for slot in victims:
@@ -358,6 +540,8 @@ class LocalCache:
     def _pop(self, slot: _Slot) -> None:
         del self._slots[slot.model_id]
         self._account(slot, -1)
+        if self._history is not None and slot.state is not EntryState.FAILED:
+            self._history.remember(slot.model_id, slot.frequency, slot.last_used_ms)
 
     def _require(self, model_id: ModelId) -> _Slot:
         slot = self._slots.get(model_id)
@@ -368,3 +552,13 @@ class LocalCache:
 
 def _unprotected(_: ModelId) -> bool:
     return False
+
+
+def _shortfall(need: int, *, young: bool, kept: bool) -> Refusal | None:
+    """Why the victims found do not free enough: entries too young to go (cache churn)
+    first, then entries protected as minimum copies."""
+    if need <= 0:
+        return None
+    if young:
+        return Refusal.CHURN
+    return Refusal.PROTECTED if kept else None

@@ -72,6 +72,15 @@ LEGACY_MODEL_ID_HEADER = "tas-model-id"
 ENSURE_LOADED = "/mmesh.ModelMesh/ensureLoaded"
 PLACED_MEMORY_S = 2.0
 """How long this router counts a copy it placed on a peer against that peer's free space."""
+PLACED_LOAD_S = 0.75
+"""How long this router counts a copy it placed on a peer as a load queued there: about
+until the peer's instance record (published at most every 0.5 s) shows it."""
+
+
+def unpublished_loads(placed: list[tuple[float, int]], now: float) -> int:
+    """Loads this router sent to a peer that the peer's record may not show yet."""
+    return sum(1 for at, _ in placed if now - at < PLACED_LOAD_S)
+
 
 # Methods whose request names the model in a field: (field path, read as vmodel id first).
 ID_EXTRACTION: Mapping[str, tuple[int, ...]] = {
@@ -255,6 +264,7 @@ class InferenceRouter:
         disowned: set[str] = set()
         last_error: RouterError | None = None
         me = self.local.instance_id
+        tried: dict[str, RouterError] = {}
         for _ in range(peers.MAX_ITERATIONS):
             record = self._record(call.model_id)
             if stale_self_claim(record, me, self.local.copy_state(call.model_id)):
@@ -272,7 +282,10 @@ class InferenceRouter:
                     await self.healer.drop_peer_claim(call.model_id, iid, seen_ms)
                 else:
                     exclude.add(iid)
+                    tried[iid] = error
                 last_error = error
+            except NoCapacity as exc:
+                raise _with_attempts(exc, call.model_id, tried) from exc
         raise RuntimeUnavailable(
             f"{peers.MAX_ITERATIONS} retry iterations exhausted for model {call.model_id}: "
             f"{last_error}"
@@ -299,7 +312,13 @@ class InferenceRouter:
     def _view(self, model_id: str) -> View:
         me = self.local.instance_id
         live = {
-            iid: with_placements(rec, self._recent_placements(iid)) if iid != me else rec
+            iid: with_placements(
+                rec,
+                self._recent_placements(iid),
+                queued=unpublished_loads(self._placed.get(iid, []), time.monotonic()),
+            )
+            if iid != me
+            else rec
             for iid, rec in self.live_peers().items()
         }
         return View(
@@ -340,6 +359,7 @@ class InferenceRouter:
             model_id=call.model_id, hops=0, dest=target, load=load, exclude=exclude
         )
         metadata += _forwarded_metadata(call.headers, None)
+        self.local.note_forwarded(call.model_id)
         self.pool.inflight[target] = self.pool.inflight.get(target, 0) + 1
         try:
             return await self.pool.get(endpoint.endpoint).call(
@@ -434,6 +454,14 @@ class InferenceRouter:
         live = {iid: v.record for iid, v in self.registry.instances.items.items()}
         live[self.local.instance_id] = self.self_record()
         return live
+
+
+def _with_attempts(exc: NoCapacity, model_id: str, tried: Mapping[str, RouterError]) -> NoCapacity:
+    """Nowhere left to place a copy: the real causes are why the instances tried refused."""
+    if not tried:
+        return exc
+    causes = "; ".join(f"{iid}: {error}" for iid, error in tried.items())
+    return NoCapacity(f"cannot load model {model_id} on any instance: {causes}")
 
 
 @dataclass(frozen=True, slots=True)

@@ -38,11 +38,15 @@ PROACTIVE_RECENT_MS = 3_600_000
 """Only models used within this long are loaded into free space ahead of requests."""
 PROACTIVE_PER_RUN = 3
 MIN_COPIES_PER_RUN = 5
-GC_FREEZE_INTERVAL_S = 60.0
-GC_UNFREEZE_EVERY = 60
-"""Freezes between two full collections that also reclaim cycles among frozen objects."""
-SURVEY_CHUNK = 2000
-"""Records examined between two yields to the event loop."""
+GC_FREEZE_INTERVAL_S = 5.0
+"""Survivors are frozen this often, so that a full collection (which CPython starts by
+itself) only ever traverses the few objects made since the last freeze: a burst of loads
+or registrations must not leave 10^5 objects in the collector's oldest generation."""
+GC_UNFREEZE_EVERY = 720
+"""Freezes between two full collections that also reclaim cycles among frozen objects
+(hourly)."""
+SURVEY_CHUNK = 250
+"""Records examined between two yields to the event loop (about a millisecond)."""
 
 
 def drop_instances(rec: ModelRecord | None, dead: frozenset[str]) -> ModelRecord | Unchanged:
@@ -379,8 +383,8 @@ class Survey:
 class GcFreezer:
     """Keeps long-lived objects (registry records, cache entries) out of the collector's
     generations: a full collection that traverses hundreds of thousands of them stalls
-    every request for 100+ ms. Survivors are frozen every minute; once an hour everything is
-    thawed so one full collection can reclaim cycles that died while frozen."""
+    every request for 100+ ms. Survivors are frozen every few seconds; once an hour everything
+    is thawed so one full collection can reclaim cycles that died while frozen."""
 
     def __init__(self) -> None:
         self.ticks = 0

@@ -1,10 +1,11 @@
-"""This pod's copies: the LRU cache decisions plus the I/O that loads and unloads models.
+"""This pod's copies: the cache's eviction decisions plus the I/O that loads and unloads models.
 
 Concurrent requests for a model that is not loaded share one load. A load claims its copy
 in the registry (one CAS), waits for a loading slot (the runtime's maxLoadingConcurrency),
-loads with the runtime's timeout, then records the copy as loaded (a second CAS). Models the
-cache evicts to make room are unloaded in the background; their space stays taken until
-the runtime confirms the unload.
+makes room in the cache (waiting, up to the load timeout, while only models too young to
+evict stand in the way), loads with the runtime's timeout, then records the copy as loaded
+(a second CAS). Models the cache evicts to make room are unloaded in the background; their
+space stays taken until the runtime confirms the unload.
 """
 
 from __future__ import annotations
@@ -21,7 +22,14 @@ from typing import Any
 from mmesh.core.errors import StoreUnavailable
 from mmesh.core.ids import InstanceId, ModelId
 from mmesh.core.records import ModelRecord, bytes_to_units, units_to_bytes
-from mmesh.router.cache import CacheEntry, EntryState, EvictionPolicy, LocalCache
+from mmesh.router.cache import (
+    Admission,
+    CacheEntry,
+    EntryState,
+    EvictionPolicy,
+    LocalCache,
+    Refusal,
+)
 from mmesh.router.errors import (
     LoadFailed,
     ModelNotHere,
@@ -40,6 +48,10 @@ logger = logging.getLogger(__name__)
 
 UNLOAD_ATTEMPTS = 3
 UNLOAD_RETRY_S = 1.0
+ROOM_POLL_S = 0.05
+"""How often a load waiting for room tries again."""
+WAIT_FOR_ROOM = frozenset({Refusal.CHURN, Refusal.UNLOADING, Refusal.BUSY})
+"""Refusals that time can lift (as opposed to a model bigger than the whole cache)."""
 
 
 def now_ms() -> int:
@@ -117,7 +129,12 @@ class LocalModels:
         return {m: s for m, s in states.items() if s is not LocalCopy.NONE}
 
     def touch(self, model_id: str) -> None:
-        self.cache.touch(ModelId(model_id), now_ms())
+        if self.cache.touch(ModelId(model_id), now_ms()) is None and model_id in self._loads:
+            self.cache.note_use(ModelId(model_id), now_ms())  # queued for a loading slot
+
+    def note_forwarded(self, model_id: str) -> None:
+        """A request for the model went to a peer: its frequency counts here too."""
+        self.cache.note_use(ModelId(model_id), now_ms())
 
     @contextlib.contextmanager
     def in_use(self, model_id: str) -> Iterator[None]:
@@ -159,6 +176,7 @@ class LocalModels:
             self._loads[model_id] = future
             skip = frozenset(unreachable)
             self._spawn(self._load(model_id, record, future, extra=extra, unreachable=skip))
+            self.on_change()  # peers place by loads in progress: publish the new one
         await asyncio.shield(future)
 
     def _raise_recent_failure(self, model_id: str) -> None:
@@ -211,23 +229,51 @@ class LocalModels:
         if unloading is not None:
             await asyncio.shield(unloading)
         await self._claim(model_id, extra=extra, unreachable=unreachable)
-        admission = self.cache.admit(
-            ModelId(model_id), units, last_used_ms=now_ms(), now_ms=now_ms(), policy=self.policy
-        )
-        if admission.refusal is not None:
-            await self._unclaim(model_id)
-            raise NoCapacity(f"cannot load {model_id} here: {admission.detail}")
-        self._unload_victims(admission.victims)
         queued = time.monotonic()
         async with self._slots:
             self.metrics.loading_queue_ms.observe((time.monotonic() - queued) * 1000)
+            # Room is made when the load starts, not when it queues: the models it evicts
+            # keep serving while it waits for a loading slot.
+            admission = await self._admit(model_id, units)
+            if admission.refusal is not None:
+                await self._unclaim(model_id)
+                raise NoCapacity(f"cannot load {model_id} here: {admission.detail}")
+            self._unload_victims(admission.victims)
+            load_started = time.monotonic()
             size = await self._runtime_load(model_id, record)
-        self._unload_victims(self.cache.loaded(ModelId(model_id), bytes_to_units(size), now_ms()))
+            load_ms = (time.monotonic() - load_started) * 1000
+        self._unload_victims(
+            self.cache.loaded(ModelId(model_id), bytes_to_units(size), now_ms(), load_ms=load_ms)
+        )
         self.metrics.loaded_size.observe(size)
         self._failures.pop(model_id, None)
         # Recorded before the waiting requests go ahead, so that any router asked right after
         # the first answer already reports the copy as loaded.
         await self._record_loaded(model_id)
+
+    async def _admit(self, model_id: str, units: int) -> Admission:
+        """Make room for the model; while only models too young to evict (or unloads under
+        way) stand in the way, wait for them, up to the load timeout: a queue absorbs bursts
+        of churn, and only loads that cannot start within the timeout are refused."""
+        deadline = time.monotonic() + self.info.load_timeout_ms / 1000
+        while True:
+            stamp = now_ms()
+            admission = self.cache.admit(
+                ModelId(model_id), units, last_used_ms=stamp, now_ms=stamp, policy=self.policy
+            )
+            if admission.refusal not in WAIT_FOR_ROOM or time.monotonic() >= deadline:
+                break
+            await asyncio.sleep(ROOM_POLL_S)
+        if admission.refusal is Refusal.CHURN:
+            return replace(
+                admission,
+                detail=(
+                    f"{admission.detail}; no room within the load timeout "
+                    f"({self.info.load_timeout_ms} ms): loads arrive faster than the cache "
+                    f"can turn over. Add capacity or instances, or lower MM_MIN_CHURN_AGE_MS"
+                ),
+            )
+        return admission
 
     async def _record_loaded(self, model_id: str) -> None:
         try:

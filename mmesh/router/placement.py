@@ -3,10 +3,12 @@
 Hit path: among live instances holding a loaded copy, the least busy one (fewest requests
 this router has in flight to it, then the lowest request rate). Miss path: among live
 instances that satisfy the model's label constraints and are not shutting down, excluded
-or failed for the model, prefer one with room; when every candidate is full, the one whose
-least recently used model is oldest (so the mesh evicts its globally oldest models first);
-then fewer models, more free space, fewer loads in progress, lower request rate; and a
-zone that holds no copy yet before one that does.
+or failed for the model: a zone that holds no copy yet before one that does; then the one
+where the load starts soonest (fewest waves of loads queued ahead of it: loads in progress
+over loading threads); then one with room; when every candidate is full, the one whose next
+victim is worth least (`lruTime`: its least recently used model, or under the value policy
+its least valuable one, as an equivalent last use), so the mesh evicts its globally least
+valuable copy; then fewer models, more free space, fewer loads in progress, lower rate.
 """
 
 from __future__ import annotations
@@ -97,13 +99,19 @@ def choose_placement(
     return min(usable, key=lambda p: _rank(p.record, size_units, copy_zones)).instance_id
 
 
+def load_waves(rec: InstanceRecord) -> int:
+    """Rounds of loads ahead of a new one on this instance (0: it starts at once)."""
+    return rec.loads_in_progress // max(1, rec.loading_threads)
+
+
 def _rank(
     rec: InstanceRecord, size_units: int, copy_zones: set[str]
-) -> tuple[int, int, int, int, int, int, int]:
+) -> tuple[int, int, int, int, int, int, int, int]:
     full = rec.free_units < size_units
     lru = rec.lru_time_ms if rec.lru_time_ms is not None else 0
     return (
         int(bool(rec.zone) and rec.zone in copy_zones),
+        load_waves(rec),
         int(full),
         lru if full else 0,
         rec.model_count,

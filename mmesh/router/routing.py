@@ -202,14 +202,17 @@ def _census(record: ModelRecord, view: View, exclude: Collection[str]) -> str:
     return "; ".join(parts)
 
 
-def with_placements(record: InstanceRecord, placed: Collection[int]) -> InstanceRecord:
-    """A peer's record plus copies this router just sent it (units each): its own record
-    lags by up to a publish interval, and without this every miss in a burst would pick
-    the same "emptiest" peer."""
+def with_placements(
+    record: InstanceRecord, placed: Collection[int], *, queued: int = 0
+) -> InstanceRecord:
+    """A peer's record plus copies this router just sent it (units each), `queued` of them
+    loads its record may not show yet: its own record lags by up to a publish interval, and
+    without this every miss in a burst would pick the same "emptiest" peer."""
     if not placed:
         return record
     return dataclasses.replace(
         record,
         used_units=record.used_units + sum(placed),
         model_count=record.model_count + len(placed),
+        loads_in_progress=record.loads_in_progress + queued,
     )

@@ -72,7 +72,10 @@ class RouterSettings(BaseSettings):
     startup_timeout_s: float = Field(180.0, alias="MODEL_SERVICE_STARTUP_TIMEOUT_SECS")
     shutdown_timeout_ms: int = Field(90_000, alias="SHUTDOWN_TIMEOUT_MS")
     min_churn_age_ms: int | None = Field(None, alias="MM_MIN_CHURN_AGE_MS")
-    """Unset: 10 x max(3 s, load timeout / 3), as the reference computes it."""
+    """Models used less than this long ago are not evicted to make room; a load that finds
+    no other room waits up to the load timeout, then fails with "cache churn". Unset: 0
+    with the `value` eviction policy (its frequency ordering already keeps the models in
+    steady use); with `lru`, 10 x max(3 s, load timeout / 3), as the reference computes it."""
     instance_lease_ttl_s: int = Field(10, alias="MM_INSTANCE_LEASE_TTL_SECS")
     scaleup_rpm_threshold: int = Field(2000, ge=10, alias="MM_SCALEUP_RPM_THRESHOLD")
     """Requests per minute on one copy above which another copy is added."""
@@ -107,6 +110,16 @@ class RouterSettings(BaseSettings):
     """At most one copy of a model is removed per this long."""
     copy_drain_s: float = Field(30.0, ge=0, alias="MM_COPY_DRAIN_SECS")
     """A removed copy waits up to this long for requests still running on it to finish."""
+    eviction_policy: str = Field("value", alias="MM_EVICTION_POLICY")
+    """`value` (default): evict the model whose reload costs least per unit of space, by
+    recent use frequency and measured load time (mmesh.router.eviction); `lru`: the least
+    recently used (the reference's policy)."""
+    eviction_tau_ms: int = Field(60_000, gt=0, alias="MM_EVICTION_TAU_MS")
+    """`value` policy: time constant over which a model's use frequency decays."""
+    min_loaded_age_ms: int = Field(50, ge=0, alias="MM_MIN_LOADED_AGE_MS")
+    """A model loaded less than this long ago is not evicted to make room (its first
+    requests may still be on their way to the runtime). Kept short: a just-loaded one-off
+    model is usually the best victim, and the guard forbids it."""
 
     tls_key_cert_path: str = Field("", alias="MM_TLS_KEY_CERT_PATH")
     """PEM certificate chain; with MM_TLS_PRIVATE_KEY_PATH, TLS on every client and peer
@@ -146,6 +159,13 @@ class RouterSettings(BaseSettings):
     """Kubernetes API for the zone lookup; default: the in-cluster Service address."""
     kube_service_host: str = Field("", alias="KUBERNETES_SERVICE_HOST")
     kube_service_port: str = Field("", alias="KUBERNETES_SERVICE_PORT")
+
+    @field_validator("eviction_policy")
+    @classmethod
+    def _known_policy(cls, value: str) -> str:
+        if value.strip().lower() not in ("lru", "value"):
+            raise ValueError("MM_EVICTION_POLICY must be 'value' or 'lru'")
+        return value.strip().lower()
 
     @field_validator("kv_store")
     @classmethod

@@ -56,7 +56,8 @@ def status(c: RouterClients, model_id: str) -> int:
 def mesh(
     start_router: StartRouter, start_stub_runtime: StartStub, etcd_server: EtcdServer
 ) -> Iterator[tuple[RouterProc, StubRuntimeProc]]:
-    """Room for 3 models of 4 MiB; loads take 200 ms; no churn guard."""
+    """Room for 3 models of 4 MiB; loads take 200 ms; LRU eviction, no churn guard (the
+    default value policy has its own tests in test_eviction_policy.py)."""
     with (
         start_stub_runtime(
             "--capacity-bytes",
@@ -73,7 +74,7 @@ def mesh(
         start_router(
             etcd_endpoint=etcd_server.endpoint,
             runtime_port=stub.port,
-            env={"MM_MIN_CHURN_AGE_MS": "0"},
+            env={"MM_MIN_CHURN_AGE_MS": "0", "MM_EVICTION_POLICY": "lru"},
         ) as router,
     ):
         yield router, stub

@@ -343,7 +343,7 @@ def test_churn_guard_refuses_and_changes_nothing() -> None:
         M("E"), 1, last_used_ms=10_000, now_ms=10_000, policy=EvictionPolicy(MINUTE)
     )
     assert admission.refusal is Refusal.CHURN
-    assert admission.detail.startswith("Cache churn threshold exceeded")
+    assert admission.detail.startswith("cache churn")
     assert not admission.admitted
     assert (repr(cache), cache.entries()) == before
 

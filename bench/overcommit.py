@@ -1,0 +1,268 @@
+"""Over-commit benchmark: more models than the mesh can hold, each eviction policy on the
+same trace in one run, against offline Belady and LRU on that trace.
+
+    .venv/bin/python bench/overcommit.py                  # value vs LRU, about 8-10 min
+    .venv/bin/python bench/overcommit.py --quick          # 1,000 requests, about 2-3 min
+    .venv/bin/python bench/overcommit.py --modes value,lru,lru-reference --reps 2
+
+The workload: 2 pods (a stub runtime of 20 model slots, 200 ms loads, one load at a time,
+and a router each, one mesh), 400 registered models, a Zipf(1.0) trace of 5,000 requests
+(seed 42, `meshload.zipf_sequence`), 8 closed-loop clients split over the two routers
+(`overcommitload.py`). Modes (router environment):
+
+- `value`: the defaults (value eviction policy);
+- `lru`: `MM_EVICTION_POLICY=lru`, `MM_MIN_CHURN_AGE_MS=0` (plain LRU, every request answered);
+- `lru-reference`: `MM_EVICTION_POLICY=lru` with the reference's churn guard (100 s here).
+
+`--router-src DIR` runs the routers from another source tree (their working directory, so
+`python -m mmesh.router` imports DIR/mmesh; e.g. `git archive` of main, for before/after
+numbers; that code ignores the variables it does not know).
+
+Hit ratio = 1 - loads / requests (loads counted by the stubs). Each mode gets a fresh
+registry prefix, fresh stubs and routers. Prints a table; writes bench/results-overcommit.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import g6_eviction
+from mesh import PY, ROOT, UNIT, Mesh, Stub, connect, environment, log, running_mesh, seed_async
+from mesh import Config as MeshConfig
+from meshload import zipf_sequence
+from procs import http_ok, port_open
+
+BENCH = Path(__file__).resolve().parent
+SLOTS = 20
+MODELS = 400
+LOAD_DELAY_MS = 200
+ALPHA = 1.0
+SEED = 42
+CLIENTS = 8
+MODES: dict[str, dict[str, str]] = {
+    "value": {},
+    "lru": {"MM_EVICTION_POLICY": "lru", "MM_MIN_CHURN_AGE_MS": "0"},
+    "lru-reference": {"MM_EVICTION_POLICY": "lru"},
+}
+TARGETS = {
+    "hit_min": 0.61,
+    "belady_max": 1.35,
+    "hit_over_lru": 0.08,
+    "p99_over_lru": 0.6,
+    "spread": 0.10,
+}
+
+
+def start_stub(mesh: Mesh, name: str) -> Stub:
+    def start() -> Stub:
+        port, stats = mesh.ports(2)
+        cmd = [PY, "-m", "mmesh.stubs.runtime", "--port", str(port), "--stats-port", str(stats)]
+        cmd += ["--capacity-bytes", str(SLOTS * UNIT), "--size-bytes", str(UNIT)]
+        cmd += ["--default-size-bytes", str(UNIT), "--load-delay-ms", str(LOAD_DELAY_MS)]
+        cmd += ["--loading-concurrency", "1"]
+        proc = mesh.procs.start(f"stub-{name}", cmd, cwd=ROOT)
+        url = f"http://127.0.0.1:{stats}/stats"
+        mesh.procs.wait_ready(proc, lambda: port_open(port) and http_ok(url))
+        return Stub(name, port, stats, proc)
+
+    return mesh.retrying(start)
+
+
+def offline(trace: list[int]) -> dict[str, float]:
+    """Belady and global LRU hit ratios on the trace with the mesh's 40 slots."""
+    sim = g6_eviction.load_simulator()
+    size = [1] * MODELS
+    n = len(trace)
+    bel, _ = sim["belady"](trace, size, 2 * SLOTS)
+    lru, _ = sim["lru"](trace, size, 2 * SLOTS)
+    return {"belady_hit": bel / n, "lru_hit": lru / n}
+
+
+def run_mode(
+    mesh: Mesh, mode: str, rep: int, requests: int, router_src: Path | None
+) -> dict[str, Any]:
+    prefix = mesh.prefix(f"oc-{mode}-{rep}")
+    ids = [f"oc-{i:03d}" for i in range(MODELS)]
+
+    async def seed() -> None:
+        kv = await connect(mesh)
+        try:
+            await seed_async(kv, prefix, ids, 32)
+        finally:
+            await kv.close()
+
+    asyncio.run(seed())
+    stubs = [start_stub(mesh, f"{mode}{rep}{x}") for x in "ab"]
+    env = {"MM_INSTANCE_LEASE_TTL_SECS": "5", "MM_LOG_LEVEL": "WARNING", **MODES[mode]}
+    cwd = router_src or ROOT
+    routers = [
+        mesh.start_router(f"{mode}{rep}{x}", prefix, stub, env=env, cwd=cwd)
+        for x, stub in zip("ab", stubs, strict=True)
+    ]
+    time.sleep(2.0)  # each router sees the other's instance record
+    models = mesh.tmp / "overcommit-models.txt"
+    models.write_text("\n".join(ids) + "\n")
+    cmd = [PY, str(BENCH / "overcommitload.py"), "--models-file", str(models)]
+    cmd += ["--targets", ",".join(r.target for r in routers), "--requests", str(requests)]
+    cmd += ["--alpha", str(ALPHA), "--seed", str(SEED), "-c", str(CLIENTS)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=3600, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"overcommitload failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    out: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    stats = [s.stats() for s in stubs]
+    mesh.stop(*(r.proc for r in reversed(routers)), *(s.proc for s in stubs))
+    loads = [sum(s["loads"].values()) for s in stats]
+    mean = sum(loads) / len(loads)
+    out.update(
+        mode=mode,
+        rep=rep,
+        env=MODES[mode],
+        loads_per_pod=loads,
+        loads=sum(loads),
+        hit_ratio=1 - sum(loads) / requests,
+        load_spread=max(abs(x - mean) for x in loads) / mean if mean else 0.0,
+        max_loading=[s["max_loading"] for s in stats],
+    )
+    log(
+        f"  {mode} rep {rep}: {out['failed']} failed, hit {out['hit_ratio']:.3f}, loads "
+        f"{loads}, p50 {out['p50_ms']} ms, p99 {out['p99_ms']} ms, {out['rps']} req/s, "
+        f"wall {out['wall_s']} s"
+    )
+    return out
+
+
+def goals(runs: list[dict[str, Any]], ref: dict[str, float], requests: int) -> list[dict[str, Any]]:
+    """Per repetition where both value and lru ran: the issue's targets."""
+    out: list[dict[str, Any]] = []
+    by_rep: dict[int, dict[str, dict[str, Any]]] = {}
+    for r in runs:
+        by_rep.setdefault(r["rep"], {})[r["mode"]] = r
+    bel_misses = requests * (1 - ref["belady_hit"])
+    for rep, modes in sorted(by_rep.items()):
+        v, lru = modes.get("value"), modes.get("lru")
+        if v is None:
+            continue
+        misses = requests * (1 - v["hit_ratio"])
+        rows = [
+            ("failed requests (value, defaults)", v["failed"], "== 0", v["failed"] == 0),
+            ("hit ratio (value)", v["hit_ratio"], ">= 0.61", v["hit_ratio"] >= TARGETS["hit_min"]),
+            (
+                "misses / offline Belady misses (value)",
+                misses / bel_misses,
+                "<= 1.35",
+                misses / bel_misses <= TARGETS["belady_max"],
+            ),
+            (
+                "load spread across pods: max |pod - mean| / mean (value)",
+                v["load_spread"],
+                "<= 0.10",
+                v["load_spread"] <= TARGETS["spread"],
+            ),
+        ]
+        if lru is not None:
+            gain = v["hit_ratio"] - lru["hit_ratio"]
+            p99 = v["p99_ms"] / lru["p99_ms"] if v["p99_ms"] and lru["p99_ms"] else float("inf")
+            rows += [
+                (
+                    "hit ratio value - hit ratio lru",
+                    gain,
+                    ">= 0.08",
+                    gain >= TARGETS["hit_over_lru"],
+                ),
+                ("p99 value / p99 lru", p99, "<= 0.6", p99 <= TARGETS["p99_over_lru"]),
+            ]
+        for name, value, target, ok in rows:
+            out.append(
+                {"goal": f"OC{rep} {name}", "value": value, "target": target, "pass": bool(ok)}
+            )
+    return out
+
+
+def print_report(results: dict[str, Any]) -> None:
+    ref = results["offline"]
+    lines = [
+        "",
+        f"Over-commit: 2 pods x {SLOTS} slots, {MODELS} models, Zipf {ALPHA}, "
+        f"{results['requests']} requests, {CLIENTS} clients, {LOAD_DELAY_MS} ms loads",
+        f"offline on the same trace (40 slots): Belady hit {ref['belady_hit']:.3f}, "
+        f"global LRU hit {ref['lru_hit']:.3f}",
+        "",
+        f"{'mode':14} {'rep':>3} {'failed':>6} {'hit':>6} {'miss/Bel':>8} {'loads/pod':>12} "
+        f"{'spread':>6} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} {'req/s':>6}",
+    ]
+    bel_miss = 1 - ref["belady_hit"]
+    for r in results["runs"]:
+        lines.append(
+            f"{r['mode']:14} {r['rep']:>3} {r['failed']:>6} {r['hit_ratio']:>6.3f} "
+            f"{(1 - r['hit_ratio']) / bel_miss:>8.3f} {r['loads_per_pod']!s:>12} "
+            f"{r['load_spread']:>6.3f} {r['p50_ms'] or 0:>8.1f} {r['p99_ms'] or 0:>8.1f} "
+            f"{r['max_ms'] or 0:>8.1f} {r['rps'] or 0:>6.1f}"
+        )
+        if r["error_samples"]:
+            lines.append(f"{'':6}errors {r['errors_by_code']}: {r['error_samples'][0][:160]}")
+    lines += ["", f"{'goal':62} {'measured':>9}  {'target':<8} result", "-" * 90]
+    for g in results["goals"]:
+        verdict = "PASS" if g["pass"] else "FAIL"
+        lines.append(f"{g['goal']:62} {g['value']:>9.3f}  {g['target']:<8} {verdict}")
+    print("\n".join(lines), flush=True)
+
+
+def _sigterm(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="1,000 requests")
+    ap.add_argument("--requests", type=int, default=0)
+    ap.add_argument("--modes", default="value,lru")
+    ap.add_argument("--reps", type=int, default=1)
+    ap.add_argument("--router-src", type=Path, default=None, help="run routers from this tree")
+    ap.add_argument("--out", type=Path, default=BENCH / "results-overcommit.json")
+    args = ap.parse_args()
+    signal.signal(signal.SIGTERM, _sigterm)
+    requests = args.requests or (1000 if args.quick else 5000)
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    unknown = set(modes) - set(MODES)
+    if unknown:
+        sys.exit(f"unknown modes {sorted(unknown)}; known: {sorted(MODES)}")
+    router_src = args.router_src.resolve() if args.router_src is not None else None
+    trace = zipf_sequence(MODELS, ALPHA, requests, SEED)
+    results: dict[str, Any] = {
+        "environment": environment(MeshConfig.make(True), ["overcommit"]),
+        "requests": requests,
+        "router_src": str(args.router_src) if args.router_src else None,
+        "offline": offline(trace),
+        "runs": [],
+    }
+    results["environment"].pop("config", None)
+    started = time.monotonic()
+    with running_mesh() as mesh:
+        log(f"etcd on {mesh.etcd_endpoint}; logs in {mesh.tmp}")
+        for rep in range(1, args.reps + 1):
+            order = modes[(rep - 1) % len(modes) :] + modes[: (rep - 1) % len(modes)]
+            for mode in order:
+                results["runs"].append(run_mode(mesh, mode, rep, requests, router_src))
+    results["goals"] = goals(results["runs"], results["offline"], requests)
+    results["wall_s"] = round(time.monotonic() - started, 1)
+    args.out.write_text(json.dumps(results, indent=1, default=str) + "\n")
+    print_report(results)
+    print(f"\nwall {results['wall_s']} s; results in {args.out}; load avg {os.getloadavg()}")
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt as exc:
+        log(f"interrupted ({str(exc) or 'Ctrl-C'}); every process this run started is stopped")
+        sys.exit(130)
