@@ -13,6 +13,7 @@ import contextlib
 import itertools
 import logging
 import secrets
+import signal
 import string
 from collections.abc import Mapping
 from pathlib import Path
@@ -20,6 +21,7 @@ from typing import Any
 
 import aiohttp
 
+from mmesh.local import processes
 from mmesh.local.kube import LocalKube
 from mmesh.local.pods import LocalPod, decode_data
 from mmesh.local.podspec import PodIdentity, PodSources, template_hash
@@ -253,11 +255,12 @@ class PodRunner:
             await asyncio.gather(*self._stopping.values(), return_exceptions=True)
 
     def kill_container(self, pod_name: str, container: str) -> int:
-        """SIGKILL one container's process, as a crash would end it; its pid."""
+        """SIGKILL every process of one container (its process group), as an OOM kill ends a
+        container; the pid of its main process."""
         pod = self.pods[pod_name]
         for run in pod.containers:
-            if run.name == container and run.proc is not None:
-                run.proc.kill()
+            if run.name == container and run.running and run.proc is not None:
+                processes.signal_group(run.proc, signal.SIGKILL)
                 return run.proc.pid
         raise KeyError(f"pod {pod_name} has no running container {container}")
 
