@@ -45,8 +45,11 @@ logger = logging.getLogger(__name__)
 
 ISVC = (GROUP, ISVC_VERSION, "inferenceservices")
 MODELMESH = {DEPLOYMENT_MODE_ANNOTATION: MODELMESH_DEPLOYMENT_MODE}
-IDLE_RECHECK_S = 60.0
-"""Re-read now and then even without events (load failures expire with time)."""
+IDLE_RECHECK_S = 10.0
+"""Re-read now and then even without events: a safety net under the registry watch (a load
+failure's expiry, the other change that comes without an event, has its own wake-up)."""
+EXPIRY_SLACK_S = 0.2
+"""Look again this long after a failure expires (clocks tick; the record says ms)."""
 ETCD_RETRY_S = 2.0
 """How soon a handler or status reporter tries again while etcd is unreachable."""
 
@@ -113,7 +116,7 @@ async def report_status(
             wake.clear()
             previous = _managed_status(body.get("status") or {})
             try:
-                desired, loading = await observe_status(ctx, body, Indexes.of(kwargs))  # decide
+                desired, recheck_s = await observe_status(ctx, body, Indexes.of(kwargs))
             except StoreUnavailable as exc:  # keep the last status; the watch wakes us later
                 logger.warning("status of %s/%s: etcd unavailable (%s)", namespace, name, exc)
                 await _wait(wake, stop, ETCD_RETRY_S)
@@ -129,7 +132,7 @@ async def report_status(
                     return  # act + report; the object is gone
                 sent = desired
             shown = _announce(body, desired, shown)
-            await _wait(wake, stop, ctx.settings.status_repoll_s if loading else IDLE_RECHECK_S)
+            await _wait(wake, stop, recheck_s)
     finally:
         stop.cancel()
         ctx.wakeups.unregister(namespace, name)
@@ -140,8 +143,10 @@ async def report_status(
 
 async def observe_status(
     ctx: Context, body: Mapping[str, Any], indexes: Indexes
-) -> tuple[dict[str, Any], bool]:
-    """The status the InferenceService should show now, and whether a model is Loading."""
+) -> tuple[dict[str, Any], float]:
+    """The status the InferenceService should show now, and how soon to look again without
+    an event: every second while a model is Loading, at the next failure expiry, else the
+    idle recheck."""
     meta = body.get("metadata", {})
     namespace, name = str(meta.get("namespace", "")), str(meta.get("name", ""))
     problem, registration, waiting = None, None, False
@@ -163,14 +168,23 @@ async def observe_status(
         problem=problem,
         waiting_for_runtime=waiting,
     )
+    now_ms = int(time.time() * 1000)
+    expiry_ms = st.failure_expiry_ms(
+        {e.name: e.value for e in ctx.config.internal_model_mesh_env_vars}
+    )
     desired = st.decode_status(
         observation,
         endpoints=endpoints(ctx.config, namespace),
-        now_ms=int(time.time() * 1000),
+        now_ms=now_ms,
+        failure_expiry_ms=expiry_ms,
         previous=_managed_status(body.get("status") or {}),
     )
-    states = desired["modelStatus"]["states"].values()
-    return desired, st.ModelState.LOADING.value in states
+    if st.ModelState.LOADING.value in desired["modelStatus"]["states"].values():
+        return desired, ctx.settings.status_repoll_s
+    expires = st.next_change_ms(observation, now_ms=now_ms, failure_expiry_ms=expiry_ms)
+    if expires is None:
+        return desired, IDLE_RECHECK_S
+    return desired, min(IDLE_RECHECK_S, (expires - now_ms) / 1000 + EXPIRY_SLACK_S)
 
 
 def _spec_changed(kwargs: Mapping[str, Any]) -> bool:
