@@ -328,6 +328,8 @@ class LocalCluster:
             "ETCD_CONNECTION": json.dumps({"endpoints": f"http://{etcd}", "root_prefix": SERVICE}),
             "HEALTH_HOST": "127.0.0.1",
             "HEALTH_PORT": str(processes.free_port()),
+            # one pod whose container restarts: a restarted operator leads again at once
+            "POD_NAME": "modelmesh-controller-local",
             **cfg.operator_env,
         }
         if restarts == 0:
