@@ -1,9 +1,10 @@
-"""The local cluster's kubelet and deployment controller in one loop.
+"""The local cluster's kubelet and deployment controller.
 
 Every half second: read the Deployments; start and stop pods as `rollout.plan_rollout` says;
-start or restart each pod's containers as processes; probe them; write Pod objects and
-Deployment status back to the API so `kubectl get pods`, the operator and the port-forward see
-what runs.
+write Pod objects and Deployment status back to the API so `kubectl get pods`, the operator
+and the port-forward see what runs. Apart from that loop, as a kubelet works apart from the
+API server: every quarter second, start or restart each pod's containers as processes and
+probe them (a slow API must not delay a crashed container's restart).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from mmesh.local.rollout import PodView, deployment_status, plan_rollout
 log = logging.getLogger(__name__)
 
 TICK_S = 0.5
+SUPERVISE_S = 0.25
 SOURCES_REFRESH_S = 5.0
 SHUTDOWN_GRACE_S = 10.0
 DELETE_GRACE_S = 2.0
@@ -97,6 +99,7 @@ class PodRunner:
     async def run(self, stop: asyncio.Event) -> None:
         async with aiohttp.ClientSession() as session:
             self._session = session
+            kubelet = asyncio.create_task(self._supervise(session, stop))
             try:
                 while not stop.is_set():
                     try:
@@ -107,8 +110,25 @@ class PodRunner:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(stop.wait(), TICK_S)
             finally:
+                kubelet.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await kubelet
                 await self.shutdown(session)
                 self._session = None
+
+    async def _supervise(self, session: aiohttp.ClientSession, stop: asyncio.Event) -> None:
+        """Start, restart and probe every pod's containers, without any API call."""
+        loop = asyncio.get_running_loop()
+        while not stop.is_set():
+            for pod in list(self.pods.values()):
+                try:
+                    now = loop.time()
+                    pod.supervise(now)
+                    await pod.probe(session, now)
+                except Exception as exc:  # one pod's trouble must not stop the others
+                    log.warning("pod %s: %s", pod.name, exc, exc_info=True)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), SUPERVISE_S)
 
     async def tick(self, session: aiohttp.ClientSession) -> None:
         loop = asyncio.get_running_loop()
@@ -128,8 +148,6 @@ class PodRunner:
                 self._begin_stop(pod, session, grace=None)
             elif refresh or not pod.prepared:
                 await self._prepare(pod)
-            pod.supervise(now)
-            await pod.probe(session, now)
             await self._push_pod(pod)
         for deployment in deployments:
             await self._push_deployment(deployment)
