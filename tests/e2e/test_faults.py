@@ -73,6 +73,10 @@ INFER = "/inference.GRPCInferenceService/ModelInfer"
 MODEL_READY = "/inference.GRPCInferenceService/ModelReady"
 MODEL_SERVER_PORT = 8001
 CLIENTS = 4
+THINK_S = 0.02
+"""Between an answer and the next request: 8 clients with none would keep the 2-core test
+machine (and the Python port-forward) saturated, which is not the fault under test."""
+FAILED_PAUSE_S = 0.1
 REQUEST_TIMEOUT_S = 15.0
 ANSWER_WITHIN_S = 15.0
 """The model answers again within this long of the fault, and no request fails after."""
@@ -124,12 +128,13 @@ class Load:
                 except grpc.RpcError as exc:
                     detail = f"{name}: {exc.code().name} {exc.details()}"
                     self.outcomes.append(Outcome(sent, time.monotonic(), False, detail))
-                    time.sleep(0.05)  # a closed loop, not a busy loop
+                    time.sleep(FAILED_PAUSE_S)
                     continue
                 model, digit = answered_digit(answer)
                 right = digit == 8 and model.startswith(f"{name}__isvc-")
                 detail = "" if right else f"{name}: answered {model} {digit}"
                 self.outcomes.append(Outcome(sent, time.monotonic(), right, detail))
+                time.sleep(THINK_S)
         finally:
             channel.close()
 
@@ -303,7 +308,11 @@ def truthful(cluster: Cluster) -> bool:
 @dataclass
 class Faults:
     cluster: Cluster
+    target: Path
     results: list[dict[str, Any]] = field(default_factory=list)
+
+    def save(self) -> None:
+        self.target.write_text(json.dumps({"cases": self.results}, indent=2) + "\n")
 
 
 def mix_path(name: str) -> str:
@@ -332,14 +341,14 @@ def faults(
         return len(pods) == 4 and all(pod_row(p)[:2] == ("Running", 3) for p in pods)
 
     cluster.wait(pods_running, 180, "4 runtime pods 3/3 Running")
-    found = Faults(cluster)
+    folder = tmp_path_factory.mktemp("faults")
+    found = Faults(cluster, Path(os.environ.get("MMESH_FAULT_RESULTS") or folder / "faults.json"))
     yield found
-    report(found.results, pytestconfig, tmp_path_factory.mktemp("faults"))
+    found.save()
+    report(found.results, found.target, pytestconfig)
 
 
-def report(results: list[dict[str, Any]], config: pytest.Config, folder: Path) -> None:
-    target = Path(os.environ.get("MMESH_FAULT_RESULTS") or folder / "results-faults.json")
-    target.write_text(json.dumps({"cases": results}, indent=2) + "\n")
+def report(results: list[dict[str, Any]], target: Path, config: pytest.Config) -> None:
     lines = [
         f"{'fault':<22}{'workload':<10}{'no answer s':>12}{'failed':>8}"
         f"{'last fail s':>12}{'status s':>10}{'answers':>9}"
@@ -361,24 +370,32 @@ def report(results: list[dict[str, Any]], config: pytest.Config, folder: Path) -
 # ---------------------------------------------------------------- faults
 
 
-def victim(cluster: Cluster, workload: Workload) -> str:
-    """The runtime pod holding the most of the workload's copies (by the registry)."""
+def victims(cluster: Cluster) -> dict[str, str]:
+    """Per workload, the runtime pod holding the most of its copies (by the registry)."""
     snap = snapshot(cluster)
-    pods = sorted(p["metadata"]["name"] for p in runtime_pods(cluster, workload.runtime))
-    counts = dict.fromkeys(pods, 0)
-    for name in workload.models:
-        model_id = snap.active(name)
-        for iid in snap.claims(model_id) if model_id else ():
-            for pod in pods:
-                if instance_id(pod) == iid:
-                    counts[pod] += 1
-    return max(pods, key=lambda p: counts[p])
+    found = {}
+    for workload in WORKLOADS:
+        prefix = f"modelmesh-serving-{workload.runtime}-"
+        pods = sorted(
+            p["metadata"]["name"]
+            for p in snap.pods
+            if p["metadata"]["name"].startswith(prefix)
+            and not p["metadata"].get("deletionTimestamp")
+        )
+        counts = dict.fromkeys(pods, 0)
+        for name in workload.models:
+            model_id = snap.active(name)
+            for iid in snap.claims(model_id) if model_id else ():
+                for pod in pods:
+                    if instance_id(pod) == iid:
+                        counts[pod] += 1
+        found[workload.name] = max(pods, key=lambda p: counts[p])
+    return found
 
 
 def kill(cluster: Cluster, containers: tuple[str, ...]) -> Callable[[], None]:
     def fault() -> None:
-        for workload in WORKLOADS:
-            pod = victim(cluster, workload)
+        for pod in victims(cluster).values():
             for container in containers:
                 cluster.kill_container(pod, container)
 
@@ -398,8 +415,7 @@ def kill_mm_in_turn(cluster: Cluster) -> None:
 
 
 def delete_pod(cluster: Cluster) -> None:
-    for workload in WORKLOADS:
-        cluster.kubectl("delete", "pod", victim(cluster, workload), "--wait=false")
+    cluster.kubectl("delete", "pod", *victims(cluster).values(), "--wait=false")
 
 
 def restart_etcd(cluster: Cluster) -> None:
@@ -514,6 +530,7 @@ def run_case(faults: Faults, fault: str) -> dict[str, dict[str, Any]]:
         }
         rows[workload.name] = row
         faults.results.append(row)
+    faults.save()
     return rows
 
 
