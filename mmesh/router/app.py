@@ -27,6 +27,7 @@ from mmesh.router.cache import EntryState, EvictionPolicy, LocalCache
 from mmesh.router.certs import CertFiles, PeerCredentials, ServerContext, server_credentials
 from mmesh.router.errors import RouterError
 from mmesh.router.forwarding import Forwarder
+from mmesh.router.healer import FirstLoads, Healer
 from mmesh.router.inference import InferenceRouter
 from mmesh.router.inflight import InflightLimiter
 from mmesh.router.janitor import Janitor, JanitorPolicy
@@ -162,6 +163,8 @@ class Pod:
     metrics: RouterMetrics
     forwarder: Forwarder
     pool: PeerPool
+    healer: Healer
+    first_loads: FirstLoads
     membership: Membership | None = None
     tls: CertFiles | None = None
     server: grpc.aio.Server | None = None
@@ -223,11 +226,21 @@ async def build_pod(settings: RouterSettings, life: Lifecycle) -> Pod:
         max_message_bytes=settings.max_message_bytes,
         tls=PeerCredentials(tls) if tls is not None else None,
     )
+    healer = Healer(
+        registry=registry,
+        local=local,
+        forwarder=forwarder,
+        metrics=metrics,
+        failure_expiry_ms=settings.load_failure_expiry_ms,
+        interval_s=settings.reconcile_interval_s,
+        probe_interval_s=settings.runtime_check_interval_s,
+    )
     router = InferenceRouter(
         registry=registry,
         local=local,
         forwarder=forwarder,
         metrics=metrics,
+        healer=healer,
         pool=pool,
         inflight=InflightLimiter(settings.max_inflight_per_model),
     )
@@ -246,8 +259,29 @@ async def build_pod(settings: RouterSettings, life: Lifecycle) -> Pod:
         ),
         lease=lambda: pod.membership.lease if pod.membership else None,
     )
+    first_loads = FirstLoads(
+        registry=registry,
+        place=router.ensure_copy,
+        is_leader=lambda: janitor.is_leader,
+        live=lambda: {*registry.instances.items, local.instance_id},
+        failure_expiry_ms=settings.load_failure_expiry_ms,
+    )
+    janitor.extra_duties.append(first_loads.sweep)
+    registry.on_change(first_loads.on_change)
     pod = Pod(
-        settings, life, kv, registry, runtime, local, router, janitor, metrics, forwarder, pool
+        settings,
+        life,
+        kv,
+        registry,
+        runtime,
+        local,
+        router,
+        janitor,
+        metrics,
+        forwarder,
+        pool,
+        healer,
+        first_loads,
     )
     pod.tls = tls
     local.on_change = pod.changed
@@ -338,6 +372,10 @@ async def serve(settings: RouterSettings) -> None:
         pod = await build_pod(settings, life)
     except (BadCertificate, StoreAuthFailed) as exc:
         raise SystemExit(f"mmesh router: {exc}") from exc
+    try:
+        await pod.healer.startup()
+    except StoreUnavailable as exc:
+        logger.warning("start-up reconcile skipped (%s); the periodic one will repair", exc)
     await start_servers(pod)
     pod.membership = Membership(
         pod.kv,
@@ -347,6 +385,7 @@ async def serve(settings: RouterSettings) -> None:
     )
     await pod.membership.start()
     pod.janitor.start()
+    pod.healer.start()
     pod.changed()
     life.ready = True
     logger.info(
@@ -409,6 +448,8 @@ async def shutdown(pod: Pod) -> None:
         with contextlib.suppress(StoreUnavailable):
             await pod.membership.publish_now()
     await pod.janitor.stop()
+    await pod.healer.stop()
+    await pod.first_loads.stop()
     await migrate_recent_models(pod, deadline - grace_s / 3)
     pod.life.migrated.set()
     if pod.server is not None:

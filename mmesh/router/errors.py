@@ -9,6 +9,7 @@
       TooManyRequests        the model's in-flight bound here is reached     -> RESOURCE_EXHAUSTED
       LoadFailed             the runtime failed to load the model            -> INTERNAL
       ModelNotHere           the copy vanished; retry elsewhere (internal)   -> UNAVAILABLE
+        CopyNotHeld          a peer's claimed copy is not there (stale claim) -> UNAVAILABLE
       RuntimeUnavailable     the local runtime or a peer does not answer     -> UNAVAILABLE
       Unimplemented          streaming, or a method the runtime does not allow -> UNIMPLEMENTED
       RequestTimeout         the request's deadline passed while it waited   -> DEADLINE_EXCEEDED
@@ -69,6 +70,11 @@ class LoadFailed(RouterError):
 class ModelNotHere(RouterError):
     grpc_code = "UNAVAILABLE"
     http_status = 503
+
+
+class CopyNotHeld(ModelNotHere):
+    """A forwarded request reached the instance the registry names as a holder, and that
+    instance holds no copy: its claim is stale and the sender removes it."""
 
 
 class RuntimeUnavailable(RouterError):

@@ -12,6 +12,7 @@ from typing import Any
 import grpc
 
 from mmesh.router.errors import (
+    CopyNotHeld,
     LoadFailed,
     ModelNotHere,
     NoCapacity,
@@ -22,10 +23,19 @@ from mmesh.router.errors import (
 
 Metadata = Sequence[tuple[str, str | bytes]]
 
+RECONNECT_OPTIONS = (
+    ("grpc.initial_reconnect_backoff_ms", 200),
+    ("grpc.min_reconnect_backoff_ms", 200),
+    ("grpc.max_reconnect_backoff_ms", 2000),
+)
+"""A restarted runtime or peer is reached again within about 2 s (gRPC's default backoff
+grows to 2 minutes, failing every call meanwhile)."""
+
 FAILURE_TRAILER = "mm-failure"
 """Set by a peer router on its error status: what kind of failure it was, so the sender can
 tell "the model failed to load there" from an error of the model itself."""
 FAILURE_KINDS: dict[str, type[RouterError]] = {
+    "not-held": CopyNotHeld,  # before its base class "not-here": the first match wins
     "load": LoadFailed,
     "capacity": NoCapacity,
     "not-here": ModelNotHere,
@@ -39,13 +49,14 @@ class Forwarder:
         *,
         max_message_bytes: int,
         credentials: grpc.ChannelCredentials | None = None,
-        options: Sequence[tuple[str, str]] = (),
+        options: Sequence[tuple[str, str | int]] = (),
     ) -> None:
         """A plaintext channel, or a TLS one with `credentials` (peer routers)."""
         self.target = target
         channel_options = [
             ("grpc.max_send_message_length", max_message_bytes),
             ("grpc.max_receive_message_length", max_message_bytes),
+            *RECONNECT_OPTIONS,
             *options,
         ]
         if credentials is None:

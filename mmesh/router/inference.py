@@ -7,6 +7,13 @@ A name the mirror does not know is checked against the id rules before it is rep
 as not found (INVALID_ARGUMENT for `a/b`, '..', control characters, overlong names);
 names the mirror knows passed those rules when they were registered. Each model may have
 at most MM_MAX_INFLIGHT_PER_MODEL requests in flight through this router (0: no bound).
+
+A request for a model not loaded here is a thin loop: `routing.decide` says where it goes
+(serve here, forward, wait for a load, place a new copy, refuse), `_act` does it, and a
+failure goes back into the next decision: the instance is excluded for this request, or,
+when it disowned the copy the registry claims for it ("not held"), that claim is removed
+(compare-and-swap) and the request is routed again. The only etcd writes on this path are
+those repairs and the loads themselves; a warm request makes none.
 """
 
 from __future__ import annotations
@@ -15,13 +22,14 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Collection, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from mmesh.core.ids import InstanceId
 from mmesh.core.proto import model_mesh_pb2 as mm
 from mmesh.core.records import InstanceRecord, ModelRecord, bytes_to_units
 from mmesh.router import peers, wire
 from mmesh.router.errors import (
+    CopyNotHeld,
     InvalidRequest,
     LoadFailed,
     ModelNotFound,
@@ -35,18 +43,25 @@ from mmesh.router.errors import (
     checked_vmodel_id,
 )
 from mmesh.router.forwarding import Forwarder
+from mmesh.router.healer import Healer
 from mmesh.router.inflight import InflightLimiter
 from mmesh.router.loading import LocalModels, now_ms
 from mmesh.router.metrics import RouterMetrics
 from mmesh.router.peers import PeerPool
-from mmesh.router.placement import (
-    Peer,
-    choose_copy,
-    choose_loading_copy,
-    choose_placement,
-    failed_instances,
-)
 from mmesh.router.registry import Registry
+from mmesh.router.routing import (
+    Decision,
+    Hops,
+    PlaceAt,
+    Refuse,
+    RefuseKind,
+    ServeHere,
+    View,
+    decide,
+    place,
+    stale_self_claim,
+    with_placements,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -87,10 +102,12 @@ class InferenceRouter:
         local: LocalModels,
         forwarder: Forwarder,
         metrics: RouterMetrics,
+        healer: Healer,
         pool: PeerPool | None = None,
         self_record: Callable[[], InstanceRecord] | None = None,
         inflight: InflightLimiter | None = None,
     ) -> None:
+        self.healer = healer
         self.registry = registry
         self.local = local
         self.forwarder = forwarder
@@ -101,6 +118,7 @@ class InferenceRouter:
         self.on_served: Callable[[str], None] = lambda model_id: None
         self._placed: dict[str, list[tuple[float, int]]] = {}
         info = local.info
+        self._default_units = bytes_to_units(info.default_model_size_bytes)
         self._injection = {f"/{m}": path for m, path in info.id_injection.items()}
         self._allow_any = info.allow_any_method
 
@@ -214,104 +232,97 @@ class InferenceRouter:
 
     async def _serve_forwarded(self, call: _Call) -> bytes:
         """A peer sent this request here: serve it from the local copy, or load one when the
-        peer placed a new copy here; never forward again."""
-        dest = peers.destination(call.headers)
-        if dest and dest != self.local.instance_id:
-            raise ModelNotHere(f"request for {dest} reached {self.local.instance_id}")
-        if not self.local.is_loaded(call.model_id) and not peers.wants_load(call.headers):
-            raise ModelNotHere(f"model {call.model_id} is not loaded on {dest}")
-        return await self._serve_local(call, peers.excluded(call.headers))
+        peer placed a new copy here; never forward again. A request for a copy this router
+        does not hold is refused as "not held", after dropping its own stale claim."""
+        hops = _hops(call.headers)
+        record = self._record(call.model_id)
+        decision = decide(call.model_id, record, self._view(call.model_id), hops)
+        if isinstance(decision, Refuse):
+            if decision.kind is RefuseKind.NOT_HELD and stale_self_claim(
+                record, self.local.instance_id, self.local.copy_state(call.model_id)
+            ):
+                await self.healer.drop_own_stale_claim(call.model_id)
+            raise _refusal(decision)
+        return await self._serve_local(call, hops.exclude)
 
     async def _route(self, call: _Call) -> bytes:
-        """Try instances until one answers; each failed instance is excluded for this call."""
+        """Decide, act, and on a failure decide again: an instance that failed is excluded
+        for this call; one that disowned its claimed copy loses the claim instead."""
         if self.local.is_loaded(call.model_id):  # the warm path: nothing to decide
             with contextlib.suppress(ModelNotHere, RuntimeUnavailable):
                 return await self._serve_local(call)
         exclude: set[str] = set()
+        disowned: set[str] = set()
         last_error: RouterError | None = None
+        me = self.local.instance_id
         for _ in range(peers.MAX_ITERATIONS):
-            record = self.registry.models.get(call.model_id)
-            if record is None:
-                raise ModelNotFound(f"model {call.model_id} not found")
+            record = self._record(call.model_id)
+            if stale_self_claim(record, me, self.local.copy_state(call.model_id)):
+                record = await self.healer.drop_own_stale_claim(call.model_id) or record
+            hops = Hops(balanced=peers.is_balanced(call.headers), exclude=frozenset(exclude))
+            decision = decide(call.model_id, record, self._view(call.model_id), hops)
             try:
-                return await self._route_once(call, record, exclude)
+                return await self._act(call, decision, exclude)
             except _Attempt as failed:
-                logger.info("model %s on %s: %s", call.model_id, failed.instance_id, failed.error)
-                exclude.add(failed.instance_id)
-                last_error = failed.error
+                iid, error = failed.instance_id, failed.error
+                logger.info("model %s on %s: %s", call.model_id, iid, error)
+                seen_ms = record.instance_ids.get(InstanceId(iid))
+                if isinstance(error, CopyNotHeld) and iid not in disowned and seen_ms:
+                    disowned.add(iid)
+                    await self.healer.drop_peer_claim(call.model_id, iid, seen_ms)
+                else:
+                    exclude.add(iid)
+                last_error = error
         raise RuntimeUnavailable(
             f"{peers.MAX_ITERATIONS} retry iterations exhausted for model {call.model_id}: "
             f"{last_error}"
         )
 
-    async def _route_once(self, call: _Call, record: ModelRecord, exclude: set[str]) -> bytes:
+    async def _act(self, call: _Call, decision: Decision, exclude: set[str]) -> bytes:
         me = self.local.instance_id
-        if me not in exclude and (
-            self.local.is_loaded(call.model_id)
-            or (peers.is_balanced(call.headers) and self.local.has_copy(call.model_id))
-            # Our copy is being evicted but the registry still names us, so no other instance
-            # may load it: wait for the unload here and load it again.
-            or self.local.is_unloading(call.model_id)
-        ):
+        if isinstance(decision, Refuse):
+            raise _refusal(decision)
+        if isinstance(decision, ServeHere) or decision.instance_id == me:
             return await self._attempt(me, self._serve_local(call, exclude))
-        others = self.peer_records()
-        target = choose_copy(record, others, exclude=exclude, inflight=self.pool.inflight)
-        if target is None and self.local.is_loading(call.model_id) and me not in exclude:
-            return await self._attempt(me, self._serve_local(call, exclude))
-        if target is None:
-            target = choose_loading_copy(record, others, exclude=exclude)
-        if target is not None:
-            return await self._attempt(target, self._forward(call, target, others, exclude))
-        placed = self._place(call.model_id, record, self.live_peers(), exclude)
-        if placed == me:
-            return await self._attempt(me, self._serve_local(call, exclude))
-        return await self._attempt(placed, self._forward(call, placed, others, exclude))
+        target = decision.instance_id
+        load = isinstance(decision, PlaceAt)
+        if load:
+            self._note_placement(target)
+        return await self._attempt(target, self._forward(call, target, exclude, load=load))
 
-    def _place(
-        self,
-        model_id: str,
-        record: ModelRecord,
-        live: Mapping[str, InstanceRecord],
-        exclude: set[str],
-    ) -> str:
-        size = bytes_to_units(self.local.info.default_model_size_bytes)
-        candidates = [
-            Peer(iid, self._with_recent_placements(iid, rec)) for iid, rec in live.items()
-        ]
-        choice = choose_placement(
-            record,
-            candidates,
-            size_units=size,
-            exclude=exclude,
+    def _record(self, model_id: str) -> ModelRecord:
+        record = self.registry.models.get(model_id)
+        if record is None:
+            raise ModelNotFound(f"model {model_id} not found")
+        return record
+
+    def _view(self, model_id: str) -> View:
+        me = self.local.instance_id
+        live = {
+            iid: with_placements(rec, self._recent_placements(iid)) if iid != me else rec
+            for iid, rec in self.live_peers().items()
+        }
+        return View(
+            me=me,
+            instances=live,
+            local=self.local.copy_state(model_id),
+            size_units=self._default_units,
             now_ms=now_ms(),
             failure_expiry_ms=self.local.failure_expiry_ms,
+            inflight=self.pool.inflight,
         )
-        if isinstance(choice, str):
-            self._placed.setdefault(choice, []).append((time.monotonic(), size))
-            return choice
-        failed = failed_instances(record, now_ms=now_ms(), expiry_ms=self.local.failure_expiry_ms)
-        if failed:
-            messages = "; ".join(
-                f"{iid}: {record.failures.get(InstanceId(iid), 'load failed')}"
-                for iid in sorted(failed)
-            )
-            raise LoadFailed(f"model {model_id} failed to load: {messages}")
-        raise NoCapacity(f"cannot load model {model_id}: {choice.reason}")
 
-    def _with_recent_placements(self, iid: str, rec: InstanceRecord) -> InstanceRecord:
-        """A peer's record plus the copies this router just sent it: its own record lags by
-        up to a publish interval, and without this every miss in a burst would pick the same
-        "emptiest" peer."""
-        if iid == self.local.instance_id:
-            return rec
+    def _note_placement(self, iid: str) -> None:
+        self._placed.setdefault(iid, []).append((time.monotonic(), self._default_units))
+
+    def _recent_placements(self, iid: str) -> list[int]:
+        """Units of the copies this router placed on `iid` in the last PLACED_MEMORY_S."""
         recent = [p for p in self._placed.get(iid, ()) if time.monotonic() - p[0] < PLACED_MEMORY_S]
-        self._placed[iid] = recent
-        if not recent:
-            return rec
-        units = sum(u for _, u in recent)
-        return replace(
-            rec, used_units=rec.used_units + units, model_count=rec.model_count + len(recent)
-        )
+        if recent:
+            self._placed[iid] = recent
+        else:
+            self._placed.pop(iid, None)
+        return [units for _, units in recent]
 
     async def _attempt(self, instance_id: str, work: Awaitable[bytes]) -> bytes:
         """Run one routing attempt; failures that another instance could avoid say where."""
@@ -320,20 +331,18 @@ class InferenceRouter:
         except (ModelNotHere, RuntimeUnavailable, LoadFailed, NoCapacity) as exc:
             raise _Attempt(instance_id, exc) from exc
 
-    async def _forward(
-        self, call: _Call, target: str, live: Mapping[str, InstanceRecord], exclude: set[str]
-    ) -> bytes:
-        """To a peer router: it serves from its copy, or loads one if it has none."""
-        endpoint = live[target].endpoint
-        if not endpoint:
+    async def _forward(self, call: _Call, target: str, exclude: set[str], *, load: bool) -> bytes:
+        """To a peer router: it serves from its copy, or (`load`) loads one if it has none."""
+        endpoint = self.registry.instances.get(target)
+        if endpoint is None or not endpoint.endpoint:
             raise ModelNotHere(f"instance {target} publishes no endpoint")
         metadata = peers.hop_metadata(
-            model_id=call.model_id, hops=0, dest=target, load=True, exclude=exclude
+            model_id=call.model_id, hops=0, dest=target, load=load, exclude=exclude
         )
-        metadata += _forwarded_metadata(call.headers, call.model_id)[:-1]
+        metadata += _forwarded_metadata(call.headers, None)
         self.pool.inflight[target] = self.pool.inflight.get(target, 0) + 1
         try:
-            return await self.pool.get(endpoint).call(
+            return await self.pool.get(endpoint.endpoint).call(
                 call.method, call.payload, metadata, call.timeout_s
             )
         finally:
@@ -350,9 +359,8 @@ class InferenceRouter:
         try:
             return await self.forwarder.call(call.method, call.payload, metadata, call.timeout_s)
         except ModelNotHere:
-            logger.warning("runtime lost model %s; reloading it once", call.model_id)
-            self.local.evict(call.model_id)
-            await self.local.drain()
+            # The runtime lost a copy this router holds: it may have lost them all.
+            await self.healer.runtime_lost(call.model_id)
             await self._ensure_local(call.model_id, record, unreachable)
             return await self.forwarder.call(call.method, call.payload, metadata, call.timeout_s)
 
@@ -384,7 +392,12 @@ class InferenceRouter:
                 if self.local.is_loading(model_id):
                     await self.local.ensure_loaded(model_id, record)
                 return min(holders)
-            target = self._place(model_id, record, live, excluded | holders)
+            choice = place(model_id, record, self._view(model_id), excluded | holders)
+            if isinstance(choice, Refuse):
+                raise _refusal(choice)
+            target = choice.instance_id
+            if target != self.local.instance_id:
+                self._note_placement(target)
             try:
                 await self._load_on(target, model_id, record, live, extra=extra)
                 return target
@@ -412,11 +425,6 @@ class InferenceRouter:
         )
         request = mm.EnsureLoadedRequest(modelId=model_id, sync=True).SerializeToString()
         await self.pool.get(endpoint).call(ENSURE_LOADED, request, metadata, None)
-
-    def peer_records(self) -> dict[str, InstanceRecord]:
-        """The other live instances (their lease holds), straight from the mirror."""
-        me = self.local.instance_id
-        return {iid: v.record for iid, v in self.registry.instances.items.items() if iid != me}
 
     def live_peers(self) -> dict[str, InstanceRecord]:
         """Instances with a live record (their lease holds), this one from its own state."""
@@ -462,13 +470,39 @@ _DROPPED_HEADERS = frozenset(
 
 
 def _forwarded_metadata(
-    headers: Mapping[str, str | bytes], model_id: str
+    headers: Mapping[str, str | bytes], model_id: str | None
 ) -> list[tuple[str, str | bytes]]:
+    """The client's headers that travel on, plus the model id header unless None (a peer
+    gets it from the hop headers)."""
     metadata: list[tuple[str, str | bytes]] = [
         (k, v) for k, v in headers.items() if k not in _DROPPED_HEADERS and not k.startswith(":")
     ]
+    if model_id is None:
+        return metadata
     if model_id.isascii():
         metadata.append((MODEL_ID_HEADER, model_id))
     else:
         metadata.append((f"{MODEL_ID_HEADER}-bin", model_id.encode()))
     return metadata
+
+
+def _hops(headers: Mapping[str, str | bytes]) -> Hops:
+    return Hops(
+        forwarded=peers.hop_count(headers) > 0,
+        dest=peers.destination(headers),
+        load=peers.wants_load(headers),
+        balanced=peers.is_balanced(headers),
+        exclude=frozenset(peers.excluded(headers)),
+    )
+
+
+_REFUSALS: Mapping[RefuseKind, type[RouterError]] = {
+    RefuseKind.NOT_HERE: ModelNotHere,
+    RefuseKind.NOT_HELD: CopyNotHeld,
+    RefuseKind.NO_CAPACITY: NoCapacity,
+    RefuseKind.LOAD_FAILED: LoadFailed,
+}
+
+
+def _refusal(decision: Refuse) -> RouterError:
+    return _REFUSALS[decision.kind](decision.reason)

@@ -30,6 +30,7 @@ from mmesh.router.errors import (
 from mmesh.router.metrics import RouterMetrics
 from mmesh.router.modelstatus import is_failure_live
 from mmesh.router.registry import UNCHANGED, Registry, Unchanged
+from mmesh.router.routing import LocalCopy
 from mmesh.router.runtime_client import RuntimeClient, RuntimeInfo
 
 logger = logging.getLogger(__name__)
@@ -92,6 +93,23 @@ class LocalModels:
 
     def loading_count(self) -> int:
         return len(self._loads)
+
+    def copy_state(self, model_id: str) -> LocalCopy:
+        """This pod's copy of the model, as routing and repairs see it."""
+        entry = self.cache.get(ModelId(model_id))
+        if entry is not None and entry.state is EntryState.LOADED:
+            return LocalCopy.LOADED
+        if model_id in self._loads or (entry is not None and entry.state is EntryState.LOADING):
+            return LocalCopy.LOADING
+        if model_id in self._unloads or (entry is not None and entry.state is EntryState.UNLOADING):
+            return LocalCopy.UNLOADING
+        return LocalCopy.NONE
+
+    def copy_states(self) -> dict[str, LocalCopy]:
+        """Every model this pod holds, loads or unloads, with its state."""
+        ids = {e.model_id for e in self.cache.entries()} | set(self._loads) | set(self._unloads)
+        states = {m: self.copy_state(m) for m in ids}
+        return {m: s for m, s in states.items() if s is not LocalCopy.NONE}
 
     def touch(self, model_id: str) -> None:
         self.cache.touch(ModelId(model_id), now_ms())
@@ -330,6 +348,35 @@ class LocalModels:
             logger.exception(
                 "could not drop the copy of %s (%s) from the registry", model_id, reason
             )
+
+    def lose(self, model_id: str) -> bool:
+        """The runtime no longer holds this loaded copy (it restarted): drop the entry now,
+        freeing its space, and tell the runtime to unload it anyway, in case only the model
+        server forgot it; a new load of the model waits for that. False if not loaded."""
+        if not self.is_loaded(model_id):
+            return False
+        self.cache.unloaded(ModelId(model_id))
+        task = asyncio.ensure_future(self._unload_after_timeout(model_id))
+        self._unloads[model_id] = task
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        task.add_done_callback(lambda _: self._unloads.pop(model_id, None))
+        return True
+
+    def adopt(self, model_id: str, size_bytes: int) -> bool:
+        """Take a copy the runtime already holds into the cache as LOADED (start-up, after
+        the runtime confirmed it); False when the cache has no room for it."""
+        units = bytes_to_units(size_bytes or self.info.default_model_size_bytes)
+        if self.cache.free_units < units:
+            return False
+        stamp = now_ms()
+        admission = self.cache.admit(
+            ModelId(model_id), units, last_used_ms=stamp, now_ms=stamp, policy=self.policy
+        )
+        if admission.refusal is not None:
+            return False
+        self.cache.loaded(ModelId(model_id), units, stamp)
+        return True
 
     async def _unload_after_timeout(self, model_id: str) -> None:
         """The runtime may still finish a load we gave up on: make sure it does not stay."""

@@ -120,3 +120,10 @@ class RouterMetrics:
         self.models_total = Gauge(
             "modelmesh_instance_models_total", "Models in this instance's cache", registry=r
         )
+        self.registry_repairs = Counter(
+            "modelmesh_registry_repairs",
+            "Registry entries this router repaired, by kind (stale_claim, peer_stale_claim, "
+            "startup_claim, missing_claim, loaded_state, expired_failure, runtime_lost)",
+            ["kind"],
+            registry=r,
+        )

@@ -13,6 +13,7 @@ import grpc
 from mmesh.core.proto import model_runtime_pb2 as rt
 from mmesh.core.proto import model_runtime_pb2_grpc as rt_grpc
 from mmesh.router.errors import LoadFailed, RequestTimeout, RuntimeUnavailable
+from mmesh.router.forwarding import RECONNECT_OPTIONS
 
 logger = logging.getLogger(__name__)
 
@@ -81,7 +82,7 @@ def _map_errors(what: str) -> Iterator[None]:
 class RuntimeClient:
     def __init__(self, target: str) -> None:
         self.target = target
-        self._channel = grpc.aio.insecure_channel(target)
+        self._channel = grpc.aio.insecure_channel(target, options=RECONNECT_OPTIONS)
         self._stub = rt_grpc.ModelRuntimeStub(self._channel)
 
     async def wait_ready(self, timeout_s: float) -> RuntimeInfo:

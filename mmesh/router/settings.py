@@ -82,6 +82,12 @@ class RouterSettings(BaseSettings):
     second_copy_gap_s: float = Field(2400.0, alias="MM_SECOND_COPY_MAX_GAP_SECS")
     """A pause in use longer than this restarts the second-copy clock."""
     """How long an instance must be gone before its copies leave the registry."""
+    reconcile_interval_s: float = Field(30.0, gt=0, alias="MM_RECONCILE_INTERVAL_SECS")
+    """How often each router compares its cache with the registry and checks that its
+    runtime still holds its models (the reference's janitor: every 6 minutes)."""
+    runtime_check_interval_s: float = Field(5.0, gt=0, alias="MM_RUNTIME_CHECK_INTERVAL_SECS")
+    """How often a few loaded models are checked with the model server's ModelReady, so a
+    runtime that restarted and lost its models is noticed with no request."""
     migrate_cutoff_s: float = Field(3600.0, alias="MM_SHUTDOWN_MIGRATE_CUTOFF_SECS")
     """On shutdown, models used more recently than this get a copy elsewhere first."""
 

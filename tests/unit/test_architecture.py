@@ -33,6 +33,8 @@ EXPECTED_PURE = {
     "mmesh/router/vmodels.py",
     "mmesh/router/modelstatus.py",
     "mmesh/router/placement.py",
+    "mmesh/router/routing.py",
+    "mmesh/router/repair.py",
     "mmesh/operator/deployment.py",
     "mmesh/operator/etcd_users.py",
     "mmesh/operator/naming.py",

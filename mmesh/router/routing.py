@@ -1,0 +1,214 @@
+"""Pure: where one inference request goes next.
+
+`decide()` takes what this router knows at one moment (the model's record, the live
+instance table, the state of this pod's own copy, the request's hop headers and the
+instances this call has already failed on) and returns one small result: serve here,
+forward to a peer's copy, wait for a load in progress, place a new copy, or refuse with a
+reason. The shell (inference.py) acts on it and, when the attempt fails, decides again.
+
+A copy claim in the record is a hint, not a fact. A claim on this instance that the local
+cache cannot back (the router restarted, the runtime lost its models) is stale: `decide`
+ignores it, and `stale_self_claim` tells the shell to remove it. A peer that answers "not
+held" for a claimed copy gets its claim removed by the shell before the next decision, so
+no claim of an instance that cannot answer for it ever blocks placement.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field
+
+from mmesh.core.ids import InstanceId
+from mmesh.core.records import InstanceRecord, ModelRecord
+from mmesh.router.placement import (
+    Peer,
+    choose_copy,
+    choose_loading_copy,
+    choose_placement,
+    failed_instances,
+)
+
+
+class LocalCopy(enum.StrEnum):
+    """This pod's own copy of the model, as its cache and loader see it."""
+
+    NONE = "none"
+    LOADING = "loading"
+    LOADED = "loaded"
+    UNLOADING = "unloading"
+    """Being evicted or unloaded; a load after it waits for the unload to finish."""
+
+
+@dataclass(frozen=True, slots=True)
+class Hops:
+    """The routing headers of a request (peers.py names them)."""
+
+    forwarded: bool = False
+    """A peer sent it (mm-hop > 0): serve it here or say why not; never forward again."""
+    dest: str = ""
+    """The instance the sender meant (mm-dest)."""
+    load: bool = False
+    """The sender placed a new copy here (mm-load): load it if there is none."""
+    balanced: bool = False
+    """The client balances itself (mm-balanced): a copy loading here is good enough."""
+    exclude: frozenset[str] = frozenset()
+    """Instances that failed this request already (mm-exclude)."""
+
+
+@dataclass(frozen=True, slots=True)
+class View:
+    """The mesh as this router sees it now."""
+
+    me: str
+    instances: Mapping[str, InstanceRecord]
+    """Live instances (their lease holds), this one included."""
+    local: LocalCopy
+    size_units: int
+    """What a new copy is assumed to take before its real size is known."""
+    now_ms: int
+    failure_expiry_ms: int
+    inflight: Mapping[str, int] = field(default_factory=dict)
+    """Requests this router has in flight to each peer now."""
+
+
+@dataclass(frozen=True, slots=True)
+class ServeHere:
+    """Serve from this pod's copy (waiting for its load, or loading it, as needed)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ForwardTo:
+    """Forward to a peer's loaded copy; the peer must not load one."""
+
+    instance_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class WaitForLoad:
+    """A load is under way on `instance_id` (maybe this one): wait for it there."""
+
+    instance_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class PlaceAt:
+    """No usable copy anywhere: load a new one on `instance_id` (maybe this one)."""
+
+    instance_id: str
+
+
+class RefuseKind(enum.StrEnum):
+    NOT_HERE = "not-here"
+    """A forwarded request reached an instance it was not meant for."""
+    NOT_HELD = "not-held"
+    """A forwarded request for a copy this instance does not hold (its claim is stale)."""
+    NO_CAPACITY = "capacity"
+    LOAD_FAILED = "load"
+
+
+@dataclass(frozen=True, slots=True)
+class Refuse:
+    kind: RefuseKind
+    reason: str
+
+
+Decision = ServeHere | ForwardTo | WaitForLoad | PlaceAt | Refuse
+
+_BACKED = frozenset({LocalCopy.LOADING, LocalCopy.LOADED, LocalCopy.UNLOADING})
+
+
+def stale_self_claim(record: ModelRecord, me: str, local: LocalCopy) -> bool:
+    """The record claims a copy on this instance that this instance does not have."""
+    return me in record.instance_ids and local not in _BACKED
+
+
+def decide(model_id: str, record: ModelRecord, view: View, hops: Hops) -> Decision:
+    """Where the request for `model_id` goes next; see the module docstring."""
+    if hops.forwarded:
+        return _decide_forwarded(model_id, view, hops)
+    me, local, exclude = view.me, view.local, hops.exclude
+    if me not in exclude and (
+        local is LocalCopy.LOADED or (hops.balanced and local is LocalCopy.LOADING)
+    ):
+        return ServeHere()
+    if stale_self_claim(record, me, local):
+        record = record.without_copy(InstanceId(me))
+    peers = {iid: rec for iid, rec in view.instances.items() if iid != me}
+    target = choose_copy(record, peers, exclude=exclude, inflight=view.inflight)
+    if target is not None:
+        return ForwardTo(target)
+    if local is LocalCopy.LOADING and me not in exclude:
+        return WaitForLoad(me)
+    if local is LocalCopy.UNLOADING and me not in exclude:
+        # The registry still names this instance until the unload ends, so nobody else
+        # would load it: wait for the unload here and load it again.
+        return ServeHere()
+    loading = choose_loading_copy(record, peers, exclude=exclude)
+    if loading is not None:
+        return WaitForLoad(loading)
+    return place(model_id, record, view, exclude)
+
+
+def _decide_forwarded(model_id: str, view: View, hops: Hops) -> Decision:
+    if hops.dest and hops.dest != view.me:
+        return Refuse(RefuseKind.NOT_HERE, f"request for {hops.dest} reached {view.me}")
+    if view.local in (LocalCopy.LOADED, LocalCopy.LOADING) or hops.load:
+        return ServeHere()
+    return Refuse(RefuseKind.NOT_HELD, f"model {model_id} is not loaded on {view.me}")
+
+
+def place(
+    model_id: str, record: ModelRecord, view: View, exclude: Collection[str]
+) -> PlaceAt | Refuse:
+    """Where a new copy goes: the best live instance that may load it, or why none may."""
+    candidates = [Peer(iid, rec) for iid, rec in sorted(view.instances.items())]
+    choice = choose_placement(
+        record,
+        candidates,
+        size_units=view.size_units,
+        exclude=exclude,
+        now_ms=view.now_ms,
+        failure_expiry_ms=view.failure_expiry_ms,
+    )
+    if isinstance(choice, str):
+        return PlaceAt(choice)
+    failed = failed_instances(record, now_ms=view.now_ms, expiry_ms=view.failure_expiry_ms)
+    if failed:
+        messages = "; ".join(
+            f"{iid}: {record.failures.get(InstanceId(iid), 'load failed')}"
+            for iid in sorted(failed)
+        )
+        return Refuse(RefuseKind.LOAD_FAILED, f"model {model_id} failed to load: {messages}")
+    return Refuse(
+        RefuseKind.NO_CAPACITY,
+        f"cannot load model {model_id}: {choice.reason} ({_census(record, view, exclude)})",
+    )
+
+
+def _census(record: ModelRecord, view: View, exclude: Collection[str]) -> str:
+    """The numbers behind a refusal: which live instances were ruled out and why."""
+    live = sorted(view.instances)
+    parts = [f"{len(live)} live instances"]
+    for label, ids in (
+        ("excluded after failing this request", [i for i in live if i in exclude]),
+        ("shutting down", [i for i in live if view.instances[i].shutting_down]),
+        ("holding a copy", [i for i in live if i in record.instance_ids]),
+    ):
+        if ids:
+            parts.append(f"{label}: {', '.join(ids)}")
+    return "; ".join(parts)
+
+
+def with_placements(record: InstanceRecord, placed: Collection[int]) -> InstanceRecord:
+    """A peer's record plus copies this router just sent it (units each): its own record
+    lags by up to a publish interval, and without this every miss in a burst would pick
+    the same "emptiest" peer."""
+    if not placed:
+        return record
+    return dataclasses.replace(
+        record,
+        used_units=record.used_units + sum(placed),
+        model_count=record.model_count + len(placed),
+    )
