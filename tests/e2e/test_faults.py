@@ -14,8 +14,8 @@ adapter; all containers of a pod; `kubectl delete pod`; etcd killed and started 
 data 6 s later; the operator killed. It records, per workload: the longest time with no
 successful answer, the failed requests, when the last one failed, and how long until the
 InferenceService status is true again, where true means READY True and the copies the status
-and the registry claim are copies the model server really holds (asked with V2 ModelReady on
-each pod). It asserts that the model answers again within 15 s of the fault and no request
+and the registry claim are copies the model server really holds (asked with V2 RepositoryIndex
+on each pod). It asserts that the model answers again within 15 s of the fault and no request
 fails after that, that the status is true again soon after, and that no registration is lost;
 with etcd down, warm requests never stop and loads fail only with UNAVAILABLE naming etcd.
 The table of figures is printed at the end and written to `$MMESH_FAULT_RESULTS` (a JSON file;
@@ -70,7 +70,7 @@ HOT = MIX[:2]
 COLD = MIX[2:]
 MESH = "modelmesh-serving/mm/modelmesh-serving/"
 INFER = "/inference.GRPCInferenceService/ModelInfer"
-MODEL_READY = "/inference.GRPCInferenceService/ModelReady"
+REPOSITORY_INDEX = "/inference.GRPCInferenceService/RepositoryIndex"
 MODEL_SERVER_PORT = 8001
 CLIENTS = 4
 THINK_S = 0.02
@@ -85,6 +85,9 @@ STATUS_WITHIN_S = 25.0
 QUIET_S = 4.0
 """A case ends after this long with answers and no failure, and a true status."""
 CASE_LIMIT_S = 60.0
+POLL_S = 1.5
+"""Between two looks at the status (each is a kubectl get, an etcd read and a
+RepositoryIndex per pod; the emulated API is one Python process)."""
 ETCD_DOWN_S = 6.0
 TURN_S = 10.0
 
@@ -186,20 +189,23 @@ def instance_id(pod_name: str) -> str:
 _CHANNELS: dict[str, grpc.Channel] = {}
 
 
-def model_ready(address: str, model_id: str) -> bool:
-    """V2 ModelReady of the pod's model server itself (not through the router)."""
-    from mmesh.core.proto import grpc_predict_v2_pb2
+def held_models(address: str) -> set[str]:
+    """The models the pod's model server itself has ready (V2 RepositoryIndex, not through
+    the router); none when it does not answer."""
+    from mmesh.core.proto import grpc_predict_v2_pb2 as v2
 
-    request = grpc_predict_v2_pb2.ModelReadyRequest(name=model_id).SerializeToString()
     channel = _CHANNELS.get(address)
     if channel is None:
         channel = _CHANNELS[address] = grpc.insecure_channel(f"{address}:{MODEL_SERVER_PORT}")
-    call = channel.unary_unary(MODEL_READY, request_serializer=None, response_deserializer=None)
+    call = channel.unary_unary(
+        REPOSITORY_INDEX, request_serializer=None, response_deserializer=None
+    )
     try:
-        answer = call(request, timeout=3)
+        answer = call(v2.RepositoryIndexRequest(ready=True).SerializeToString(), timeout=3)
     except grpc.RpcError:
-        return False
-    return bool(grpc_predict_v2_pb2.ModelReadyResponse.FromString(answer).ready)
+        return set()
+    index = v2.RepositoryIndexResponse.FromString(answer)
+    return {m.name for m in index.models if m.state.upper().endswith("READY")}
 
 
 @dataclass
@@ -238,16 +244,13 @@ def snapshot(cluster: Cluster) -> Snapshot:
     return Snapshot(registry(cluster), isvcs, pods)
 
 
-def look_at_pods(snap: Snapshot, workload: Workload) -> dict[str, set[str]]:
+def look_at_pods(snap: Snapshot) -> dict[str, set[str]]:
+    """concrete model id -> instance ids of the runtime pods whose model server has it."""
     held: dict[str, set[str]] = {}
-    prefix = f"modelmesh-serving-{workload.runtime}-"
     for pod in snap.pods:
         address = pod.get("status", {}).get("podIP")
-        if not pod["metadata"]["name"].startswith(prefix) or not address:
-            continue
-        for name in workload.models:
-            model_id = snap.active(name)
-            if model_id and model_ready(address, model_id):
+        if address and pod["metadata"]["name"].startswith("modelmesh-serving-"):
+            for model_id in held_models(address):
                 held.setdefault(model_id, set()).add(instance_id(pod["metadata"]["name"]))
     return held
 
@@ -258,10 +261,10 @@ def untruths(cluster: Cluster) -> dict[str, list[str]]:
     The pods are asked before and after the records are read, so a copy that comes or goes
     in between counts either way (the mix loads and evicts all the time)."""
     snap = snapshot(cluster)
-    before = {w.name: look_at_pods(snap, w) for w in WORKLOADS}
+    before = look_at_pods(snap)
     snap.records = registry(cluster)
-    after = {w.name: look_at_pods(snap, w) for w in WORKLOADS}
-    return {w.name: _untrue(snap, before[w.name], after[w.name], w) for w in WORKLOADS}
+    after = look_at_pods(snap)
+    return {w.name: _untrue(snap, before, after, w) for w in WORKLOADS}
 
 
 def _untrue(
@@ -505,7 +508,7 @@ def run_case(faults: Faults, fault: str) -> dict[str, dict[str, Any]]:
                 now - ended > CASE_LIMIT_S
             ):
                 break
-            time.sleep(0.5)
+            time.sleep(POLL_S)
         finished = time.monotonic()
     finally:
         for load in loads.values():
@@ -523,7 +526,7 @@ def run_case(faults: Faults, fault: str) -> dict[str, dict[str, Any]]:
             "failed": len(failures),
             "answers": sum(1 for o in outcomes if o.ok),
             "last_failure_s": round(max((o.done for o in failures), default=started) - started, 2),
-            "status_s": round((untrue + 0.5 if untrue else started) - started, 2),
+            "status_s": round((untrue + POLL_S if untrue else started) - started, 2),
             "status_settled": watch.settled(),
             "errors": sorted({o.detail[:200] for o in failures})[:5],
             "untrue": watch.last_problems.get(workload.name, [])[:5],
