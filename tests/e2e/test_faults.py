@@ -13,9 +13,11 @@ most copies): SIGKILL `mm`; `mm` of every pod in turn, 10 s apart; the model ser
 adapter; all containers of a pod; `kubectl delete pod`; etcd killed and started again on its
 data 6 s later; the operator killed. It records, per workload: the longest time with no
 successful answer, the failed requests, when the last one failed, and how long until the
-InferenceService status is true again, where true means READY True and the copies the status
-and the registry claim are copies the model server really holds (asked with V2 RepositoryIndex
-on each pod). It asserts that the model answers again within 15 s of the fault and no request
+InferenceService status is true again: READY True, every copy the registry claims really held
+by that pod's model server (V2 RepositoryIndex, asked before and after the records are read),
+Loaded only for a model with a copy, and for the tutorial totalCopies equal to the registry's
+copies. Copies a model server holds that no record claims are reported as orphans.
+It asserts that the model answers again within 15 s of the fault and no request
 fails after that, that the status is true again soon after, and that no registration is lost;
 with etcd down, warm requests never stop and loads fail only with UNAVAILABLE naming etcd.
 The table of figures is printed at the end and written to `$MMESH_FAULT_RESULTS` (a JSON file;
@@ -28,6 +30,7 @@ import itertools
 import json
 import math
 import os
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -282,7 +285,6 @@ def _untrue(
         state = status.get("modelStatus", {}).get("states", {}).get("activeModelState")
         copies = status.get("modelStatus", {}).get("copies", {}).get("totalCopies", 0)
         somewhere = before.get(model_id, set()) | after.get(model_id, set())
-        everywhere = before.get(model_id, set()) & after.get(model_id, set())
         stale = snap.claims(model_id) - somewhere
         if conditions.get("Ready") != "True":
             problems.append(f"{name}: READY {conditions.get('Ready')} ({state})")
@@ -290,13 +292,27 @@ def _untrue(
             problems.append(f"{name}: registry claims copies on {sorted(stale)}, not loaded there")
         if state == "Loaded" and not somewhere:
             problems.append(f"{name}: Loaded with {copies} copies, loaded nowhere")
-        if state == "Standby" and everywhere:
-            problems.append(f"{name}: Standby, loaded on {sorted(everywhere)}")
         if state not in ("Loaded", "Loading", "Standby"):
             problems.append(f"{name}: {state}")
-        if len(workload.models) == 1 and state == "Loaded" and copies != len(everywhere):
-            problems.append(f"{name}: totalCopies {copies}, loaded on {sorted(everywhere)}")
+        claims = snap.claims(model_id)
+        if len(workload.models) == 1 and state == "Loaded" and copies != len(claims):
+            problems.append(f"{name}: totalCopies {copies}, the registry says {sorted(claims)}")
     return problems
+
+
+def orphans(cluster: Cluster) -> list[str]:
+    """Copies a model server holds (on two looks) that no registry record claims for its
+    pod: memory nobody accounts for (reported, not a lie of the status)."""
+    snap = snapshot(cluster)
+    before = look_at_pods(snap)
+    snap.records = registry(cluster)
+    after = look_at_pods(snap)
+    found = []
+    for model_id, pods in before.items():
+        for iid in pods & after.get(model_id, set()):
+            if iid not in snap.claims(model_id):
+                found.append(f"{model_id} on {iid}")
+    return sorted(found)
 
 
 def truthful(cluster: Cluster) -> bool:
@@ -354,13 +370,13 @@ def faults(
 def report(results: list[dict[str, Any]], target: Path, config: pytest.Config) -> None:
     lines = [
         f"{'fault':<22}{'workload':<10}{'no answer s':>12}{'failed':>8}"
-        f"{'last fail s':>12}{'status s':>10}{'answers':>9}"
+        f"{'last fail s':>12}{'status s':>10}{'answers':>9}{'orphans':>9}"
     ]
     for row in results:
         lines.append(
             f"{row['fault']:<22}{row['workload']:<10}{row['no_answer_s']:>12.1f}"
             f"{row['failed']:>8}{row['last_failure_s']:>12.1f}{row['status_s']:>10.1f}"
-            f"{row['answers']:>9}"
+            f"{row['answers']:>9}{len(row['orphans']):>9}"
         )
     reporter = config.pluginmanager.get_plugin("terminalreporter")
     text = "\n".join(["", f"fault matrix ({target}):", *lines])
@@ -468,7 +484,7 @@ class Watch:
     def poll(self, cluster: Cluster) -> None:
         try:
             found = untruths(cluster)
-        except (AssertionError, ValueError, KeyError) as exc:
+        except (AssertionError, ValueError, KeyError, subprocess.TimeoutExpired) as exc:
             found = {w.name: [f"unreadable: {exc}"] for w in WORKLOADS}
         for workload in WORKLOADS:
             problems = found[workload.name]
@@ -513,6 +529,10 @@ def run_case(faults: Faults, fault: str) -> dict[str, dict[str, Any]]:
     finally:
         for load in loads.values():
             load.close()
+    try:
+        left_over = orphans(cluster)
+    except (AssertionError, ValueError, KeyError, subprocess.TimeoutExpired) as exc:
+        left_over = [f"unreadable: {exc}"]
     rows = {}
     for workload in WORKLOADS:
         outcomes = loads[workload.name].since(started)
@@ -530,6 +550,7 @@ def run_case(faults: Faults, fault: str) -> dict[str, dict[str, Any]]:
             "status_settled": watch.settled(),
             "errors": sorted({o.detail[:200] for o in failures})[:5],
             "untrue": watch.last_problems.get(workload.name, [])[:5],
+            "orphans": [o for o in left_over if o.split("__isvc-")[0] in workload.models],
         }
         rows[workload.name] = row
         faults.results.append(row)
@@ -559,7 +580,7 @@ def test_both_workloads_answer_and_the_status_is_true(faults: Faults) -> None:
     finally:
         for load in loads:
             load.close()
-    cluster.wait(lambda: truthful(cluster), 30, "a true status")
+    cluster.wait(lambda: truthful(cluster), 60, "a true status")
     snap = snapshot(cluster)
     loaded = [n for n in MIX if snap.claims(snap.active(n) or "")]
     assert len(loaded) < len(MIX), "the mix's pods must hold fewer than 10 copies"
