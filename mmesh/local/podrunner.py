@@ -1,6 +1,6 @@
 """The local cluster's kubelet and deployment controller.
 
-Every half second: read the Deployments; start and stop pods as `rollout.plan_rollout` says;
+Every second: read the Deployments; start and stop pods as `rollout.plan_rollout` says;
 write Pod objects and Deployment status back to the API so `kubectl get pods`, the operator
 and the port-forward see what runs. Apart from that loop, as a kubelet works apart from the
 API server: every quarter second, start or restart each pod's containers as processes and
@@ -30,7 +30,7 @@ from mmesh.local.rollout import PodView, deployment_status, plan_rollout
 
 log = logging.getLogger(__name__)
 
-TICK_S = 0.5
+TICK_S = 1.0
 SUPERVISE_S = 0.25
 SOURCES_REFRESH_S = 5.0
 SHUTDOWN_GRACE_S = 10.0
