@@ -25,7 +25,7 @@ import kopf
 from mmesh.core.errors import StoreUnavailable
 from mmesh.core.ids import VModelId
 from mmesh.operator import status as st
-from mmesh.operator.errors import FailureReason, InvalidSpec
+from mmesh.operator.errors import FailureReason, InvalidSpec, KubeUnavailable
 from mmesh.operator.handlers import events
 from mmesh.operator.handlers.lifecycle import Context, context, leading, managed
 from mmesh.operator.handlers.runtimes import RETRY_S, Indexes, namespace_sync
@@ -50,6 +50,8 @@ IDLE_RECHECK_S = 10.0
 failure's expiry, the other change that comes without an event, has its own wake-up)."""
 EXPIRY_SLACK_S = 0.2
 """Look again this long after a failure expires (clocks tick; the record says ms)."""
+API_RETRY_S = 1.0
+"""How soon a status reporter patches again after the Kubernetes API did not take it."""
 ETCD_RETRY_S = 2.0
 """How soon a handler or status reporter tries again while etcd is unreachable."""
 
@@ -103,7 +105,7 @@ async def unregister_isvc(name: str, namespace: str | None, memo: Any, **kwargs:
     logger.info("InferenceService %s/%s unregistered", namespace, name)
 
 
-@kopf.daemon(*ISVC, annotations=MODELMESH, when=managed, cancellation_backoff=2.0)
+@kopf.daemon(*ISVC, annotations=MODELMESH, when=managed, cancellation_backoff=2.0, backoff=5.0)
 async def report_status(
     body: kopf.Body, name: str, namespace: str | None, memo: Any, stopped: Any, **kwargs: Any
 ) -> None:
@@ -128,7 +130,15 @@ async def report_status(
             # unchanged next to it): once we have patched, what we sent is what the API holds.
             if desired != (sent or previous):
                 patch = st.status_patch(_union(previous, sent), desired)
-                if not await asyncio.to_thread(ctx.kube.patch_isvc_status, namespace, name, patch):
+                try:
+                    patched = await asyncio.to_thread(
+                        ctx.kube.patch_isvc_status, namespace, name, patch
+                    )
+                except KubeUnavailable as exc:  # not the daemon's end: kopf would wait 60 s
+                    logger.warning("%s; trying again in %.0f s", exc.message, API_RETRY_S)
+                    await _wait(wake, stop, API_RETRY_S)
+                    continue
+                if not patched:
                     return  # act + report; the object is gone
                 sent = desired
             shown = _announce(body, desired, shown)
