@@ -389,25 +389,25 @@ def report(results: list[dict[str, Any]], target: Path, config: pytest.Config) -
 # ---------------------------------------------------------------- faults
 
 
+def running_pods(cluster: Cluster, runtime: str) -> list[str]:
+    """The runtime's pods, from the cluster's control endpoint (no API call: the emulated
+    API can be slow on a busy machine, and a fault must land when the test says)."""
+    pods = cluster.control_call("/processes", method="GET")["pods"]
+    return sorted(n for n in pods if n.startswith(f"modelmesh-serving-{runtime}-"))
+
+
 def victims(cluster: Cluster) -> dict[str, str]:
     """Per workload, the runtime pod holding the most of its copies (by the registry)."""
-    snap = snapshot(cluster)
+    records = registry(cluster)
     found = {}
     for workload in WORKLOADS:
-        prefix = f"modelmesh-serving-{workload.runtime}-"
-        pods = sorted(
-            p["metadata"]["name"]
-            for p in snap.pods
-            if p["metadata"]["name"].startswith(prefix)
-            and not p["metadata"].get("deletionTimestamp")
-        )
+        pods = running_pods(cluster, workload.runtime)
         counts = dict.fromkeys(pods, 0)
         for name in workload.models:
-            model_id = snap.active(name)
-            for iid in snap.claims(model_id) if model_id else ():
-                for pod in pods:
-                    if instance_id(pod) == iid:
-                        counts[pod] += 1
+            model_id = str((records.get(f"vmodels/{name}") or {}).get("amid") or "")
+            claims = (records.get(f"registry/{model_id}") or {}).get("loadedIn") or {}
+            for pod in pods:
+                counts[pod] += instance_id(pod) in claims
         found[workload.name] = max(pods, key=lambda p: counts[p])
     return found
 
@@ -422,10 +422,7 @@ def kill(cluster: Cluster, containers: tuple[str, ...]) -> Callable[[], None]:
 
 
 def kill_mm_in_turn(cluster: Cluster) -> None:
-    pods = {
-        w.name: sorted(p["metadata"]["name"] for p in runtime_pods(cluster, w.runtime))
-        for w in WORKLOADS
-    }
+    pods = {w.name: running_pods(cluster, w.runtime) for w in WORKLOADS}
     for turn in range(2):
         if turn:
             time.sleep(TURN_S)
