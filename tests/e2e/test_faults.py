@@ -433,7 +433,7 @@ def kill_mm_in_turn(cluster: Cluster) -> None:
 
 
 def delete_pod(cluster: Cluster) -> None:
-    cluster.kubectl("delete", "pod", *victims(cluster).values(), "--wait=false")
+    cluster.kubectl("delete", "pod", *victims(cluster).values(), "--wait=false", timeout=180)
 
 
 def restart_etcd(cluster: Cluster) -> None:
