@@ -11,6 +11,7 @@
       ModelNotHere           the copy vanished; retry elsewhere (internal)   -> UNAVAILABLE
         CopyNotHeld          a peer's claimed copy is not there (stale claim) -> UNAVAILABLE
       RuntimeUnavailable     the local runtime or a peer does not answer     -> UNAVAILABLE
+      RegistryUnavailable    etcd does not answer, so no copy can be claimed -> UNAVAILABLE
       Unimplemented          streaming, or a method the runtime does not allow -> UNIMPLEMENTED
       RequestTimeout         the request's deadline passed while it waited   -> DEADLINE_EXCEEDED
       ShuttingDown           this router is stopping                         -> UNAVAILABLE
@@ -78,6 +79,14 @@ class CopyNotHeld(ModelNotHere):
 
 
 class RuntimeUnavailable(RouterError):
+    grpc_code = "UNAVAILABLE"
+    http_status = 503
+
+
+class RegistryUnavailable(RouterError):
+    """A load could not be recorded in the registry (etcd is away). Not the model's fault
+    nor the instance's: not recorded as a load failure, not retried on other instances."""
+
     grpc_code = "UNAVAILABLE"
     http_status = 503
 

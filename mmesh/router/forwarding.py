@@ -17,6 +17,7 @@ from mmesh.router.errors import (
     ModelNotHere,
     NoCapacity,
     Passthrough,
+    RegistryUnavailable,
     RouterError,
     RuntimeUnavailable,
 )
@@ -39,6 +40,7 @@ FAILURE_KINDS: dict[str, type[RouterError]] = {
     "load": LoadFailed,
     "capacity": NoCapacity,
     "not-here": ModelNotHere,
+    "registry": RegistryUnavailable,
 }
 
 

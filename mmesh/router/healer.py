@@ -22,12 +22,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable
 
 from mmesh.core.errors import StoreUnavailable
 from mmesh.core.proto import grpc_predict_v2_pb2 as v2
 from mmesh.core.records import ModelRecord, Table, VModelRecord
-from mmesh.router.errors import ModelNotHere, RouterError
+from mmesh.router.errors import ModelNotHere, NoCapacity, RouterError
 from mmesh.router.forwarding import Forwarder
 from mmesh.router.loading import LocalModels, now_ms
 from mmesh.router.metrics import RouterMetrics
@@ -48,6 +49,10 @@ PROBE_TIMEOUT_S = 2.0
 PROBE_SAMPLE = 8
 """Loaded copies checked each round; one missing triggers a check of all."""
 PROBE_PARALLEL = 8
+NO_CAPACITY_RETRY_S = 15.0
+NO_CAPACITY_RETRY_MAX_S = 600.0
+"""A first load refused for room (or for want of a pod) is tried again after 15 s, then
+after twice as long each time, up to 10 minutes."""
 
 
 def _or_unchanged(record: ModelRecord | None) -> ModelRecord | Unchanged:
@@ -210,7 +215,7 @@ class Healer:
 
         def change(rec: ModelRecord | None) -> ModelRecord | Unchanged:
             nonlocal wrote
-            fixed = drop_peer_claim(rec, instance_id, seen_ms)
+            fixed = drop_peer_claim(rec, instance_id, seen_ms, now_ms=now_ms())
             wrote = fixed is not None
             return _or_unchanged(fixed)
 
@@ -319,10 +324,20 @@ class FirstLoads:
         self.failure_expiry_ms = failure_expiry_ms
         self._limit = asyncio.Semaphore(max_parallel)
         self._placing: set[str] = set()
+        self._instances: set[str] = set(registry.instances.items)
+        self._waiting: dict[str, tuple[float, float]] = {}
+        """Model -> (monotonic time of its next try, back-off) after a NoCapacity refusal."""
         self._tasks: set[asyncio.Task[None]] = set()
 
     def on_change(self, table: Table, ident: str) -> None:
-        """Registry listener: a vmodel appeared or moved, or a model record changed."""
+        """Registry listener: a vmodel appeared or moved, or a model record changed; a new
+        instance ends every back-off (it may be the first pod of a model's runtime)."""
+        if table is Table.INSTANCES:
+            if ident not in self._instances and self.registry.instances.get(ident) is not None:
+                self._instances.add(ident)
+                self._waiting.clear()
+                self.sweep()
+            return
         if not self._is_leader():
             return
         if table is Table.VMODELS:
@@ -358,6 +373,9 @@ class FirstLoads:
         record = self.registry.models.get(model_id)
         if record is None or model_id in self._placing:
             return
+        waiting = self._waiting.get(model_id)
+        if waiting is not None and time.monotonic() < waiting[0]:
+            return
         if not wants_first_load(
             record, self._live(), now_ms=now_ms(), failure_expiry_ms=self.failure_expiry_ms
         ):
@@ -377,6 +395,12 @@ class FirstLoads:
                     return
                 logger.info("loading %s, new and loaded nowhere, ahead of any request", model_id)
                 await self._place(model_id, record)
+                self._waiting.pop(model_id, None)
+        except NoCapacity as exc:  # no pod of its runtime yet, or all full: try later
+            _, backoff = self._waiting.get(model_id, (0.0, NO_CAPACITY_RETRY_S / 2))
+            backoff = min(2 * backoff, NO_CAPACITY_RETRY_MAX_S)
+            self._waiting[model_id] = (time.monotonic() + backoff, backoff)
+            logger.info("first load of %s waits %.0f s: %s", model_id, backoff, exc)
         except RouterError as exc:
             logger.warning("first load of %s failed: %s", model_id, exc)
         except StoreUnavailable as exc:

@@ -24,6 +24,7 @@ from mmesh.router.errors import (
     LoadFailed,
     ModelNotHere,
     NoCapacity,
+    RegistryUnavailable,
     RequestTimeout,
     RouterError,
 )
@@ -167,6 +168,13 @@ class LocalModels:
         except (NoCapacity, ModelNotHere) as exc:
             logger.warning("%s", exc)
             future.set_exception(exc)
+        except StoreUnavailable as exc:
+            # etcd is away (the claim could not be written, so nothing is in the cache yet):
+            # nothing is wrong with the model, so no failure is remembered; one would
+            # refuse the model here for the whole failure expiry.
+            message = f"cannot load {model_id}: the registry (etcd) is unavailable: {exc}"
+            logger.warning("%s", message)
+            future.set_exception(RegistryUnavailable(message))
         except Exception as exc:  # noqa: BLE001 - task top level: every failure is recorded
             error = exc if isinstance(exc, RouterError) else LoadFailed(str(exc))
             await self._record_failure(model_id, str(error))

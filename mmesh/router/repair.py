@@ -14,6 +14,7 @@ A change function returns None when the record needs no write.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -130,12 +131,18 @@ def apply_repair(
     return None
 
 
-def drop_peer_claim(rec: ModelRecord | None, iid: str, seen_ms: int) -> ModelRecord | None:
+def drop_peer_claim(
+    rec: ModelRecord | None, iid: str, seen_ms: int, *, now_ms: int
+) -> ModelRecord | None:
     """Remove the claim of `iid` that answered "not held", unless it changed since it was
-    seen (`seen_ms`, its load start): a newer claim is a new load, not the stale one."""
+    seen (`seen_ms`, its load start): a newer claim is a new load, not the stale one. The
+    copy most often went in an eviction whose own registry write comes later and will find
+    nothing to do, so this write records the unload (`lul`) in its place."""
     if rec is None or rec.instance_ids.get(InstanceId(iid)) != seen_ms:
         return None
-    return rec.without_copy(InstanceId(iid))
+    return dataclasses.replace(
+        rec.without_copy(InstanceId(iid)), last_unload_ms=max(rec.last_unload_ms, now_ms)
+    )
 
 
 def wants_first_load(

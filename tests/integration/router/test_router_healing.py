@@ -11,6 +11,7 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import time
@@ -25,7 +26,8 @@ from mmesh.core.ids import InstanceId, ModelId
 from mmesh.core.proto import grpc_predict_v2_pb2 as v2
 from mmesh.core.proto import model_mesh_pb2 as mm
 from mmesh.core.records import ModelRecord, VModelRecord
-from tests.fixtures.etcd import ETCDCTL_BIN, EtcdServer
+from tests.fixtures.etcd import ETCDCTL_BIN, EtcdServer, make_data_dir, start_etcd
+from tests.fixtures.procs import free_port
 from tests.fixtures.router import RouterProc, clients, router_process
 from tests.fixtures.runtimes import StubRuntimeProc, stub_runtime_process
 
@@ -184,7 +186,9 @@ def test_both_routers_killed_and_restarted_under_their_ids_answer_again(mesh: Me
 
     for router in (a, b):
         wait_for(lambda r=router: answers(r, "hot"), 15, f"{router.instance_id} answers")
-    assert time.monotonic() - restarted < 15
+    recovered_s = time.monotonic() - restarted
+    print(f"double restart: both pods answer {recovered_s:.2f} s after the second restart")
+    assert recovered_s < 15
     for _ in range(10):
         assert infer(a, "hot") == "hot" and infer(b, "hot") == "hot"
     assert mesh.claims("hot") == mesh.held_by("hot") != set()
@@ -286,3 +290,103 @@ def test_a_new_inference_service_that_cannot_load_reports_why_with_no_request(
     time.sleep(1)
     failed = sum(mesh.stubs[p].stats()["failed_loads"].get("bad__v1", 0) for p in PODS)
     assert failed == 2
+
+
+def test_a_load_while_etcd_is_away_fails_unavailable_naming_etcd_and_is_not_held_against_the_model(
+    tmp_path: Path,
+) -> None:
+    """A cold request while etcd is down cannot claim its copy: UNAVAILABLE naming etcd,
+    and no load failure is remembered, so the model loads as soon as etcd is back."""
+    data = make_data_dir()
+    client_port, peer_port = free_port(), free_port()
+    etcd_stack = contextlib.ExitStack()
+    try:
+        etcd = etcd_stack.enter_context(
+            start_etcd(
+                tmp_path / "etcd1.log", data_dir=data, client_port=client_port, peer_port=peer_port
+            )
+        )
+        with (
+            stub_runtime_process(tmp_path) as stub,
+            router_process(
+                tmp_path, etcd_endpoint=etcd.endpoint, runtime_port=stub.port, env=ENV
+            ) as router,
+        ):
+            register(router, "cold")
+            etcd_stack.close()
+
+            with pytest.raises(grpc.RpcError) as failed:
+                infer(router, "cold", timeout_s=30)
+            assert failed.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert "etcd" in (failed.value.details() or "")
+            assert stub.stats()["loads"] == {}
+
+            etcd_stack.enter_context(
+                start_etcd(
+                    tmp_path / "etcd2.log",
+                    data_dir=data,
+                    client_port=client_port,
+                    peer_port=peer_port,
+                )
+            )
+            took = wait_for(
+                lambda: answers(router, "cold"), 15, "the model loads once etcd is back"
+            )
+            assert took < 15
+            assert model_status(router, "cold").status == mm.ModelStatusInfo.LOADED
+    finally:
+        etcd_stack.close()
+        shutil.rmtree(data, ignore_errors=True)
+
+
+def test_the_periodic_reconcile_drops_claims_nobody_backs_and_expired_failures(
+    tmp_path: Path, etcd_server: EtcdServer
+) -> None:
+    """No request needed: each router compares its cache with the registry every
+    MM_RECONCILE_INTERVAL_SECS and repairs its own entries."""
+    env = {**ENV, "MM_RECONCILE_INTERVAL_SECS": "1", "MM_LOAD_FAILURE_EXPIRY_TIME_MS": "60000"}
+    with (
+        stub_runtime_process(tmp_path) as stub,
+        router_process(
+            tmp_path, etcd_endpoint=etcd_server.endpoint, runtime_port=stub.port, env=env
+        ) as router,
+    ):
+        me = InstanceId(router.instance_id)
+        stamp = int(time.time() * 1000)
+        base = f"{router.root_prefix}/mm/modelmesh-serving/registry"
+        stale = ModelRecord(model_type="stub", instance_ids={me: stamp}, loaded_in={me: stamp})
+        expired = ModelRecord(
+            model_type="stub", failed_in={me: stamp - 120_000}, failures={me: "old failure"}
+        )
+        etcdctl = [str(ETCDCTL_BIN), f"--endpoints={etcd_server.endpoint}"]
+        env_ctl = {**os.environ, "ETCDCTL_API": "3"}
+        for name, record in (("stale", stale), ("expired", expired)):
+            value = record.to_json().decode()
+            subprocess.run(
+                [*etcdctl, "put", f"{base}/{name}", value],
+                env=env_ctl,
+                check=True,
+                capture_output=True,
+                timeout=10,
+            )
+
+        def stored(name: str) -> dict[str, object]:
+            out = subprocess.run(
+                [*etcdctl, "get", "--print-value-only", f"{base}/{name}"],
+                env=env_ctl,
+                check=True,
+                capture_output=True,
+                timeout=10,
+                text=True,
+            ).stdout
+            found: dict[str, object] = json.loads(out)
+            return found
+
+        def repaired() -> bool:
+            return "failedIn" not in stored("expired") and "instanceIds" not in stored("stale")
+
+        took = wait_for(repaired, 10, "the reconcile repaired both records")
+        assert took < 10
+        assert repairs(router, "stale_claim") == 1
+        assert repairs(router, "expired_failure") == 1
+        assert stub.stats()["loads"] == {}

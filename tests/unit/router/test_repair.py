@@ -130,11 +130,12 @@ def test_an_expired_failure_is_cleared_but_a_recent_one_stays() -> None:
 def test_a_peer_claim_is_dropped_only_if_unchanged_since_seen() -> None:
     record = rec(loaded=(ME, B))
     seen = record.instance_ids[InstanceId(B)]
-    after = drop_peer_claim(record, B, seen)
+    after = drop_peer_claim(record, B, seen, now_ms=NOW)
     assert after is not None and set(after.instance_ids) == {ME}
-    assert drop_peer_claim(record, B, seen + 1) is None  # a new load since
-    assert drop_peer_claim(rec(loaded=(ME,)), B, seen) is None
-    assert drop_peer_claim(None, B, seen) is None
+    assert after.last_unload_ms == NOW  # so the leader does not take it for a new model
+    assert drop_peer_claim(record, B, seen + 1, now_ms=NOW) is None  # a new load since
+    assert drop_peer_claim(rec(loaded=(ME,)), B, seen, now_ms=NOW) is None
+    assert drop_peer_claim(None, B, seen, now_ms=NOW) is None
 
 
 FIRST_LOADS = [
