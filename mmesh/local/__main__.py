@@ -33,6 +33,8 @@ The local cluster is up. In another terminal:
 
 Service modelmesh-serving is already forwarded: gRPC {grpc}, REST {rest} (no kubectl
 port-forward needed). Pod logs: kubectl logs <pod> -c mm. Ctrl-C stops everything.
+Fault drills: curl -X POST http://{control}/etcd/kill (then /etcd/start), /operator/kill,
+/pods/<pod>/containers/<container>/kill; curl http://{control}/processes lists the pids.
 """
 
 

@@ -13,6 +13,7 @@ import contextlib
 import json
 import logging
 import secrets
+import signal
 import subprocess
 import sys
 import urllib.request
@@ -24,6 +25,7 @@ from typing import Any
 import yaml
 
 from mmesh.local import processes, samples
+from mmesh.local.control import ControlServer
 from mmesh.local.kube import LocalKube
 from mmesh.local.kubeconfig import write_kubeconfig
 from mmesh.local.podrunner import PodRunner
@@ -88,6 +90,8 @@ class Endpoints:
     workdir: str
     tls_dir: str = ""
     """With TLS: ca.crt, client.crt and client.key for grpcurl / curl."""
+    control: str = ""
+    """`host:port` of the control endpoint (faults on demand, see `mmesh.local.control`)."""
 
     def to_json(self) -> str:
         return json.dumps(self.__dict__, indent=2)
@@ -102,6 +106,11 @@ class LocalCluster:
         self._service: dict[str, Any] = {}
         self.runner: PodRunner | None = None
         self.kube: LocalKube | None = None
+        self._control = ControlServer(self)
+        self._etcd_argv: list[str] = []
+        self._etcd_client = ""
+        self._etcd_held = False
+        """Killed through the control endpoint: stays down until started through it."""
 
     # ------------------------------------------------------------ start
 
@@ -120,6 +129,7 @@ class LocalCluster:
                     await asyncio.wait_for(task, 30)
             for forward in self._forwards:
                 await forward.close()
+            await self._control.close()
             for name in reversed(list(self._procs)):
                 await processes.stop(self._procs[name], 10.0)
             if self.kube is not None:
@@ -129,6 +139,7 @@ class LocalCluster:
         cfg = self.config
         cfg.workdir.mkdir(parents=True, exist_ok=True)
         etcd = await self._start_etcd()
+        tasks.append(asyncio.create_task(self._supervise_etcd(stop)))
         api_url = await self._start_api()
         kubeconfig = write_kubeconfig(cfg.workdir / "kubeconfig", api_url, cfg.namespace)
         self.kube = LocalKube(kubeconfig)
@@ -142,6 +153,7 @@ class LocalCluster:
         tasks.append(asyncio.create_task(self._watch_service(stop)))
         grpc = await self._forward(cfg.grpc_port, 8033)
         rest = await self._forward(cfg.rest_port, 8008)
+        control = await self._control.start("127.0.0.1", processes.free_port())
         return Endpoints(
             kubeconfig=str(kubeconfig),
             api_url=api_url,
@@ -152,6 +164,7 @@ class LocalCluster:
             s3=s3,
             workdir=str(cfg.workdir),
             tls_dir=str(tls.folder) if tls else "",
+            control=control,
         )
 
     async def _start_etcd(self) -> str:
@@ -164,9 +177,76 @@ class LocalCluster:
             "--listen-peer-urls", peer_url, "--initial-advertise-peer-urls", peer_url,
             "--initial-cluster", f"local={peer_url}", "--log-level", "error",
         ]  # fmt: skip
+        self._etcd_argv, self._etcd_client = argv, client
         self._say(f"starting etcd on 127.0.0.1:{port}")
         await self._launch("etcd", argv, lambda: _http_ok(f"{client}/health"))
         return f"127.0.0.1:{port}"
+
+    async def _supervise_etcd(self, stop: asyncio.Event) -> None:
+        """etcd is started again (same data, same port) if it exits, unless it was killed
+        through the control endpoint."""
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 0.5)
+            proc = self._procs.get("etcd")
+            if stop.is_set() or self._etcd_held or proc is None or proc.poll() is None:
+                continue
+            log.warning("etcd exited with %s; restarting it", proc.returncode)
+            with contextlib.suppress(RuntimeError):
+                await self._relaunch_etcd()
+
+    async def _relaunch_etcd(self) -> int:
+        client = self._etcd_client
+        await self._launch("etcd", self._etcd_argv, lambda: _http_ok(f"{client}/health"))
+        return self._procs["etcd"].pid
+
+    # ------------------------------------------------------------ control (faults on demand)
+
+    def process_ids(self) -> dict[str, Any]:
+        """pid of each running cluster process and of each pod's running containers."""
+        found: dict[str, Any] = {
+            name: proc.pid for name, proc in self._procs.items() if proc.poll() is None
+        }
+        pods: dict[str, dict[str, int]] = {}
+        for pod in (self.runner.pods if self.runner else {}).values():
+            pods[pod.name] = {
+                run.name: run.proc.pid for run in pod.containers if run.running and run.proc
+            }
+        found["pods"] = pods
+        return found
+
+    async def kill_etcd(self) -> int:
+        """SIGKILL etcd and keep it down until `start_etcd`; its pid."""
+        self._etcd_held = True
+        proc = self._procs["etcd"]
+        processes.signal_group(proc, signal.SIGKILL)
+        await processes.wait_exit(proc, 10.0)
+        return proc.pid
+
+    async def start_etcd(self) -> int:
+        """Start etcd again on its data directory and port (after `kill_etcd`); its pid."""
+        proc = self._procs["etcd"]
+        if proc.poll() is None:
+            self._etcd_held = False
+            return proc.pid
+        try:
+            return await self._relaunch_etcd()
+        finally:
+            self._etcd_held = False
+
+    def kill_operator(self) -> int:
+        """SIGKILL the operator (its supervisor starts it again); its pid."""
+        proc = self._procs.get("operator")
+        if proc is None or proc.poll() is not None:
+            raise LookupError("the operator is not running")
+        processes.signal_group(proc, signal.SIGKILL)
+        return proc.pid
+
+    def kill_container(self, pod: str, container: str) -> int:
+        """SIGKILL a pod's container (every process of it); the pid of its main process."""
+        if self.runner is None or pod not in self.runner.pods:
+            raise KeyError(f"no pod {pod}")
+        return self.runner.kill_container(pod, container)
 
     async def _start_api(self) -> str:
         ready = self.config.workdir / "kube-api.url"
@@ -249,6 +329,8 @@ class LocalCluster:
             "ETCD_CONNECTION": json.dumps({"endpoints": f"http://{etcd}", "root_prefix": SERVICE}),
             "HEALTH_HOST": "127.0.0.1",
             "HEALTH_PORT": str(processes.free_port()),
+            # one pod whose container restarts: a restarted operator leads again at once
+            "POD_NAME": "modelmesh-controller-local",
             **cfg.operator_env,
         }
         if restarts == 0:

@@ -1,9 +1,10 @@
-"""The local cluster's kubelet, deployment controller and volume provisioner in one loop.
+"""The local cluster's kubelet, deployment controller and volume provisioner.
 
-Every half second: read the Deployments; start and stop pods as `rollout.plan_rollout` says;
-start or restart each pod's containers as processes; probe them; write Pod objects and
-Deployment status back to the API so `kubectl get pods`, the operator and the port-forward see
-what runs.
+Every second: read the Deployments; start and stop pods as `rollout.plan_rollout` says;
+write Pod objects and Deployment status back to the API so `kubectl get pods`, the operator
+and the port-forward see what runs. Apart from that loop, as a kubelet works apart from the
+API server: every quarter second, start or restart each pod's containers as processes and
+probe them (a slow API must not delay a crashed container's restart).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import contextlib
 import itertools
 import logging
 import secrets
+import signal
 import string
 from collections.abc import Mapping
 from pathlib import Path
@@ -20,6 +22,7 @@ from typing import Any
 
 import aiohttp
 
+from mmesh.local import processes
 from mmesh.local.kube import LocalKube
 from mmesh.local.pods import LocalPod, decode_data
 from mmesh.local.podspec import PodIdentity, PodSources, claim_folder, template_hash
@@ -27,7 +30,8 @@ from mmesh.local.rollout import PodView, deployment_status, plan_rollout
 
 log = logging.getLogger(__name__)
 
-TICK_S = 0.5
+TICK_S = 1.0
+SUPERVISE_S = 0.25
 SOURCES_REFRESH_S = 5.0
 SHUTDOWN_GRACE_S = 10.0
 DELETE_GRACE_S = 2.0
@@ -95,6 +99,7 @@ class PodRunner:
     async def run(self, stop: asyncio.Event) -> None:
         async with aiohttp.ClientSession() as session:
             self._session = session
+            kubelet = asyncio.create_task(self._supervise(session, stop))
             try:
                 while not stop.is_set():
                     try:
@@ -105,8 +110,25 @@ class PodRunner:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(stop.wait(), TICK_S)
             finally:
+                kubelet.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await kubelet
                 await self.shutdown(session)
                 self._session = None
+
+    async def _supervise(self, session: aiohttp.ClientSession, stop: asyncio.Event) -> None:
+        """Start, restart and probe every pod's containers, without any API call."""
+        loop = asyncio.get_running_loop()
+        while not stop.is_set():
+            for pod in list(self.pods.values()):
+                try:
+                    now = loop.time()
+                    pod.supervise(now)
+                    await pod.probe(session, now)
+                except Exception as exc:  # one pod's trouble must not stop the others
+                    log.warning("pod %s: %s", pod.name, exc, exc_info=True)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), SUPERVISE_S)
 
     async def tick(self, session: aiohttp.ClientSession) -> None:
         loop = asyncio.get_running_loop()
@@ -127,8 +149,6 @@ class PodRunner:
                 self._begin_stop(pod, session, grace=None)
             elif refresh or not pod.prepared:
                 await self._prepare(pod)
-            pod.supervise(now)
-            await pod.probe(session, now)
             await self._push_pod(pod)
         for deployment in deployments:
             await self._push_deployment(deployment)
@@ -269,11 +289,12 @@ class PodRunner:
             await asyncio.gather(*self._stopping.values(), return_exceptions=True)
 
     def kill_container(self, pod_name: str, container: str) -> int:
-        """SIGKILL one container's process, as a crash would end it; its pid."""
+        """SIGKILL every process of one container (its process group), as an OOM kill ends a
+        container; the pid of its main process."""
         pod = self.pods[pod_name]
         for run in pod.containers:
-            if run.name == container and run.proc is not None:
-                run.proc.kill()
+            if run.name == container and run.running and run.proc is not None:
+                processes.signal_group(run.proc, signal.SIGKILL)
                 return run.proc.pid
         raise KeyError(f"pod {pod_name} has no running container {container}")
 

@@ -76,3 +76,11 @@ class InvalidConfig(OperatorError):
     def __init__(self, message: str) -> None:
         super().__init__(f"invalid model-serving-config: {message}")
         self.message = message
+
+
+class KubeUnavailable(OperatorError):
+    """The Kubernetes API did not take a write (timeout, connection, 5xx, conflict)."""
+
+    def __init__(self, what: str, cause: str) -> None:
+        super().__init__(f"{what}: the Kubernetes API did not answer ({cause})")
+        self.message = str(self)

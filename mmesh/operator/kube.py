@@ -19,10 +19,12 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import urllib3
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 from kubernetes.config.config_exception import ConfigException
 
+from mmesh.operator.errors import KubeUnavailable
 from mmesh.operator.resources import GROUP, ISVC_VERSION
 
 logger = logging.getLogger(__name__)
@@ -175,7 +177,8 @@ class Kube:
         )
 
     def patch_isvc_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> bool:
-        """Merge-patch the InferenceService's status; False if it is gone."""
+        """Merge-patch the InferenceService's status; False if it is gone. KubeUnavailable
+        when the API does not take it (the caller tries again soon)."""
         try:
             self.custom.patch_namespaced_custom_object_status(
                 GROUP, ISVC_VERSION, namespace, ISVC_PLURAL, name, {"status": dict(status)},
@@ -184,7 +187,9 @@ class Kube:
         except ApiException as exc:
             if exc.status == 404:
                 return False
-            raise
+            raise KubeUnavailable(f"status of {namespace}/{name}", f"HTTP {exc.status}") from exc
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise KubeUnavailable(f"status of {namespace}/{name}", type(exc).__name__) from exc
         return True
 
     def list_namespaces(self) -> builtins.list[Manifest]:

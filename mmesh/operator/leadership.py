@@ -36,7 +36,8 @@ def leader_key(root_prefix: str) -> str:
 
 
 def default_identity() -> str:
-    return f"{socket.gethostname()}-{os.getpid()}"
+    """POD_NAME (stays the same when the container restarts in its pod), else host-pid."""
+    return os.environ.get("POD_NAME") or f"{socket.gethostname()}-{os.getpid()}"
 
 
 class Leadership:
@@ -74,7 +75,7 @@ class Leadership:
         try:
             won = await self.kv.put_if(
                 self.key, self.identity.encode(), mod_revision=0, lease=lease
-            )
+            ) or await self._take_over_own_key(lease)
         except StoreUnavailable:
             won = False
         if not won:
@@ -84,6 +85,20 @@ class Leadership:
         self._lease, self._renewed_at = lease, time.monotonic()
         logger.info("leader election: %s is the leader (%s)", self.identity, self.key)
         return True
+
+    async def _take_over_own_key(self, lease: Lease) -> bool:
+        """The key names this identity but this process holds no lease: an earlier run of
+        the same pod died (a container restart) and its lease has not expired yet. Nobody
+        else leads, so take the key now instead of waiting out the lease."""
+        found = await self.kv.get(self.key)
+        if found is None or found.value != self.identity.encode():
+            return False
+        taken = await self.kv.put_if(
+            self.key, self.identity.encode(), mod_revision=found.mod_revision, lease=lease
+        )
+        if taken:
+            logger.info("leader election: %s takes over from its previous run", self.identity)
+        return taken
 
     async def run(self) -> None:
         """Campaign while following, renew while leading; until cancelled."""

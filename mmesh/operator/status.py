@@ -38,6 +38,7 @@ from mmesh.operator.service import Endpoints
 
 DEFAULT_FAILURE_EXPIRY_MS = 900_000
 """The router's default MM_LOAD_FAILURE_EXPIRY_TIME_MS."""
+FAILURE_EXPIRY_ENV = "MM_LOAD_FAILURE_EXPIRY_TIME_MS"
 RUNTIME_WAIT_MESSAGE = "Waiting for supporting runtime Pod to become available"
 PREDICTOR_READY = "PredictorReady"
 READY = "Ready"
@@ -131,6 +132,29 @@ def decode_model(
         failure=_load_failure(model_id, record, live_failures[0]) if live_failures else None,
         min_copies=record.min_copies,
     )
+
+
+def failure_expiry_ms(router_env: Mapping[str, str]) -> int:
+    """The routers' failure expiry: MM_LOAD_FAILURE_EXPIRY_TIME_MS of the environment the
+    operator gives them (`internalModelMeshEnvVars`), else their default."""
+    text = router_env.get(FAILURE_EXPIRY_ENV, "").strip()
+    return int(text) if text.isdigit() and int(text) > 0 else DEFAULT_FAILURE_EXPIRY_MS
+
+
+def next_change_ms(
+    observation: Observation, *, now_ms: int, failure_expiry_ms: int = DEFAULT_FAILURE_EXPIRY_MS
+) -> int | None:
+    """When the status changes with no record changing: the earliest expiry of a live load
+    failure (FailedToLoad turns Standby, failedCopies drops). None if nothing expires."""
+    expiries = [
+        at + failure_expiry_ms
+        for record in observation.models.values()
+        for iid, state in record.copy_states().items()
+        if state is CopyState.FAILED
+        for at in (record.failed_in[iid],)
+        if at + failure_expiry_ms > now_ms
+    ]
+    return min(expiries, default=None)
 
 
 def _overall(counts: Mapping[CopyState, int], failed: bool) -> ModelState:

@@ -26,7 +26,7 @@ from mmesh.core.errors import StoreUnavailable
 from mmesh.core.ids import VModelId
 from mmesh.core.mappings import deep_merge
 from mmesh.operator import status as st
-from mmesh.operator.errors import FailureReason, InvalidSpec
+from mmesh.operator.errors import FailureReason, InvalidSpec, KubeUnavailable
 from mmesh.operator.handlers import events
 from mmesh.operator.handlers.lifecycle import Context, context, leading, managed
 from mmesh.operator.handlers.runtimes import RETRY_S, Indexes, namespace_sync
@@ -46,8 +46,13 @@ logger = logging.getLogger(__name__)
 
 ISVC = (GROUP, ISVC_VERSION, "inferenceservices")
 MODELMESH = {DEPLOYMENT_MODE_ANNOTATION: MODELMESH_DEPLOYMENT_MODE}
-IDLE_RECHECK_S = 60.0
-"""Re-read now and then even without events (load failures expire with time)."""
+IDLE_RECHECK_S = 10.0
+"""Re-read now and then even without events: a safety net under the registry watch (a load
+failure's expiry, the other change that comes without an event, has its own wake-up)."""
+EXPIRY_SLACK_S = 0.2
+"""Look again this long after a failure expires (clocks tick; the record says ms)."""
+API_RETRY_S = 1.0
+"""How soon a status reporter patches again after the Kubernetes API did not take it."""
 ETCD_RETRY_S = 2.0
 """How soon a handler or status reporter tries again while etcd is unreachable."""
 
@@ -105,7 +110,7 @@ async def unregister_isvc(name: str, namespace: str | None, memo: Any, **kwargs:
     logger.info("InferenceService %s/%s unregistered", namespace, name)
 
 
-@kopf.daemon(*ISVC, annotations=MODELMESH, when=managed, cancellation_backoff=2.0)
+@kopf.daemon(*ISVC, annotations=MODELMESH, when=managed, cancellation_backoff=2.0, backoff=5.0)
 async def report_status(
     body: kopf.Body, name: str, namespace: str | None, memo: Any, stopped: Any, **kwargs: Any
 ) -> None:
@@ -118,7 +123,7 @@ async def report_status(
             wake.clear()
             previous = _managed_status(body.get("status") or {})
             try:
-                desired, loading = await observe_status(ctx, body, Indexes.of(kwargs))  # decide
+                desired, recheck_s = await observe_status(ctx, body, Indexes.of(kwargs))
             except StoreUnavailable as exc:  # keep the last status; the watch wakes us later
                 logger.warning("status of %s/%s: etcd unavailable (%s)", namespace, name, exc)
                 await _wait(wake, stop, ETCD_RETRY_S)
@@ -130,11 +135,19 @@ async def report_status(
             # unchanged next to it): once we have patched, what we sent is what the API holds.
             if desired != (sent or previous):
                 patch = st.status_patch(deep_merge(previous, sent), desired)
-                if not await asyncio.to_thread(ctx.kube.patch_isvc_status, namespace, name, patch):
+                try:
+                    patched = await asyncio.to_thread(
+                        ctx.kube.patch_isvc_status, namespace, name, patch
+                    )
+                except KubeUnavailable as exc:  # not the daemon's end: kopf would wait 60 s
+                    logger.warning("%s; trying again in %.0f s", exc.message, API_RETRY_S)
+                    await _wait(wake, stop, API_RETRY_S)
+                    continue
+                if not patched:
                     return  # act + report; the object is gone
                 sent = desired
             shown = _announce(body, desired, shown)
-            await _wait(wake, stop, ctx.settings.status_repoll_s if loading else IDLE_RECHECK_S)
+            await _wait(wake, stop, recheck_s)
     finally:
         stop.cancel()
         ctx.wakeups.unregister(namespace, name)
@@ -145,8 +158,10 @@ async def report_status(
 
 async def observe_status(
     ctx: Context, body: Mapping[str, Any], indexes: Indexes
-) -> tuple[dict[str, Any], bool]:
-    """The status the InferenceService should show now, and whether a model is Loading."""
+) -> tuple[dict[str, Any], float]:
+    """The status the InferenceService should show now, and how soon to look again without
+    an event: every second while a model is Loading, at the next failure expiry, else the
+    idle recheck."""
     meta = body.get("metadata", {})
     namespace, name = str(meta.get("namespace", "")), str(meta.get("name", ""))
     problem, registration, waiting = None, None, False
@@ -168,14 +183,23 @@ async def observe_status(
         problem=problem,
         waiting_for_runtime=waiting,
     )
+    now_ms = int(time.time() * 1000)
+    expiry_ms = st.failure_expiry_ms(
+        {e.name: e.value for e in ctx.config.internal_model_mesh_env_vars}
+    )
     desired = st.decode_status(
         observation,
         endpoints=endpoints(ctx.config, namespace),
-        now_ms=int(time.time() * 1000),
+        now_ms=now_ms,
+        failure_expiry_ms=expiry_ms,
         previous=_managed_status(body.get("status") or {}),
     )
-    states = desired["modelStatus"]["states"].values()
-    return desired, st.ModelState.LOADING.value in states
+    if st.ModelState.LOADING.value in desired["modelStatus"]["states"].values():
+        return desired, ctx.settings.status_repoll_s
+    expires = st.next_change_ms(observation, now_ms=now_ms, failure_expiry_ms=expiry_ms)
+    if expires is None:
+        return desired, IDLE_RECHECK_S
+    return desired, min(IDLE_RECHECK_S, (expires - now_ms) / 1000 + EXPIRY_SLACK_S)
 
 
 def _spec_changed(kwargs: Mapping[str, Any]) -> bool:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from mmesh.core.kv import MemoryKV
-from mmesh.operator.leadership import LEASE_TTL_S, Leadership, leader_key
+from mmesh.operator.leadership import LEASE_TTL_S, Leadership, default_identity, leader_key
 
 
 class FakeClock:
@@ -43,6 +45,30 @@ async def test_one_leader_and_a_takeover_when_its_lease_expires(
     assert await b.try_acquire() and b.is_leader
     found = await kv.get(key)
     assert found is not None and found.value == b"b"
+
+
+async def test_a_restarted_leader_of_the_same_pod_leads_at_once(
+    store: tuple[MemoryKV, FakeClock],
+) -> None:
+    """A killed leader's container restarts with the same identity (POD_NAME): it must not
+    wait out its old lease, while another pod still has to."""
+    kv, _ = store
+    key = leader_key("/r")
+    assert await Leadership(kv, key, "pod-a").try_acquire()  # then SIGKILLed: no release
+    other = Leadership(kv, key, "pod-b")
+    assert not await other.try_acquire()
+    again = Leadership(kv, key, "pod-a")
+    assert await again.try_acquire() and again.is_leader
+    found = await kv.get(key)
+    assert found is not None and found.value == b"pod-a"
+    assert not await other.try_acquire()
+
+
+def test_identity_is_the_pod_name_when_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("POD_NAME", "mmesh-operator-5d9c-abcde")
+    assert default_identity() == "mmesh-operator-5d9c-abcde"
+    monkeypatch.delenv("POD_NAME")
+    assert default_identity().endswith(f"-{os.getpid()}")
 
 
 async def test_a_leader_that_cannot_renew_steps_down(store: tuple[MemoryKV, FakeClock]) -> None:

@@ -20,6 +20,8 @@ from mmesh.operator.status import (
     RUNTIME_WAIT_MESSAGE,
     Observation,
     decode_status,
+    failure_expiry_ms,
+    next_change_ms,
     parse_rfc3339,
     rfc3339,
     status_patch,
@@ -188,6 +190,41 @@ def test_loading_after_a_failure_keeps_the_failure_visible() -> None:
 
 def test_loaded_model_shows_no_failure() -> None:
     assert failure(decode(settled(record(loaded=(POD_A,), failed={POD_B: NOW})))) is None
+
+
+def test_a_failure_shows_until_its_expiry_then_standby() -> None:
+    """The status changes at the expiry with no record changing: the reporter must be told
+    when, and the status then must be Standby with no failure."""
+    obs = settled(record(failed={POD_A: NOW - 60_000, POD_B: NOW - 1000}))
+    expires = next_change_ms(obs, now_ms=NOW, failure_expiry_ms=EXPIRY)
+    assert expires == NOW - 60_000 + EXPIRY
+    assert states(decode(obs, now=expires - 1))[0] == "FailedToLoad"
+    assert copies(decode(obs, now=expires)) == (1, 1)  # one of the two failures left
+    last = next_change_ms(obs, now_ms=expires, failure_expiry_ms=EXPIRY)
+    assert last == NOW - 1000 + EXPIRY
+    after = decode(obs, now=last)
+    assert (states(after)[0], copies(after), failure(after)) == ("Standby", (0, 0), None)
+    assert next_change_ms(obs, now_ms=last, failure_expiry_ms=EXPIRY) is None
+
+
+def test_nothing_expires_without_failures() -> None:
+    obs = settled(record(loaded=(POD_A,), loading=(POD_B,)))
+    assert next_change_ms(obs, now_ms=NOW, failure_expiry_ms=EXPIRY) is None
+    assert next_change_ms(Observation(None), now_ms=NOW) is None
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({}, 900_000),
+        ({"MM_LOAD_FAILURE_EXPIRY_TIME_MS": "30000"}, 30_000),
+        ({"MM_LOAD_FAILURE_EXPIRY_TIME_MS": " 5000 "}, 5_000),
+        ({"MM_LOAD_FAILURE_EXPIRY_TIME_MS": "soon"}, 900_000),
+        ({"MM_LOAD_FAILURE_EXPIRY_TIME_MS": "0"}, 900_000),
+    ],
+)
+def test_failure_expiry_follows_the_routers_environment(env: dict[str, str], expected: int) -> None:
+    assert failure_expiry_ms(env) == expected
 
 
 # ---------------------------------------------------------------- transitions
