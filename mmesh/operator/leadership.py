@@ -35,9 +35,9 @@ def leader_key(root_prefix: str) -> str:
     return f"{root_prefix.rstrip('/')}/{KEY_SUFFIX}"
 
 
-def default_identity() -> str:
-    """POD_NAME (stays the same when the container restarts in its pod), else host-pid."""
-    return os.environ.get("POD_NAME") or f"{socket.gethostname()}-{os.getpid()}"
+def default_identity(pod_name: str = "") -> str:
+    """The pod's name (stays the same when the container restarts in its pod), else host-pid."""
+    return pod_name or f"{socket.gethostname()}-{os.getpid()}"
 
 
 class Leadership:

@@ -50,6 +50,8 @@ class OperatorSettings(BaseSettings):
     claims_poll_s: float = Field(30.0, gt=0, alias="CLAIMS_POLL_SECS")
     """How often the storage Secret and the PVCs models name are re-read (nothing watches
     them); a change reconciles the namespace's Deployments."""
+    pod_name: str = Field("", alias="POD_NAME")
+    """This replica's pod (Downward API): its leader identity, the same after a restart."""
     log_level: str = Field("INFO", alias="LOG_LEVEL")
     log_json: bool = Field(False, alias="LOG_JSON")
     """One JSON object per log line (for collectors); plain text otherwise."""

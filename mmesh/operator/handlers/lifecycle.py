@@ -164,7 +164,7 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> N
     defaults = _defaults_yaml(ours)
     found = await asyncio.to_thread(kube.read_config_map, ours.namespace, CONFIG_MAP_NAME)
     config = load_config(defaults, found)
-    leadership = Leadership(kv, leader_key(connection.root_prefix), default_identity())
+    leadership = Leadership(kv, leader_key(connection.root_prefix), default_identity(ours.pod_name))
     await leadership.try_acquire()  # the leader at start needs no catch-up: kopf resumes all
     ctx = Context(ours, kube, Registrations(kv, scope), defaults, config, leadership)
     if not ours.namespace_scope:

@@ -284,7 +284,10 @@ def test_operator_settings_parse_from_the_rendered_pod(
     env["ETCD_CONNECTION"] = str(tmp_path / Path(connection_path).name)
     assert env["NAMESPACE"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
     env["NAMESPACE"] = NAMESPACE
+    assert env["POD_NAME"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    env["POD_NAME"] = "modelmesh-controller-7f9c-abcde"
     settings = OperatorSettings.model_validate(env)  # the rendered env only, not ours
+    assert settings.pod_name == "modelmesh-controller-7f9c-abcde"
     assert settings.namespace_scope is namespace_scope
     assert settings.health_port == 8081
     connection = settings.etcd_connection()

@@ -8,6 +8,7 @@ import pytest
 
 from mmesh.core.kv import MemoryKV
 from mmesh.operator.leadership import LEASE_TTL_S, Leadership, default_identity, leader_key
+from mmesh.operator.settings import OperatorSettings
 
 
 class FakeClock:
@@ -66,9 +67,11 @@ async def test_a_restarted_leader_of_the_same_pod_leads_at_once(
 
 def test_identity_is_the_pod_name_when_set(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("POD_NAME", "mmesh-operator-5d9c-abcde")
-    assert default_identity() == "mmesh-operator-5d9c-abcde"
+    settings = OperatorSettings(ETCD_CONNECTION="{}")
+    assert default_identity(settings.pod_name) == "mmesh-operator-5d9c-abcde"
     monkeypatch.delenv("POD_NAME")
-    assert default_identity().endswith(f"-{os.getpid()}")
+    settings = OperatorSettings(ETCD_CONNECTION="{}")
+    assert default_identity(settings.pod_name).endswith(f"-{os.getpid()}")
 
 
 async def test_a_leader_that_cannot_renew_steps_down(store: tuple[MemoryKV, FakeClock]) -> None:
