@@ -344,10 +344,10 @@ def test_capacity_is_what_the_runtime_asks_for(mesh: Mesh) -> None:
     for pod in pods:
         metrics = scrape_metrics(pod["status"]["podIP"])
         assert metrics["modelmesh_instance_capacity_bytes"] == sizing.capacity * UNIT
-        assert metrics["modelmesh_instance_models_total"] == 0  # nothing is used yet
-        assert metrics["modelmesh_instance_used_bytes"] == 0
-    states = {name: active_state(i) for name, i in isvcs(mesh.cluster).items()}
-    assert set(states.values()) == {"Standby"}, states
+        # new InferenceServices load at once (as the reference's loadNow), as far as room goes
+        assert metrics["modelmesh_instance_models_total"] <= COPIES_PER_POD
+        assert metrics["modelmesh_instance_used_bytes"] <= sizing.capacity * UNIT
+    check_status(mesh, most_loaded=mesh.fit)
 
 
 def check_status(mesh: Mesh, most_loaded: int) -> dict[str, str]:
