@@ -26,6 +26,7 @@ from mmesh.core.records import UNIT_BYTES, InstanceRecord, KeyLayout, Table, byt
 from mmesh.core.version import VERSION
 from mmesh.router.cache import EntryState, EvictionPolicy, LocalCache
 from mmesh.router.certs import CertFiles, PeerCredentials, ServerContext, server_credentials
+from mmesh.router.cluster import ClusterView
 from mmesh.router.errors import RouterError
 from mmesh.router.forwarding import Forwarder
 from mmesh.router.healer import FirstLoads, Healer
@@ -164,6 +165,7 @@ class Pod:
     pool: PeerPool
     healer: Healer
     first_loads: FirstLoads
+    cluster: ClusterView
     membership: Membership | None = None
     tls: CertFiles | None = None
     server: grpc.aio.Server | None = None
@@ -184,11 +186,7 @@ class Pod:
 
     def is_ready(self) -> bool:
         """Not ready while another instance shuts down: rolling updates go one at a time."""
-        me = self.local.instance_id
-        draining = any(
-            v.record.shutting_down for iid, v in self.registry.instances.items.items() if iid != me
-        )
-        return self.life.is_ready() and not draining
+        return self.life.is_ready() and not self.cluster.other_draining()
 
 
 async def build_pod(settings: RouterSettings, life: Lifecycle) -> Pod:
@@ -234,8 +232,10 @@ async def build_pod(settings: RouterSettings, life: Lifecycle) -> Pod:
         interval_s=settings.reconcile_interval_s,
         probe_interval_s=settings.runtime_check_interval_s,
     )
+    cluster = ClusterView(registry, local.instance_id)
     router = InferenceRouter(
         registry=registry,
+        cluster=cluster,
         local=local,
         forwarder=forwarder,
         metrics=metrics,
@@ -262,7 +262,7 @@ async def build_pod(settings: RouterSettings, life: Lifecycle) -> Pod:
         registry=registry,
         place=router.ensure_copy,
         is_leader=lambda: janitor.is_leader,
-        live=lambda: {*registry.instances.items, local.instance_id},
+        live=cluster.live_ids,
         failure_expiry_ms=settings.load_failure_expiry_ms,
     )
     janitor.extra_duties.append(first_loads.sweep)
@@ -281,10 +281,11 @@ async def build_pod(settings: RouterSettings, life: Lifecycle) -> Pod:
         pool,
         healer,
         first_loads,
+        cluster,
     )
     pod.tls = tls
     local.on_change = pod.changed
-    local.is_live = lambda iid: iid == local.instance_id or iid in registry.instances.items
+    local.is_live = cluster.is_live
     router.self_record = pod.snapshot
     router.on_served = janitor.count
     registry.on_change(lambda table, ident: _drop_unregistered(registry, local, table, ident))
@@ -415,11 +416,7 @@ async def migrate_recent_models(pod: Pod, deadline_s: float) -> None:
         key=lambda e: e.last_used_ms,
         reverse=True,
     )
-    others = [
-        i
-        for i, v in pod.registry.instances.items.items()
-        if i != pod.local.instance_id and not v.record.shutting_down
-    ]
+    others = pod.cluster.serving_others()
     if not recent or not others:
         return
     logger.info("moving %d recently used models to other instances", len(recent))

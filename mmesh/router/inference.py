@@ -28,6 +28,7 @@ from mmesh.core.ids import InstanceId
 from mmesh.core.proto import model_mesh_pb2 as mm
 from mmesh.core.records import InstanceRecord, ModelRecord, bytes_to_units
 from mmesh.router import peers, wire
+from mmesh.router.cluster import ClusterView
 from mmesh.router.errors import (
     CopyNotHeld,
     InvalidRequest,
@@ -99,6 +100,7 @@ class InferenceRouter:
         self,
         *,
         registry: Registry,
+        cluster: ClusterView,
         local: LocalModels,
         forwarder: Forwarder,
         metrics: RouterMetrics,
@@ -109,6 +111,7 @@ class InferenceRouter:
     ) -> None:
         self.healer = healer
         self.registry = registry
+        self.cluster = cluster
         self.local = local
         self.forwarder = forwarder
         self.metrics = metrics
@@ -428,9 +431,7 @@ class InferenceRouter:
 
     def live_peers(self) -> dict[str, InstanceRecord]:
         """Instances with a live record (their lease holds), this one from its own state."""
-        live = {iid: v.record for iid, v in self.registry.instances.items.items()}
-        live[self.local.instance_id] = self.self_record()
-        return live
+        return self.cluster.live(self.self_record())
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,6 +23,7 @@ from mmesh.core.errors import StoreUnavailable
 from mmesh.core.ids import InstanceId
 from mmesh.core.kv import Lease
 from mmesh.core.records import InstanceRecord, ModelRecord, bytes_to_units
+from mmesh.router.cluster import records, serving
 from mmesh.router.errors import RouterError
 from mmesh.router.inference import InferenceRouter
 from mmesh.router.loading import now_ms
@@ -159,7 +160,7 @@ class Janitor:
             return
         live = self.router.live_peers()
         holders = sorted(iid for iid in record.instance_ids if iid in live)
-        spare = [iid for iid, rec in live.items() if iid not in holders and not rec.shutting_down]
+        spare = [iid for iid in serving(live) if iid not in holders]
         if not spare or (holders and holders[0] != self.instance_id):
             return  # no room for another copy, or another holder decides
         if only_if_single and len(holders) != 1:
@@ -198,10 +199,9 @@ class Janitor:
         now, expiry = now_ms(), self.policy.failure_expiry_ms
         result = Survey(live=live)
         cutoff = now - PROACTIVE_RECENT_MS
-        for n, (model_id, versioned) in enumerate(list(self.registry.models.items.items())):
+        for n, (model_id, rec) in enumerate(records(self.registry.models)):
             if n % SURVEY_CHUNK == SURVEY_CHUNK - 1:
                 await asyncio.sleep(0)
-            rec = versioned.record
             result.note(model_id, rec, now_ms=now, expiry_ms=expiry, cutoff_ms=cutoff)
         return result
 
@@ -223,8 +223,7 @@ class Janitor:
         dead = self._dead_instances(survey.mentioned - set(survey.live) - {self.instance_id})
         if not dead:
             return
-        for model_id, versioned in list(self.registry.models.items.items()):
-            rec = versioned.record
+        for model_id, rec in records(self.registry.models):
             if (set(rec.instance_ids) | set(rec.failed_in)) & dead:
                 await self.registry.update_model(model_id, lambda r: drop_instances(r, dead))
         logger.info("dropped the copies of departed instances %s", sorted(dead))
@@ -240,10 +239,10 @@ class Janitor:
         return frozenset(i for i in missing if now - self._missing_since[i] >= grace)
 
     def ensure_min_copies(self, survey: Survey) -> None:
-        serving = sum(1 for rec in survey.live.values() if not rec.shutting_down)
+        serving_now = len(serving(survey.live))
         started = 0
         for model_id, have, min_copies in survey.under_copied:
-            want = min(min_copies, serving)
+            want = min(min_copies, serving_now)
             record = self.registry.models.get(model_id)
             if have < want and record is not None and model_id not in self._scaling:
                 logger.info("model %s has %d of its %d minimum copies", model_id, have, want)
@@ -256,11 +255,7 @@ class Janitor:
         """Models used recently but loaded nowhere go into free space before a request has
         to wait for them."""
         size = bytes_to_units(self.router.local.info.default_model_size_bytes)
-        roomy = [
-            i
-            for i, rec in survey.live.items()
-            if not rec.shutting_down and rec.free_units >= 2 * size
-        ]
+        roomy = [i for i, rec in serving(survey.live).items() if rec.free_units >= 2 * size]
         if not roomy:
             return
         idle = sorted(survey.recent_unloaded, reverse=True)

@@ -16,6 +16,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from mmesh.core.records import CopyState, ModelRecord, Table, VModelRecord
+from mmesh.router.cluster import records
 from mmesh.router.errors import (
     AlreadyExists,
     HasReferents,
@@ -277,7 +278,7 @@ class Management:
         return record is not None and bool(record.loaded_in)
 
     def _vmodel_records(self) -> list[tuple[str, VModelRecord]]:
-        return [(k, v.record) for k, v in self.registry.vmodels.items.items()]
+        return records(self.registry.vmodels)
 
     async def _wait_settled(self, vmodel_id: str, *, wait_loaded: bool) -> None:
         while True:
