@@ -44,6 +44,7 @@ from mmesh.router.runtime_client import RuntimeClient, RuntimeInfo, check_runtim
 from mmesh.router.servicers import add_servicers
 from mmesh.router.settings import RouterSettings
 from mmesh.router.tls import BadCertificate, ClientAuth
+from mmesh.router.usage import Usage
 
 logger = logging.getLogger(__name__)
 
@@ -166,23 +167,15 @@ class Pod:
     healer: Healer
     first_loads: FirstLoads
     cluster: ClusterView
-    membership: Membership | None = None
-    tls: CertFiles | None = None
+    membership: Membership
+    """Built with the pod, started once the servers are up (`serve`)."""
+    tls: CertFiles | None
     server: grpc.aio.Server | None = None
     runners: list[web.AppRunner] = field(default_factory=list)
 
-    def snapshot(self) -> InstanceRecord:
-        return replace(
-            instance_snapshot(self.local, self.settings, self.started_ms, self.life),
-            rpm=self.janitor.rpm,
-        )
-
-    started_ms: int = field(default_factory=now_ms)
-
     def changed(self) -> None:
         update_gauges(self.metrics, self.local)
-        if self.membership is not None:
-            self.membership.changed()
+        self.membership.changed()
 
     def is_ready(self) -> bool:
         """Not ready while another instance shuts down: rolling updates go one at a time."""
@@ -205,6 +198,7 @@ async def build_pod(settings: RouterSettings, life: Lifecycle) -> Pod:
     check_runtime_info(info)
     logger.info("runtime ready: %s", info)
     metrics = RouterMetrics()
+    cluster = ClusterView(registry, settings.resolved_instance_id)
     local = LocalModels(
         instance_id=settings.resolved_instance_id,
         cache=LocalCache(bytes_to_units(info.capacity_bytes)),
@@ -214,6 +208,19 @@ async def build_pod(settings: RouterSettings, life: Lifecycle) -> Pod:
         metrics=metrics,
         policy=eviction_policy(settings, info),
         failure_expiry_ms=settings.load_failure_expiry_ms,
+        is_live=cluster.is_live,
+    )
+    usage = Usage()
+    started_ms = now_ms()
+
+    def own_record() -> InstanceRecord:
+        return replace(instance_snapshot(local, settings, started_ms, life), rpm=usage.rpm)
+
+    membership = Membership(
+        kv,
+        registry.layout.instance_key(InstanceId(local.instance_id)),
+        own_record,
+        ttl_s=settings.instance_lease_ttl_s,
     )
     data_port = settings.serving_port or settings.runtime_port
     forwarder = Forwarder(
@@ -232,7 +239,6 @@ async def build_pod(settings: RouterSettings, life: Lifecycle) -> Pod:
         interval_s=settings.reconcile_interval_s,
         probe_interval_s=settings.runtime_check_interval_s,
     )
-    cluster = ClusterView(registry, local.instance_id)
     router = InferenceRouter(
         registry=registry,
         cluster=cluster,
@@ -240,12 +246,15 @@ async def build_pod(settings: RouterSettings, life: Lifecycle) -> Pod:
         forwarder=forwarder,
         metrics=metrics,
         healer=healer,
+        usage=usage,
         pool=pool,
+        self_record=own_record,
         inflight=InflightLimiter(settings.max_inflight_per_model),
     )
     janitor = Janitor(
         registry=registry,
         router=router,
+        usage=usage,
         metrics=metrics,
         instance_id=local.instance_id,
         policy=JanitorPolicy(
@@ -256,7 +265,7 @@ async def build_pod(settings: RouterSettings, life: Lifecycle) -> Pod:
             second_copy_gap_s=settings.second_copy_gap_s,
             failure_expiry_ms=settings.load_failure_expiry_ms,
         ),
-        lease=lambda: pod.membership.lease if pod.membership else None,
+        lease=lambda: membership.lease,
     )
     first_loads = FirstLoads(
         registry=registry,
@@ -268,26 +277,25 @@ async def build_pod(settings: RouterSettings, life: Lifecycle) -> Pod:
     janitor.extra_duties.append(first_loads.sweep)
     registry.on_change(first_loads.on_change)
     pod = Pod(
-        settings,
-        life,
-        kv,
-        registry,
-        runtime,
-        local,
-        router,
-        janitor,
-        metrics,
-        forwarder,
-        pool,
-        healer,
-        first_loads,
-        cluster,
+        settings=settings,
+        life=life,
+        kv=kv,
+        registry=registry,
+        runtime=runtime,
+        local=local,
+        router=router,
+        janitor=janitor,
+        metrics=metrics,
+        forwarder=forwarder,
+        pool=pool,
+        healer=healer,
+        first_loads=first_loads,
+        cluster=cluster,
+        membership=membership,
+        tls=tls,
     )
-    pod.tls = tls
+    # The cache's changes reach the gauges and the published record; both read the cache.
     local.on_change = pod.changed
-    local.is_live = cluster.is_live
-    router.self_record = pod.snapshot
-    router.on_served = janitor.count
     registry.on_change(lambda table, ident: _drop_unregistered(registry, local, table, ident))
     return pod
 
@@ -377,12 +385,6 @@ async def serve(settings: RouterSettings) -> None:
     except StoreUnavailable as exc:
         logger.warning("start-up reconcile skipped (%s); the periodic one will repair", exc)
     await start_servers(pod)
-    pod.membership = Membership(
-        pod.kv,
-        pod.registry.layout.instance_key(InstanceId(pod.local.instance_id)),
-        pod.snapshot,
-        ttl_s=settings.instance_lease_ttl_s,
-    )
     await pod.membership.start()
     pod.janitor.start()
     pod.healer.start()
@@ -440,9 +442,8 @@ async def shutdown(pod: Pod) -> None:
     pod.life.shutting_down = True
     grace_s = pod.settings.shutdown_timeout_ms / 1000
     deadline = time.monotonic() + grace_s
-    if pod.membership is not None:
-        with contextlib.suppress(StoreUnavailable):
-            await pod.membership.publish_now()
+    with contextlib.suppress(StoreUnavailable):
+        await pod.membership.publish_now()
     await pod.janitor.stop()
     await pod.healer.stop()
     await pod.first_loads.stop()
@@ -455,8 +456,7 @@ async def shutdown(pod: Pod) -> None:
     with contextlib.suppress(TimeoutError):
         remaining = max(1.0, deadline - time.monotonic())
         await asyncio.wait_for(pod.local.unload_all(), timeout=remaining)
-    if pod.membership is not None:
-        await pod.membership.stop()
+    await pod.membership.stop()
     await pod.registry.stop()
     await pod.forwarder.close()
     await pod.pool.close()

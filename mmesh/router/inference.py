@@ -63,6 +63,7 @@ from mmesh.router.routing import (
     stale_self_claim,
     with_placements,
 )
+from mmesh.router.usage import Usage
 
 logger = logging.getLogger(__name__)
 
@@ -105,11 +106,13 @@ class InferenceRouter:
         forwarder: Forwarder,
         metrics: RouterMetrics,
         healer: Healer,
+        usage: Usage,
         pool: PeerPool | None = None,
         self_record: Callable[[], InstanceRecord] | None = None,
         inflight: InflightLimiter | None = None,
     ) -> None:
         self.healer = healer
+        self.usage = usage
         self.registry = registry
         self.cluster = cluster
         self.local = local
@@ -118,7 +121,6 @@ class InferenceRouter:
         self.pool = pool or PeerPool(max_message_bytes=16 * 1024 * 1024)
         self.self_record = self_record or InstanceRecord
         self.inflight = inflight or InflightLimiter()
-        self.on_served: Callable[[str], None] = lambda model_id: None
         self._placed: dict[str, list[tuple[float, int]]] = {}
         info = local.info
         self._default_units = bytes_to_units(info.default_model_size_bytes)
@@ -358,7 +360,7 @@ class InferenceRouter:
         metadata = _forwarded_metadata(call.headers, call.model_id)
         self.local.touch(call.model_id)
         await self._ensure_local(call.model_id, record, unreachable)
-        self.on_served(call.model_id)
+        self.usage.count(call.model_id)
         try:
             return await self.forwarder.call(call.method, call.payload, metadata, call.timeout_s)
         except ModelNotHere:

@@ -15,9 +15,9 @@ import contextlib
 import gc
 import logging
 import time
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from mmesh.core.errors import StoreUnavailable
 from mmesh.core.ids import InstanceId
@@ -25,11 +25,11 @@ from mmesh.core.kv import Lease
 from mmesh.core.records import InstanceRecord, ModelRecord, bytes_to_units
 from mmesh.router.cluster import records, serving
 from mmesh.router.errors import RouterError
-from mmesh.router.inference import InferenceRouter
-from mmesh.router.loading import now_ms
+from mmesh.router.loading import LocalModels, now_ms
 from mmesh.router.metrics import RouterMetrics
 from mmesh.router.placement import failed_instances
 from mmesh.router.registry import UNCHANGED, Registry, Unchanged
+from mmesh.router.usage import Usage
 
 logger = logging.getLogger(__name__)
 
@@ -65,12 +65,25 @@ class JanitorPolicy:
     failure_expiry_ms: int
 
 
+class CopyPlacer(Protocol):
+    """What the janitor asks of the inference path (the router's `InferenceRouter`)."""
+
+    local: LocalModels
+
+    def live_peers(self) -> dict[str, InstanceRecord]: ...
+
+    async def ensure_copy(self, model_id: str, record: ModelRecord, *, extra: bool = False) -> str:
+        """Returns the instance that holds or loaded the copy."""
+        ...
+
+
 class Janitor:
     def __init__(
         self,
         *,
         registry: Registry,
-        router: InferenceRouter,
+        router: CopyPlacer,
+        usage: Usage,
         metrics: RouterMetrics,
         instance_id: str,
         policy: JanitorPolicy,
@@ -78,14 +91,13 @@ class Janitor:
     ) -> None:
         self.registry = registry
         self.router = router
+        self.usage = usage
         self.metrics = metrics
         self.instance_id = instance_id
         self.policy = policy
         self._lease = lease
         self.extra_duties: list[Callable[[], None]] = []
         """Other leader-only work run with each survey (the management API's transitions)."""
-        self.requests: Counter[str] = Counter()
-        self.rpm = 0
         self.is_leader = False
         self._in_use_since: dict[str, float] = {}
         self._last_use: dict[str, float] = {}
@@ -93,10 +105,6 @@ class Janitor:
         self._scaling: set[str] = set()
         self._tasks: list[asyncio.Task[None]] = []
         self._gc = GcFreezer()
-
-    def count(self, model_id: str) -> None:
-        """Called for each request this instance's runtime serves."""
-        self.requests[model_id] += 1
 
     def start(self) -> None:
         self._tasks = [
@@ -131,9 +139,8 @@ class Janitor:
     # --- rates, scale-up and second copies -------------------------------------------
 
     def check_rates(self) -> None:
-        counts, self.requests = self.requests, Counter()
         per_minute = 60 / self.policy.rate_interval_s
-        self.rpm = int(sum(counts.values()) * per_minute)
+        counts = self.usage.take(per_minute)
         now = time.monotonic()
         for model_id, n in counts.items():
             self._note_use(model_id, now)
