@@ -345,13 +345,9 @@ class InferenceRouter:
             model_id=call.model_id, hops=0, dest=target, load=load, exclude=exclude
         )
         metadata += _forwarded_metadata(call.headers, None)
-        self.pool.inflight[target] = self.pool.inflight.get(target, 0) + 1
-        try:
-            return await self.pool.get(endpoint.endpoint).call(
-                call.method, call.payload, metadata, call.timeout_s
-            )
-        finally:
-            self.pool.inflight[target] -= 1
+        return await self.pool.call(
+            target, endpoint.endpoint, call.method, call.payload, metadata, call.timeout_s
+        )
 
     async def _serve_local(self, call: _Call, unreachable: Collection[str] = ()) -> bytes:
         record = self.registry.models.get(call.model_id)
