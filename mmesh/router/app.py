@@ -32,7 +32,7 @@ from mmesh.router.forwarding import Forwarder
 from mmesh.router.healer import FirstLoads, Healer
 from mmesh.router.inference import InferenceRouter
 from mmesh.router.inflight import InflightLimiter
-from mmesh.router.janitor import Janitor, JanitorPolicy
+from mmesh.router.janitor import Janitor, JanitorPolicy, Leadership
 from mmesh.router.loading import LocalModels, now_ms
 from mmesh.router.management import Management
 from mmesh.router.membership import Membership
@@ -166,6 +166,7 @@ class Pod:
     pool: PeerPool
     healer: Healer
     first_loads: FirstLoads
+    management: Management
     cluster: ClusterView
     membership: Membership
     """Built with the pod, started once the servers are up (`serve`)."""
@@ -251,6 +252,23 @@ async def build_pod(settings: RouterSettings, life: Lifecycle) -> Pod:
         self_record=own_record,
         inflight=InflightLimiter(settings.max_inflight_per_model),
     )
+    leadership = Leadership()
+    first_loads = FirstLoads(
+        registry=registry,
+        place=router.ensure_copy,
+        is_leader=leadership,
+        live=cluster.live_ids,
+        failure_expiry_ms=settings.load_failure_expiry_ms,
+    )
+    registry.on_change(first_loads.on_change)
+    management = Management(
+        registry=registry,
+        local=local,
+        failure_expiry_ms=settings.load_failure_expiry_ms,
+        default_owner=settings.default_vmodel_owner,
+        drives_transitions=leadership,
+        place=router.ensure_copy,
+    )
     janitor = Janitor(
         registry=registry,
         router=router,
@@ -266,16 +284,9 @@ async def build_pod(settings: RouterSettings, life: Lifecycle) -> Pod:
             failure_expiry_ms=settings.load_failure_expiry_ms,
         ),
         lease=lambda: membership.lease,
+        leadership=leadership,
+        duties=(first_loads.sweep, management.redrive_transitions),
     )
-    first_loads = FirstLoads(
-        registry=registry,
-        place=router.ensure_copy,
-        is_leader=lambda: janitor.is_leader,
-        live=cluster.live_ids,
-        failure_expiry_ms=settings.load_failure_expiry_ms,
-    )
-    janitor.extra_duties.append(first_loads.sweep)
-    registry.on_change(first_loads.on_change)
     pod = Pod(
         settings=settings,
         life=life,
@@ -290,6 +301,7 @@ async def build_pod(settings: RouterSettings, life: Lifecycle) -> Pod:
         pool=pool,
         healer=healer,
         first_loads=first_loads,
+        management=management,
         cluster=cluster,
         membership=membership,
         tls=tls,
@@ -302,15 +314,6 @@ async def build_pod(settings: RouterSettings, life: Lifecycle) -> Pod:
 
 async def start_servers(pod: Pod) -> None:
     settings = pod.settings
-    management = Management(
-        registry=pod.registry,
-        local=pod.local,
-        failure_expiry_ms=settings.load_failure_expiry_ms,
-        default_owner=settings.default_vmodel_owner,
-        place=pod.router.ensure_copy,
-    )
-    management.drives_transitions = lambda: pod.janitor.is_leader
-    pod.janitor.extra_duties.append(management.redrive_transitions)
     server = grpc.aio.server(
         options=[
             ("grpc.max_send_message_length", settings.max_message_bytes),
@@ -319,7 +322,7 @@ async def start_servers(pod: Pod) -> None:
     )
     add_servicers(
         server,
-        management=management,
+        management=pod.management,
         router=pod.router,
         metrics=pod.metrics,
         ready=pod.is_ready,

@@ -15,7 +15,7 @@ import contextlib
 import gc
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -65,6 +65,17 @@ class JanitorPolicy:
     failure_expiry_ms: int
 
 
+class Leadership:
+    """Whether this instance holds the leader key, as of its last election; the janitor
+    elects, leader-only work elsewhere reads it."""
+
+    def __init__(self) -> None:
+        self.held = False
+
+    def __call__(self) -> bool:
+        return self.held
+
+
 class CopyPlacer(Protocol):
     """What the janitor asks of the inference path (the router's `InferenceRouter`)."""
 
@@ -88,6 +99,8 @@ class Janitor:
         instance_id: str,
         policy: JanitorPolicy,
         lease: Callable[[], Lease | None],
+        leadership: Leadership,
+        duties: Sequence[Callable[[], None]],
     ) -> None:
         self.registry = registry
         self.router = router
@@ -96,15 +109,19 @@ class Janitor:
         self.instance_id = instance_id
         self.policy = policy
         self._lease = lease
-        self.extra_duties: list[Callable[[], None]] = []
-        """Other leader-only work run with each survey (the management API's transitions)."""
-        self.is_leader = False
+        self.leadership = leadership
+        self.extra_duties = tuple(duties)
+        """Other leader-only work run with each survey (first loads, vmodel transitions)."""
         self._in_use_since: dict[str, float] = {}
         self._last_use: dict[str, float] = {}
         self._missing_since: dict[str, float] = {}
         self._scaling: set[str] = set()
         self._tasks: list[asyncio.Task[None]] = []
         self._gc = GcFreezer()
+
+    @property
+    def is_leader(self) -> bool:
+        return self.leadership.held
 
     def start(self) -> None:
         self._tasks = [
@@ -224,7 +241,7 @@ class Janitor:
             if won:
                 logger.info("%s is now the leader", self.instance_id)
             current = await self.registry.kv.get(key)
-        self.is_leader = current is not None and current.value.decode() == self.instance_id
+        self.leadership.held = current is not None and current.value.decode() == self.instance_id
 
     async def reap(self, survey: Survey) -> None:
         dead = self._dead_instances(survey.mentioned - set(survey.live) - {self.instance_id})

@@ -71,6 +71,7 @@ class Management:
         local: LocalModels,
         failure_expiry_ms: int,
         default_owner: str = "",
+        drives_transitions: Callable[[], bool],
         place: Callable[[str, ModelRecord], Awaitable[object]] | None = None,
     ) -> None:
         self.registry = registry
@@ -79,7 +80,7 @@ class Management:
         self.default_owner = default_owner
         self._place = place or local.ensure_loaded
         self._by_target: dict[str, set[str]] = {}
-        self.drives_transitions: Callable[[], bool] = lambda: True
+        self.drives_transitions = drives_transitions
         """Whether this router loads the targets of vmodels moved by others (the leader)."""
         self._tasks: set[asyncio.Task[None]] = set()
         registry.on_change(self._on_registry_change)

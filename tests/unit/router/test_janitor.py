@@ -13,7 +13,7 @@ import pytest
 from mmesh.core.ids import InstanceId, ModelId
 from mmesh.core.kv import Lease, MemoryKV
 from mmesh.core.records import InstanceRecord, KeyLayout, ModelRecord
-from mmesh.router.janitor import Janitor, JanitorPolicy
+from mmesh.router.janitor import Janitor, JanitorPolicy, Leadership
 from mmesh.router.loading import LocalModels, now_ms
 from mmesh.router.metrics import RouterMetrics
 from mmesh.router.registry import Registry
@@ -81,6 +81,8 @@ def make_janitor(
         instance_id=ME,
         policy=POLICY,
         lease=lambda: lease,
+        leadership=Leadership(),
+        duties=(),
     )
 
 
@@ -190,6 +192,8 @@ async def test_the_first_instance_with_a_lease_becomes_leader_and_others_not(
         instance_id="b",
         policy=POLICY,
         lease=lambda: lease,
+        leadership=Leadership(),
+        duties=(),
     )
     await second.elect()
     assert (first.is_leader, second.is_leader) == (True, False)
@@ -249,3 +253,25 @@ async def test_the_cluster_gauges_count_managed_loaded_and_failed_models(
     assert scrape("modelmesh_models_managed_total") == 3
     assert scrape("modelmesh_models_loaded_total") == 1
     assert scrape("modelmesh_models_with_failure_total") == 1
+
+
+@pytest.mark.parametrize(("has_lease", "want"), [(True, [True]), (False, [])])
+async def test_leader_only_duties_run_once_this_instance_won_the_election(
+    kv: MemoryKV, registry: Registry, router: FakeRouter, has_lease: bool, want: list[bool]
+) -> None:
+    lease = await kv.grant_lease(30) if has_lease else None
+    leadership = Leadership()
+    ran: list[bool] = []
+    janitor = Janitor(
+        registry=registry,
+        router=router,
+        usage=Usage(),
+        metrics=RouterMetrics(),
+        instance_id=ME,
+        policy=POLICY,
+        lease=lambda: lease,
+        leadership=leadership,
+        duties=(lambda: ran.append(leadership()),),
+    )
+    await janitor.leader_duties()
+    assert ran == want
