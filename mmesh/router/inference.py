@@ -107,9 +107,9 @@ class InferenceRouter:
         metrics: RouterMetrics,
         healer: Healer,
         usage: Usage,
-        pool: PeerPool | None = None,
-        self_record: Callable[[], InstanceRecord] | None = None,
-        inflight: InflightLimiter | None = None,
+        pool: PeerPool,
+        self_record: Callable[[], InstanceRecord],
+        inflight: InflightLimiter,
     ) -> None:
         self.healer = healer
         self.usage = usage
@@ -118,9 +118,10 @@ class InferenceRouter:
         self.local = local
         self.forwarder = forwarder
         self.metrics = metrics
-        self.pool = pool or PeerPool(max_message_bytes=16 * 1024 * 1024)
-        self.self_record = self_record or InstanceRecord
-        self.inflight = inflight or InflightLimiter()
+        self.pool = pool
+        self.self_record = self_record
+        """This instance's record from its current state (the published one may lag)."""
+        self.inflight = inflight
         self._placed: dict[str, list[tuple[float, int]]] = {}
         info = local.info
         self._default_units = bytes_to_units(info.default_model_size_bytes)
