@@ -183,8 +183,7 @@ class Pod:
         return self.life.is_ready() and not self.cluster.other_draining()
 
 
-async def build_pod(settings: RouterSettings, life: Lifecycle) -> Pod:
-    tls = load_tls(settings)
+async def open_registry(settings: RouterSettings) -> tuple[EtcdKV, Registry]:
     conn = settings.etcd_connection()
     kv = await EtcdKV.connect(conn)
     registry = Registry(kv, KeyLayout(conn.root_prefix, settings.service_name))
@@ -194,10 +193,33 @@ async def build_pod(settings: RouterSettings, life: Lifecycle) -> Pod:
     # requests for 100+ ms. They are acyclic data that live as long as the process.
     gc.collect()
     gc.freeze()
+    return kv, registry
+
+
+async def open_runtime(settings: RouterSettings) -> tuple[RuntimeClient, RuntimeInfo]:
     runtime = RuntimeClient(f"{settings.runtime_host}:{settings.runtime_port}")
     info = await runtime.wait_ready(settings.startup_timeout_s)
     check_runtime_info(info)
     logger.info("runtime ready: %s", info)
+    return runtime, info
+
+
+def janitor_policy(settings: RouterSettings) -> JanitorPolicy:
+    return JanitorPolicy(
+        rate_interval_s=settings.rate_check_interval_ms / 1000,
+        scaleup_rpm=settings.scaleup_rpm_threshold,
+        reap_grace_s=settings.reap_grace_s,
+        second_copy_age_s=settings.second_copy_age_s,
+        second_copy_gap_s=settings.second_copy_gap_s,
+        failure_expiry_ms=settings.load_failure_expiry_ms,
+    )
+
+
+async def build_pod(settings: RouterSettings, life: Lifecycle) -> Pod:
+    """Every part of the router, each built after what it needs and given it."""
+    tls = load_tls(settings)
+    kv, registry = await open_registry(settings)
+    runtime, info = await open_runtime(settings)
     metrics = RouterMetrics()
     cluster = ClusterView(registry, settings.resolved_instance_id)
     local = LocalModels(
@@ -275,14 +297,7 @@ async def build_pod(settings: RouterSettings, life: Lifecycle) -> Pod:
         usage=usage,
         metrics=metrics,
         instance_id=local.instance_id,
-        policy=JanitorPolicy(
-            rate_interval_s=settings.rate_check_interval_ms / 1000,
-            scaleup_rpm=settings.scaleup_rpm_threshold,
-            reap_grace_s=settings.reap_grace_s,
-            second_copy_age_s=settings.second_copy_age_s,
-            second_copy_gap_s=settings.second_copy_gap_s,
-            failure_expiry_ms=settings.load_failure_expiry_ms,
-        ),
+        policy=janitor_policy(settings),
         lease=lambda: membership.lease,
         leadership=leadership,
         duties=(first_loads.sweep, management.redrive_transitions),
