@@ -26,6 +26,7 @@ from mmesh.core.records import UNIT_BYTES, InstanceRecord, KeyLayout, Table, byt
 from mmesh.core.version import VERSION
 from mmesh.router.cache import EntryState, EvictionPolicy, LocalCache
 from mmesh.router.certs import CertFiles, PeerCredentials, ServerContext, server_credentials
+from mmesh.router.cluster import ClusterView
 from mmesh.router.copies import CopyPolicy, is_min_copy
 from mmesh.router.dataplane import DataPlane, RuntimeCallObserver
 from mmesh.router.errors import RouterError
@@ -34,7 +35,7 @@ from mmesh.router.forwarding import Forwarder
 from mmesh.router.healer import FirstLoads, Healer
 from mmesh.router.inference import InferenceRouter
 from mmesh.router.inflight import InflightLimiter
-from mmesh.router.janitor import Janitor, JanitorPolicy
+from mmesh.router.janitor import Janitor, JanitorPolicy, Leadership
 from mmesh.router.loading import LocalModels, now_ms
 from mmesh.router.management import Management
 from mmesh.router.membership import Membership
@@ -49,6 +50,7 @@ from mmesh.router.runtime_client import RuntimeClient, RuntimeInfo, check_runtim
 from mmesh.router.servicers import add_servicers
 from mmesh.router.settings import RouterSettings
 from mmesh.router.tls import BadCertificate, ClientAuth
+from mmesh.router.usage import Usage
 
 logger = logging.getLogger(__name__)
 
@@ -192,33 +194,23 @@ class Pod:
     pool: PeerPool
     healer: Healer
     first_loads: FirstLoads
-    membership: Membership | None = None
-    tls: CertFiles | None = None
+    management: Management
+    cluster: ClusterView
+    membership: Membership
+    """Built with the pod, started once the servers are up (`serve`)."""
+    tls: CertFiles | None
     server: grpc.aio.Server | None = None
     runners: list[web.AppRunner] = field(default_factory=list)
     dataplane: DataPlane | None = None
     sinks: PayloadSinks | None = None
 
-    def snapshot(self) -> InstanceRecord:
-        return replace(
-            instance_snapshot(self.local, self.settings, self.started_ms, self.life),
-            rpm=self.janitor.rpm,
-        )
-
-    started_ms: int = field(default_factory=now_ms)
-
     def changed(self) -> None:
         update_gauges(self.metrics, self.local)
-        if self.membership is not None:
-            self.membership.changed()
+        self.membership.changed()
 
     def is_ready(self) -> bool:
         """Not ready while another instance shuts down: rolling updates go one at a time."""
-        me = self.local.instance_id
-        draining = any(
-            v.record.shutting_down for iid, v in self.registry.instances.items.items() if iid != me
-        )
-        return self.life.is_ready() and not draining
+        return self.life.is_ready() and not self.cluster.other_draining()
 
 
 async def with_node_zone(settings: RouterSettings) -> RouterSettings:
@@ -237,9 +229,7 @@ async def with_node_zone(settings: RouterSettings) -> RouterSettings:
     return settings.model_copy(update={"zone": zone})
 
 
-async def build_pod(settings: RouterSettings, life: Lifecycle) -> Pod:
-    settings = await with_node_zone(settings)
-    tls = load_tls(settings)
+async def open_registry(settings: RouterSettings) -> tuple[EtcdKV, Registry]:
     conn = settings.etcd_connection()
     kv = await EtcdKV.connect(conn)
     registry = Registry(kv, KeyLayout(conn.root_prefix, settings.service_name))
@@ -249,20 +239,80 @@ async def build_pod(settings: RouterSettings, life: Lifecycle) -> Pod:
     # requests for 100+ ms. They are acyclic data that live as long as the process.
     gc.collect()
     gc.freeze()
+    return kv, registry
+
+
+async def open_runtime(settings: RouterSettings) -> tuple[RuntimeClient, RuntimeInfo]:
     runtime = RuntimeClient(settings.runtime_target)
     info = await runtime.wait_ready(settings.startup_timeout_s)
     check_runtime_info(info)
     logger.info("runtime ready: %s", info)
+    return runtime, info
+
+
+def janitor_policy(settings: RouterSettings) -> JanitorPolicy:
+    return JanitorPolicy(
+        rate_interval_s=settings.rate_check_interval_ms / 1000,
+        scaleup_rpm=settings.scaleup_rpm_threshold,
+        reap_grace_s=settings.reap_grace_s,
+        second_copy_age_s=settings.second_copy_age_s,
+        second_copy_gap_s=settings.second_copy_gap_s,
+        failure_expiry_ms=settings.load_failure_expiry_ms,
+        copy_policy=copy_policy(settings),
+        scaledown_interval_s=settings.scaledown_interval_s,
+        retire_drain_s=settings.copy_drain_s,
+    )
+
+
+def payload_sinks(settings: RouterSettings, metrics: RouterMetrics) -> PayloadSinks:
+    processors, problems = parse_processors(settings.payload_processors)
+    for problem in problems:
+        logger.error("MM_PAYLOAD_PROCESSORS: %s; skipped", problem)
+    return PayloadSinks(
+        processors,
+        capacity=settings.payload_processors_capacity,
+        workers=settings.payload_processors_threads,
+        dropped=metrics.payloads_dropped,
+        failed=metrics.payloads_failed,
+    )
+
+
+async def build_pod(settings: RouterSettings, life: Lifecycle) -> Pod:
+    """Every part of the router, each built after what it needs and given it."""
+    settings = await with_node_zone(settings)
+    tls = load_tls(settings)
+    kv, registry = await open_registry(settings)
+    runtime, info = await open_runtime(settings)
     metrics = RouterMetrics(settings.metrics_config)
+    cluster = ClusterView(registry, settings.resolved_instance_id)
     local = LocalModels(
         instance_id=settings.resolved_instance_id,
-        cache=LocalCache(bytes_to_units(info.capacity_bytes), scoring=eviction_scoring(settings)),
+        cache=LocalCache(
+            bytes_to_units(info.capacity_bytes),
+            scoring=eviction_scoring(settings),
+            protected=lambda m: is_min_copy(
+                registry.models.get(m), settings.resolved_instance_id, cluster.is_live
+            ),
+        ),
         runtime=runtime,
         info=info,
         registry=registry,
         metrics=metrics,
         policy=eviction_policy(settings, info),
         failure_expiry_ms=settings.load_failure_expiry_ms,
+        is_live=cluster.is_live,
+    )
+    usage = Usage()
+    started_ms = now_ms()
+
+    def own_record() -> InstanceRecord:
+        return replace(instance_snapshot(local, settings, started_ms, life), rpm=usage.rpm)
+
+    membership = Membership(
+        kv,
+        registry.layout.instance_key(InstanceId(local.instance_id)),
+        own_record,
+        ttl_s=settings.instance_lease_ttl_s,
     )
     forwarder = Forwarder(
         settings.serving_target,
@@ -284,91 +334,76 @@ async def build_pod(settings: RouterSettings, life: Lifecycle) -> Pod:
     )
     router = InferenceRouter(
         registry=registry,
+        cluster=cluster,
         local=local,
         forwarder=forwarder,
         metrics=metrics,
         healer=healer,
+        usage=usage,
         pool=pool,
+        self_record=own_record,
         inflight=InflightLimiter(settings.max_inflight_per_model),
+    )
+    leadership = Leadership()
+    first_loads = FirstLoads(
+        registry=registry,
+        place=router.ensure_copy,
+        is_leader=leadership,
+        live=cluster.live_ids,
+        failure_expiry_ms=settings.load_failure_expiry_ms,
+    )
+    registry.on_change(first_loads.on_change)
+    management = Management(
+        registry=registry,
+        local=local,
+        failure_expiry_ms=settings.load_failure_expiry_ms,
+        default_owner=settings.default_vmodel_owner,
+        drives_transitions=leadership,
+        place=router.ensure_copy,
     )
     janitor = Janitor(
         registry=registry,
         router=router,
+        usage=usage,
         metrics=metrics,
         instance_id=local.instance_id,
-        policy=JanitorPolicy(
-            rate_interval_s=settings.rate_check_interval_ms / 1000,
-            scaleup_rpm=settings.scaleup_rpm_threshold,
-            reap_grace_s=settings.reap_grace_s,
-            second_copy_age_s=settings.second_copy_age_s,
-            second_copy_gap_s=settings.second_copy_gap_s,
-            failure_expiry_ms=settings.load_failure_expiry_ms,
-            copy_policy=copy_policy(settings),
-            scaledown_interval_s=settings.scaledown_interval_s,
-            retire_drain_s=settings.copy_drain_s,
-        ),
-        lease=lambda: pod.membership.lease if pod.membership else None,
+        policy=janitor_policy(settings),
+        lease=lambda: membership.lease,
+        leadership=leadership,
+        duties=(first_loads.sweep, management.redrive_transitions),
     )
-    first_loads = FirstLoads(
-        registry=registry,
-        place=router.ensure_copy,
-        is_leader=lambda: janitor.is_leader,
-        live=lambda: {*registry.instances.items, local.instance_id},
-        failure_expiry_ms=settings.load_failure_expiry_ms,
-    )
-    janitor.extra_duties.append(first_loads.sweep)
-    registry.on_change(first_loads.on_change)
+    sinks = payload_sinks(settings, metrics)
     pod = Pod(
-        settings,
-        life,
-        kv,
-        registry,
-        runtime,
-        local,
-        router,
-        janitor,
-        metrics,
-        forwarder,
-        pool,
-        healer,
-        first_loads,
+        settings=settings,
+        life=life,
+        kv=kv,
+        registry=registry,
+        runtime=runtime,
+        local=local,
+        router=router,
+        janitor=janitor,
+        metrics=metrics,
+        forwarder=forwarder,
+        pool=pool,
+        healer=healer,
+        first_loads=first_loads,
+        management=management,
+        cluster=cluster,
+        membership=membership,
+        tls=tls,
+        sinks=sinks,
+        dataplane=DataPlane(
+            router, metrics, default_timeout_ms=settings.inference_timeout_ms, sinks=sinks
+        ),
     )
-    processors, problems = parse_processors(settings.payload_processors)
-    for problem in problems:
-        logger.error("MM_PAYLOAD_PROCESSORS: %s; skipped", problem)
-    pod.sinks = PayloadSinks(
-        processors,
-        capacity=settings.payload_processors_capacity,
-        workers=settings.payload_processors_threads,
-        dropped=metrics.payloads_dropped,
-        failed=metrics.payloads_failed,
-    )
-    pod.dataplane = DataPlane(
-        router, metrics, default_timeout_ms=settings.inference_timeout_ms, sinks=pod.sinks
-    )
-    pod.tls = tls
+    # The cache's changes reach the gauges and the published record; both read the cache.
     local.on_change = pod.changed
-    local.is_live = lambda iid: iid == local.instance_id or iid in registry.instances.items
-    local.cache.protected = lambda m: is_min_copy(
-        registry.models.get(m), local.instance_id, local.is_live
-    )
-    router.self_record = pod.snapshot
-    router.on_served = janitor.count
     registry.on_change(lambda table, ident: _drop_unregistered(registry, local, table, ident))
     return pod
 
 
 async def start_servers(pod: Pod) -> None:
     settings = pod.settings
-    management = Management(
-        registry=pod.registry,
-        local=pod.local,
-        failure_expiry_ms=settings.load_failure_expiry_ms,
-        default_owner=settings.default_vmodel_owner,
-        place=pod.router.ensure_copy,
-    )
-    management.drives_transitions = lambda: pod.janitor.is_leader
-    pod.janitor.extra_duties.append(management.redrive_transitions)
     server = grpc.aio.server(
         options=[
             ("grpc.max_send_message_length", settings.max_message_bytes),
@@ -380,7 +415,7 @@ async def start_servers(pod: Pod) -> None:
         pod.sinks.start()
     add_servicers(
         server,
-        management=management,
+        management=pod.management,
         dataplane=pod.dataplane,
         ready=pod.is_ready,
         log_each=settings.log_each_invoke,
@@ -448,12 +483,6 @@ async def serve(settings: RouterSettings) -> None:
     except StoreUnavailable as exc:
         logger.warning("start-up reconcile skipped (%s); the periodic one will repair", exc)
     await start_servers(pod)
-    pod.membership = Membership(
-        pod.kv,
-        pod.registry.layout.instance_key(InstanceId(pod.local.instance_id)),
-        pod.snapshot,
-        ttl_s=settings.instance_lease_ttl_s,
-    )
     await pod.membership.start()
     pod.janitor.start()
     pod.healer.start()
@@ -487,11 +516,7 @@ async def migrate_recent_models(pod: Pod, deadline_s: float) -> None:
         key=lambda e: e.last_used_ms,
         reverse=True,
     )
-    others = [
-        i
-        for i, v in pod.registry.instances.items.items()
-        if i != pod.local.instance_id and not v.record.shutting_down
-    ]
+    others = pod.cluster.serving_others()
     if not recent or not others:
         return
     logger.info("moving %d recently used models to other instances", len(recent))
@@ -515,9 +540,8 @@ async def shutdown(pod: Pod) -> None:
     pod.life.shutting_down = True
     grace_s = pod.settings.shutdown_timeout_ms / 1000
     deadline = time.monotonic() + grace_s
-    if pod.membership is not None:
-        with contextlib.suppress(StoreUnavailable):
-            await pod.membership.publish_now()
+    with contextlib.suppress(StoreUnavailable):
+        await pod.membership.publish_now()
     await pod.janitor.stop()
     await pod.healer.stop()
     await pod.first_loads.stop()
@@ -530,8 +554,7 @@ async def shutdown(pod: Pod) -> None:
     with contextlib.suppress(TimeoutError):
         remaining = max(1.0, deadline - time.monotonic())
         await asyncio.wait_for(pod.local.unload_all(), timeout=remaining)
-    if pod.membership is not None:
-        await pod.membership.stop()
+    await pod.membership.stop()
     await pod.registry.stop()
     await pod.forwarder.close()
     if pod.sinks is not None:

@@ -28,6 +28,7 @@ from collections.abc import Awaitable, Callable
 from mmesh.core.errors import StoreUnavailable
 from mmesh.core.proto import grpc_predict_v2_pb2 as v2
 from mmesh.core.records import ModelRecord, Table, VModelRecord
+from mmesh.router.cluster import records
 from mmesh.router.errors import ModelNotHere, NoCapacity, RouterError
 from mmesh.router.forwarding import Forwarder
 from mmesh.router.loading import LocalModels, now_ms
@@ -95,8 +96,8 @@ class Healer:
         """Settle the claims of this instance id's previous life before serving."""
         claimed = sorted(
             model_id
-            for model_id, v in self.registry.models.items.items()
-            if self.me in v.record.instance_ids
+            for model_id, rec in records(self.registry.models)
+            if self.me in rec.instance_ids
         )
         if not claimed:
             return
@@ -155,7 +156,7 @@ class Healer:
         """One round of the registry against the cache, both ways."""
         repairs = plan_repairs(
             self.me,
-            ((m, v.record) for m, v in list(self.registry.models.items.items())),
+            records(self.registry.models),
             self.local.copy_states(),
             now_ms=now_ms(),
             failure_expiry_ms=self.failure_expiry_ms,

@@ -28,6 +28,7 @@ from mmesh.core.ids import InstanceId
 from mmesh.core.proto import model_mesh_pb2 as mm
 from mmesh.core.records import InstanceRecord, ModelRecord, bytes_to_units
 from mmesh.router import peers, wire
+from mmesh.router.cluster import ClusterView
 from mmesh.router.errors import (
     CopyNotHeld,
     InvalidRequest,
@@ -62,6 +63,7 @@ from mmesh.router.routing import (
     stale_self_claim,
     with_placements,
 )
+from mmesh.router.usage import Usage
 
 logger = logging.getLogger(__name__)
 
@@ -108,23 +110,27 @@ class InferenceRouter:
         self,
         *,
         registry: Registry,
+        cluster: ClusterView,
         local: LocalModels,
         forwarder: Forwarder,
         metrics: RouterMetrics,
         healer: Healer,
-        pool: PeerPool | None = None,
-        self_record: Callable[[], InstanceRecord] | None = None,
-        inflight: InflightLimiter | None = None,
+        usage: Usage,
+        pool: PeerPool,
+        self_record: Callable[[], InstanceRecord],
+        inflight: InflightLimiter,
     ) -> None:
         self.healer = healer
+        self.usage = usage
         self.registry = registry
+        self.cluster = cluster
         self.local = local
         self.forwarder = forwarder
         self.metrics = metrics
-        self.pool = pool or PeerPool(max_message_bytes=16 * 1024 * 1024)
-        self.self_record = self_record or InstanceRecord
-        self.inflight = inflight or InflightLimiter()
-        self.on_served: Callable[[str], None] = lambda model_id: None
+        self.pool = pool
+        self.self_record = self_record
+        """This instance's record from its current state (the published one may lag)."""
+        self.inflight = inflight
         self._placed: dict[str, list[tuple[float, int]]] = {}
         info = local.info
         self._default_units = bytes_to_units(info.default_model_size_bytes)
@@ -360,13 +366,9 @@ class InferenceRouter:
         )
         metadata += _forwarded_metadata(call.headers, None)
         self.local.note_forwarded(call.model_id)
-        self.pool.inflight[target] = self.pool.inflight.get(target, 0) + 1
-        try:
-            return await self.pool.get(endpoint.endpoint).call(
-                call.method, call.payload, metadata, call.timeout_s
-            )
-        finally:
-            self.pool.inflight[target] -= 1
+        return await self.pool.call(
+            target, endpoint.endpoint, call.method, call.payload, metadata, call.timeout_s
+        )
 
     async def _serve_local(self, call: _Call, unreachable: Collection[str] = ()) -> bytes:
         record = self.registry.models.get(call.model_id)
@@ -375,7 +377,7 @@ class InferenceRouter:
         metadata = _forwarded_metadata(call.headers, call.model_id)
         self.local.touch(call.model_id)
         await self._ensure_local(call.model_id, record, unreachable)
-        self.on_served(call.model_id)
+        self.usage.count(call.model_id)
         try:
             with self.local.in_use(call.model_id):  # a retiring copy unloads after this
                 return await self.forwarder.call(
@@ -451,9 +453,7 @@ class InferenceRouter:
 
     def live_peers(self) -> dict[str, InstanceRecord]:
         """Instances with a live record (their lease holds), this one from its own state."""
-        live = {iid: v.record for iid, v in self.registry.instances.items.items()}
-        live[self.local.instance_id] = self.self_record()
-        return live
+        return self.cluster.live(self.self_record())
 
 
 def _with_attempts(exc: NoCapacity, model_id: str, tried: Mapping[str, RouterError]) -> NoCapacity:

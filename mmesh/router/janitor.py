@@ -15,9 +15,9 @@ import contextlib
 import gc
 import logging
 import time
-from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Protocol
 
 from mmesh.core.errors import StoreUnavailable
 from mmesh.core.ids import InstanceId
@@ -25,12 +25,13 @@ from mmesh.core.kv import Lease
 from mmesh.core.records import InstanceRecord, ModelRecord, bytes_to_units
 from mmesh.router import copies
 from mmesh.router.cache import EntryState
+from mmesh.router.cluster import records, serving
 from mmesh.router.errors import RouterError
-from mmesh.router.inference import InferenceRouter
-from mmesh.router.loading import now_ms
+from mmesh.router.loading import LocalModels, now_ms
 from mmesh.router.metrics import RouterMetrics
 from mmesh.router.placement import failed_instances
 from mmesh.router.registry import UNCHANGED, Registry, Unchanged
+from mmesh.router.usage import Usage
 
 logger = logging.getLogger(__name__)
 
@@ -75,30 +76,55 @@ class JanitorPolicy:
     """How long a retired copy waits for requests still running on it before it unloads."""
 
 
+class Leadership:
+    """Whether this instance holds the leader key, as of its last election; the janitor
+    elects, leader-only work elsewhere reads it."""
+
+    def __init__(self) -> None:
+        self.held = False
+
+    def __call__(self) -> bool:
+        return self.held
+
+
+class CopyPlacer(Protocol):
+    """What the janitor asks of the inference path (the router's `InferenceRouter`)."""
+
+    local: LocalModels
+
+    def live_peers(self) -> dict[str, InstanceRecord]: ...
+
+    async def ensure_copy(self, model_id: str, record: ModelRecord, *, extra: bool = False) -> str:
+        """Returns the instance that holds or loaded the copy."""
+        ...
+
+
 class Janitor:
     def __init__(
         self,
         *,
         registry: Registry,
-        router: InferenceRouter,
+        router: CopyPlacer,
+        usage: Usage,
         metrics: RouterMetrics,
         instance_id: str,
         policy: JanitorPolicy,
         lease: Callable[[], Lease | None],
+        leadership: Leadership,
+        duties: Sequence[Callable[[], None]],
     ) -> None:
         self.registry = registry
         self.router = router
+        self.usage = usage
         self.metrics = metrics
         self.instance_id = instance_id
         self.policy = policy
         self._lease = lease
-        self.extra_duties: list[Callable[[], None]] = []
-        """Other leader-only work run with each survey (the management API's transitions)."""
-        self.requests: Counter[str] = Counter()
-        self.rpm = 0
+        self.leadership = leadership
+        self.extra_duties = tuple(duties)
+        """Other leader-only work run with each survey (first loads, vmodel transitions)."""
         self.model_rpm: dict[str, int] = {}
         """Requests/min each local copy served in the last rate window."""
-        self.is_leader = False
         self._in_use_since: dict[str, float] = {}
         self._last_use: dict[str, float] = {}
         self._missing_since: dict[str, float] = {}
@@ -106,9 +132,9 @@ class Janitor:
         self._tasks: list[asyncio.Task[None]] = []
         self._gc = GcFreezer()
 
-    def count(self, model_id: str) -> None:
-        """Called for each request this instance's runtime serves."""
-        self.requests[model_id] += 1
+    @property
+    def is_leader(self) -> bool:
+        return self.leadership.held
 
     def start(self) -> None:
         self._tasks = [
@@ -146,9 +172,8 @@ class Janitor:
     # --- rates, scale-up and second copies -------------------------------------------
 
     def check_rates(self) -> None:
-        counts, self.requests = self.requests, Counter()
         per_minute = 60 / self.policy.rate_interval_s
-        self.rpm = int(sum(counts.values()) * per_minute)
+        counts = self.usage.take(per_minute)
         self.model_rpm = {m: int(n * per_minute) for m, n in counts.items()}
         now = time.monotonic()
         for model_id, n in counts.items():
@@ -176,7 +201,7 @@ class Janitor:
             return
         live = self.router.live_peers()
         holders = sorted(iid for iid in record.instance_ids if iid in live)
-        spare = [iid for iid, rec in live.items() if iid not in holders and not rec.shutting_down]
+        spare = [iid for iid in serving(live) if iid not in holders]
         if not spare or (holders and holders[0] != self.instance_id):
             return  # no room for another copy, or another holder decides
         if only_if_single and len(holders) != 1:
@@ -271,10 +296,9 @@ class Janitor:
         now, expiry = now_ms(), self.policy.failure_expiry_ms
         result = Survey(live=live)
         cutoff = now - PROACTIVE_RECENT_MS
-        for n, (model_id, versioned) in enumerate(list(self.registry.models.items.items())):
+        for n, (model_id, rec) in enumerate(records(self.registry.models)):
             if n % SURVEY_CHUNK == SURVEY_CHUNK - 1:
                 await asyncio.sleep(0)
-            rec = versioned.record
             result.note(model_id, rec, now_ms=now, expiry_ms=expiry, cutoff_ms=cutoff)
         return result
 
@@ -290,14 +314,13 @@ class Janitor:
             if won:
                 logger.info("%s is now the leader", self.instance_id)
             current = await self.registry.kv.get(key)
-        self.is_leader = current is not None and current.value.decode() == self.instance_id
+        self.leadership.held = current is not None and current.value.decode() == self.instance_id
 
     async def reap(self, survey: Survey) -> None:
         dead = self._dead_instances(survey.mentioned - set(survey.live) - {self.instance_id})
         if not dead:
             return
-        for model_id, versioned in list(self.registry.models.items.items()):
-            rec = versioned.record
+        for model_id, rec in records(self.registry.models):
             if (set(rec.instance_ids) | set(rec.failed_in)) & dead:
                 await self.registry.update_model(model_id, lambda r: drop_instances(r, dead))
         logger.info("dropped the copies of departed instances %s", sorted(dead))
@@ -313,10 +336,10 @@ class Janitor:
         return frozenset(i for i in missing if now - self._missing_since[i] >= grace)
 
     def ensure_min_copies(self, survey: Survey) -> None:
-        serving = sum(1 for rec in survey.live.values() if not rec.shutting_down)
+        serving_now = len(serving(survey.live))
         started = 0
         for model_id, have, min_copies in survey.under_copied:
-            want = min(min_copies, serving)
+            want = min(min_copies, serving_now)
             record = self.registry.models.get(model_id)
             if have < want and record is not None and model_id not in self._scaling:
                 logger.info("model %s has %d of its %d minimum copies", model_id, have, want)
@@ -329,11 +352,7 @@ class Janitor:
         """Models used recently but loaded nowhere go into free space before a request has
         to wait for them."""
         size = bytes_to_units(self.router.local.info.default_model_size_bytes)
-        roomy = [
-            i
-            for i, rec in survey.live.items()
-            if not rec.shutting_down and rec.free_units >= 2 * size
-        ]
+        roomy = [i for i, rec in serving(survey.live).items() if rec.free_units >= 2 * size]
         if not roomy:
             return
         idle = sorted(survey.recent_unloaded, reverse=True)

@@ -70,6 +70,7 @@ class LocalModels:
         metrics: RouterMetrics,
         policy: EvictionPolicy,
         failure_expiry_ms: int,
+        is_live: Callable[[str], bool],
         on_change: Callable[[], None] = lambda: None,
     ) -> None:
         self.instance_id = InstanceId(instance_id)
@@ -81,7 +82,7 @@ class LocalModels:
         self.policy = policy
         self.failure_expiry_ms = failure_expiry_ms
         self.on_change = on_change
-        self.is_live: Callable[[str], bool] = lambda instance_id: True
+        self.is_live = is_live
         self._loads: dict[str, asyncio.Future[None]] = {}
         self._failures: dict[str, tuple[int, str]] = {}
         self._slots = asyncio.Semaphore(info.loading_concurrency)

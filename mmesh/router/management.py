@@ -16,6 +16,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from mmesh.core.records import CopyState, ModelRecord, Table, VModelRecord
+from mmesh.router.cluster import records
 from mmesh.router.errors import (
     AlreadyExists,
     HasReferents,
@@ -70,6 +71,7 @@ class Management:
         local: LocalModels,
         failure_expiry_ms: int,
         default_owner: str = "",
+        drives_transitions: Callable[[], bool],
         place: Callable[[str, ModelRecord], Awaitable[object]] | None = None,
     ) -> None:
         self.registry = registry
@@ -78,7 +80,7 @@ class Management:
         self.default_owner = default_owner
         self._place = place or local.ensure_loaded
         self._by_target: dict[str, set[str]] = {}
-        self.drives_transitions: Callable[[], bool] = lambda: True
+        self.drives_transitions = drives_transitions
         """Whether this router loads the targets of vmodels moved by others (the leader)."""
         self._tasks: set[asyncio.Task[None]] = set()
         registry.on_change(self._on_registry_change)
@@ -277,7 +279,7 @@ class Management:
         return record is not None and bool(record.loaded_in)
 
     def _vmodel_records(self) -> list[tuple[str, VModelRecord]]:
-        return [(k, v.record) for k, v in self.registry.vmodels.items.items()]
+        return records(self.registry.vmodels)
 
     async def _wait_settled(self, vmodel_id: str, *, wait_loaded: bool) -> None:
         while True:

@@ -7,7 +7,7 @@ import asyncio
 from collections.abc import Collection, Mapping
 
 from mmesh.router.certs import PeerCredentials
-from mmesh.router.forwarding import Forwarder
+from mmesh.router.forwarding import Forwarder, Metadata
 
 HOP_HEADER = "mm-hop"
 """How many routers the request has passed through already."""
@@ -102,7 +102,28 @@ class PeerPool:
         self._peers: dict[str, Forwarder] = {}
         self._retired: set[Forwarder] = set()
         self._tasks: set[asyncio.Task[None]] = set()
-        self.inflight: dict[str, int] = {}
+        self._inflight: dict[str, int] = {}
+
+    @property
+    def inflight(self) -> Mapping[str, int]:
+        """Calls this router has in flight to each instance (placement prefers the fewest)."""
+        return self._inflight
+
+    async def call(
+        self,
+        instance_id: str,
+        endpoint: str,
+        method: str,
+        payload: bytes,
+        metadata: Metadata,
+        timeout_s: float | None,
+    ) -> bytes:
+        """One call to the peer `instance_id` at `endpoint`, counted in flight while it runs."""
+        self._inflight[instance_id] = self._inflight.get(instance_id, 0) + 1
+        try:
+            return await self.get(endpoint).call(method, payload, metadata, timeout_s)
+        finally:
+            self._inflight[instance_id] -= 1
 
     def get(self, endpoint: str) -> Forwarder:
         if self._tls is None:

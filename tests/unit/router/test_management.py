@@ -128,7 +128,7 @@ def make_management(
         local=cast(LocalModels, local),
         failure_expiry_ms=EXPIRY_MS,
         place=cluster.place,
-        **kwargs,
+        **{"drives_transitions": lambda: True, **kwargs},
     )
 
 
