@@ -11,23 +11,50 @@ controllers/modelmesh/modelmesh.go Apply, as pure functions). The pod holds:
 
 Environment names are the contracts the router and adapter read (mmesh/router/settings.py,
 mmesh/adapter/settings.py). mmesh's router serves V2 REST itself, so there is no rest-proxy
-container. `scale_decision` picks the replica count (podsPerRuntime, spec.replicas, or zero
-when no model could use the runtime, after the grace period). Callers: the kopf runtime
-handlers, which apply the manifest and scale.
+container. The fixed names and ports are in podlayout.py, the checks that run first in
+runtime_validation.py, the replica count in scaling.py. Callers: the kopf runtime handlers,
+which apply the manifest and scale.
 """
 
 from __future__ import annotations
 
 import copy
-import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from pathlib import PurePosixPath
 from typing import Any
 
 from mmesh.operator.errors import InvalidRuntime
 from mmesh.operator.naming import deployment_name
+from mmesh.operator.podlayout import (
+    ADAPTER_PORT,
+    ADAPTER_SUFFIX,
+    DEFAULT_RUNTIME_PORT,
+    DEFAULT_VMODEL_OWNER,
+    DOMAIN_SOCKET_VOLUME,
+    ETCD_CONNECTION_KEY,
+    ETCD_DIR,
+    ETCD_VOLUME,
+    INTERNAL_PORT,
+    KV_STORE_PREFIX,
+    MAX_SURGE,
+    MAX_UNAVAILABLE,
+    MM_CONTAINER,
+    MODELS_DIR,
+    MODELS_VOLUME,
+    PRESTOP_PORT,
+    PROBE_PORT,
+    PULLER_CONTAINER,
+    PULLER_PORT,
+    PVC_MOUNTS_DIR,
+    STORAGE_CONFIG_DIR,
+    STORAGE_CONFIG_VOLUME,
+    TERMINATION_GRACE_PERIOD_S,
+    TLS_DIR,
+    TLS_VOLUME,
+)
+from mmesh.operator.quantities import format_bytes, parse_quantity
 from mmesh.operator.resources import (
     MAX_LOADING_CONCURRENCY_ANNOTATION,
     PER_MODEL_CONCURRENCY_ANNOTATION,
@@ -35,7 +62,8 @@ from mmesh.operator.resources import (
     OwnerReference,
     ServingRuntime,
 )
-from mmesh.operator.runtime_selection import is_enabled, mm_labels_value, runtime_labels
+from mmesh.operator.runtime_selection import mm_labels_value, runtime_labels
+from mmesh.operator.runtime_validation import check_runtime
 from mmesh.operator.service import (
     GRPC_PORT_NAME,
     HTTP_PORT_NAME,
@@ -45,41 +73,6 @@ from mmesh.operator.service import (
 )
 from mmesh.operator.serving_config import ImageConfig, ServingConfig
 
-MM_CONTAINER = "mm"
-PULLER_CONTAINER = "puller"
-ADAPTER_SUFFIX = "-adapter"
-
-MODELS_DIR = "/models"
-MODELS_VOLUME = "models-dir"
-STORAGE_CONFIG_DIR = "/storage-config"
-STORAGE_CONFIG_VOLUME = "storage-config"
-PVC_MOUNTS_DIR = "/pvc_mounts"
-ETCD_DIR = "/opt/kserve/mmesh/etcd"
-ETCD_VOLUME = "etcd-config"
-ETCD_CONNECTION_KEY = "etcd_connection"
-TLS_DIR = "/opt/kserve/mmesh/tls"
-TLS_VOLUME = "tls-certs"
-DOMAIN_SOCKET_VOLUME = "domain-socket"
-RESERVED_VOLUMES = frozenset(
-    {MODELS_VOLUME, STORAGE_CONFIG_VOLUME, ETCD_VOLUME, TLS_VOLUME, DOMAIN_SOCKET_VOLUME}
-)
-
-ADAPTER_PORT = 8085
-"""ModelRuntime API of the built-in adapter (the router's INTERNAL_GRPC_PORT)."""
-PULLER_PORT = 8086
-INTERNAL_PORT = 8080
-"""Pod-to-pod port of the routers (peers forward requests here)."""
-PROBE_PORT = 8089
-PRESTOP_PORT = 8090
-DEFAULT_RUNTIME_PORT = 8001
-RESERVED_PORTS = frozenset({INTERNAL_PORT, PROBE_PORT, PRESTOP_PORT, *range(11881, 11900)})
-RESERVED_PORT_NAMES = frozenset({GRPC_PORT_NAME, HTTP_PORT_NAME, PROMETHEUS_PORT_NAME})
-
-TERMINATION_GRACE_PERIOD_S = 90
-MAX_SURGE = "75%"
-MAX_UNAVAILABLE = "15%"
-KV_STORE_PREFIX = "mm"
-DEFAULT_VMODEL_OWNER = "ksp"
 MODELS_DIR_SIZE_FACTOR = Decimal("1.5")
 
 _DROP_ALL = {"capabilities": {"drop": ["ALL"]}, "allowPrivilegeEscalation": False}
@@ -141,74 +134,6 @@ def render_deployment(
     for step in _PIPELINE:
         deployment = step(deployment, ctx)
     return deployment
-
-
-# ---------------------------------------------------------------- validation
-
-
-def check_runtime(runtime: ServingRuntime, config: ServingConfig) -> None:
-    """Reject runtimes the operator cannot deploy (the reference's webhook rules)."""
-    if not is_enabled(runtime):
-        raise InvalidRuntime(runtime.name, "is disabled or not multiModel; nothing to deploy")
-    if not runtime.containers:
-        raise InvalidRuntime(runtime.name, "spec.containers must not be empty")
-    names = [str(c["name"]) for c in runtime.containers]
-    adapter = runtime.built_in_adapter
-    if len(set(names)) != len(names) or (
-        adapter is not None and adapter.server_type + ADAPTER_SUFFIX in names
-    ):
-        raise InvalidRuntime(runtime.name, f"container names {names} clash")
-    for container in runtime.containers:
-        _check_container(runtime, container)
-    _check_adapter(runtime, config)
-    _check_endpoints(runtime)
-    clash = RESERVED_VOLUMES & {str(v.get("name")) for v in runtime.volumes}
-    if clash:
-        raise InvalidRuntime(runtime.name, f"volume names {sorted(clash)} are reserved")
-
-
-def _check_container(runtime: ServingRuntime, container: Mapping[str, Any]) -> None:
-    name = str(container["name"])
-    if name in (MM_CONTAINER, PULLER_CONTAINER, "rest-proxy") or name.startswith("mm-"):
-        raise InvalidRuntime(runtime.name, f"container name {name!r} is reserved")
-    for port in container.get("ports") or []:
-        number, port_name = port.get("containerPort"), port.get("name")
-        if number in RESERVED_PORTS:
-            raise InvalidRuntime(runtime.name, f"container {name}: port {number} is reserved")
-        if port_name in RESERVED_PORT_NAMES:
-            raise InvalidRuntime(
-                runtime.name, f"container {name}: port name {port_name!r} is reserved"
-            )
-
-
-def _check_adapter(runtime: ServingRuntime, config: ServingConfig) -> None:
-    adapter = runtime.built_in_adapter
-    if adapter is None:
-        return
-    if adapter.server_type not in config.built_in_server_types:
-        known = ", ".join(config.built_in_server_types)
-        raise InvalidRuntime(
-            runtime.name, f"builtInAdapter.serverType {adapter.server_type!r} is not one of {known}"
-        )
-    if adapter.server_type not in {str(c["name"]) for c in runtime.containers}:
-        raise InvalidRuntime(
-            runtime.name,
-            f"builtInAdapter.serverType {adapter.server_type!r} needs a container of that name",
-        )
-    if runtime.grpc_endpoint is not None and runtime.grpc_endpoint.port is None:
-        raise InvalidRuntime(runtime.name, "a builtInAdapter needs grpcEndpoint 'port:<N>'")
-
-
-def _check_endpoints(runtime: ServingRuntime) -> None:
-    sockets = [
-        PurePosixPath(e.socket_path).parent
-        for e in (runtime.grpc_endpoint, runtime.grpc_data_endpoint)
-        if e is not None and e.socket_path is not None
-    ]
-    if len(set(sockets)) > 1:
-        raise InvalidRuntime(
-            runtime.name, "unix grpcEndpoint and grpcDataEndpoint must share a directory"
-        )
 
 
 # ---------------------------------------------------------------- pipeline
@@ -693,76 +618,3 @@ def _management_endpoint_text(runtime: ServingRuntime) -> str:
     if endpoint is not None and endpoint.socket_path:
         return f"unix:{endpoint.socket_path}"
     return f"port:{_adapter_port(runtime)}"
-
-
-_QUANTITY = re.compile(r"([+-]?[0-9.]+(?:[eE][+-]?[0-9]+)?)([A-Za-z]*)")
-_SUFFIXES: dict[str, int | Decimal] = {
-    "": 1, "m": Decimal("0.001"), "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12,
-    "P": 10**15, "E": 10**18, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40,
-    "Pi": 2**50, "Ei": 2**60,
-}  # fmt: skip
-
-
-def parse_quantity(raw: str) -> int | None:
-    """Bytes in a Kubernetes quantity ("1Gi", "512M", "1e9"), rounded up; None if malformed."""
-    match = _QUANTITY.fullmatch(raw.strip())
-    if match is None or match[2] not in _SUFFIXES:
-        return None
-    try:
-        value = Decimal(match[1]) * _SUFFIXES[match[2]]
-    except InvalidOperation:
-        return None
-    return int(value.to_integral_value(rounding="ROUND_CEILING"))
-
-
-def format_bytes(size_bytes: int) -> str:
-    """A quantity string: whole Gi or Mi when exact, else plain bytes."""
-    for suffix in ("Gi", "Mi"):
-        unit = _SUFFIXES[suffix]
-        if isinstance(unit, int) and size_bytes % unit == 0:
-            return f"{size_bytes // unit}{suffix}"
-    return str(size_bytes)
-
-
-# ---------------------------------------------------------------- scaling
-
-
-@dataclass(frozen=True, slots=True)
-class ScaleDecision:
-    replicas: int
-    recheck_after_s: float | None = None
-    """Reconcile again after this long: the grace period is still running."""
-
-
-def base_replicas(runtime: ServingRuntime, pods_per_runtime: int) -> int:
-    """`spec.replicas` when set, else the config's podsPerRuntime."""
-    return runtime.replicas if runtime.replicas is not None else pods_per_runtime
-
-
-def scale_decision(
-    runtime: ServingRuntime,
-    *,
-    has_models: bool,
-    no_models_since: float | None,
-    now: float,
-    grace_s: float,
-    pods_per_runtime: int,
-    scale_to_zero: bool = True,
-) -> ScaleDecision:
-    """Replicas for the runtime's Deployment (reference: scale to zero, §3.6).
-
-    With models it could serve (or scale-to-zero off) the runtime runs its base replicas.
-    Without, it goes to zero once `grace_s` has passed since `no_models_since`. The shell
-    keeps `no_models_since` per runtime: set it to `now` when a runtime that had models has
-    none, clear it when models come back. None with no models (never seen with models, e.g.
-    after an operator restart) scales to zero at once, as the reference does.
-    """
-    base = base_replicas(runtime, pods_per_runtime)
-    if has_models or not scale_to_zero:
-        return ScaleDecision(base)
-    if no_models_since is None:
-        return ScaleDecision(0)
-    remaining = grace_s - (now - no_models_since)
-    if remaining <= 0:
-        return ScaleDecision(0)
-    return ScaleDecision(base, recheck_after_s=remaining)

@@ -39,12 +39,7 @@ import kopf
 from mmesh.core.etcd import EtcdKV
 from mmesh.core.etcd_admin import AuthAdmin
 from mmesh.operator import etcd_users, hpa, pvc
-from mmesh.operator.deployment import (
-    NamespaceFacts,
-    ScaleDecision,
-    render_deployment,
-    scale_decision,
-)
+from mmesh.operator.deployment import NamespaceFacts, render_deployment
 from mmesh.operator.errors import InvalidRuntime, InvalidSpec
 from mmesh.operator.handlers import events
 from mmesh.operator.handlers.lifecycle import Context, context, managed
@@ -66,6 +61,7 @@ from mmesh.operator.runtime_selection import (
     is_enabled,
     runtime_has_models,
 )
+from mmesh.operator.scaling import ScaleDecision, scale_decision
 from mmesh.operator.service import MANAGED_LABELS, SERVICE_LABEL, needs_recreate, render_service
 from mmesh.operator.serving_config import ServingConfig
 from mmesh.operator.translation import to_registration
