@@ -15,9 +15,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from mmesh.operator import hpa, pvc
-from mmesh.operator.deployment import Manifest, NamespaceFacts, render_deployment
+from mmesh.operator.deployment import render_deployment
 from mmesh.operator.errors import InvalidRuntime
 from mmesh.operator.naming import deployment_name
+from mmesh.operator.pod_parts import Manifest, NamespaceFacts
 from mmesh.operator.resources import ServingRuntime
 from mmesh.operator.runtime_selection import Requirement, is_enabled, runtime_has_models
 from mmesh.operator.scaling import ScaleDecision, scale_decision

@@ -9,8 +9,9 @@ import pytest
 from pydantic import BaseModel
 
 from mmesh.adapter.settings import AdapterSettings
-from mmesh.operator.deployment import NamespaceFacts, render_deployment
+from mmesh.operator.deployment import render_deployment
 from mmesh.operator.errors import InvalidRuntime
+from mmesh.operator.pod_parts import NamespaceFacts
 from mmesh.operator.quantities import format_bytes, parse_quantity
 from mmesh.operator.resources import ServingRuntime
 from mmesh.operator.scaling import ScaleDecision, scale_decision
