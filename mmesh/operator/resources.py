@@ -1,12 +1,13 @@
 """Pure: frozen, typed views of the custom resources the operator reads.
 
 kopf hands handlers raw bodies (nested dicts). `InferenceService.from_body`,
-`ServingRuntime.from_body` parse them once at the edge: the fields ModelMesh uses are
-typed, everything else is ignored, and a field of the wrong type raises (`InvalidSpec`
-for InferenceServices, `InvalidRuntime` for runtimes) because kmock and old clusters do
-not enforce the CRD schema. Runtime containers and pod fields stay raw JSON (copied) since
-they are passed through to the Deployment untouched. Also the annotation keys the reference
-reads. Callers: translation, runtime_selection, deployment, the kopf handlers.
+`ServingRuntime.from_body` parse them once at the edge with frozen pydantic models (camelCase
+aliases of the CRD fields): the fields ModelMesh uses are typed, everything else is ignored,
+and a field of the wrong type raises (`InvalidSpec` for InferenceServices, `InvalidRuntime`
+for runtimes, the message naming the field as `spec.containers[0].name`) because kmock and
+old clusters do not enforce the CRD schema. Runtime containers and pod fields stay raw JSON
+(copied) since they are passed through to the Deployment untouched. Also the annotation keys
+the reference reads. Callers: translation, runtime_selection, deployment, the kopf handlers.
 """
 
 from __future__ import annotations
@@ -14,9 +15,24 @@ from __future__ import annotations
 import copy
 import enum
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+    model_validator,
+)
+from pydantic.alias_generators import to_camel
+from pydantic_core import ErrorDetails, PydanticCustomError
 
 from mmesh.operator.errors import FailureReason, InvalidRuntime, InvalidSpec
 
@@ -48,168 +64,190 @@ _EMPTY: Mapping[str, str] = MappingProxyType({})
 Raw = Mapping[str, Any]
 
 
-class _BadField(Exception):
-    """A field has the wrong type; the message names it."""
+class _Frozen(BaseModel):
+    """A view of part of a custom resource: frozen, CRD field names as camelCase aliases."""
+
+    model_config = ConfigDict(
+        frozen=True,
+        extra="ignore",
+        alias_generator=to_camel,
+        validate_by_alias=True,
+        validate_by_name=True,
+        protected_namespaces=(),
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _null_is_absent(cls, data: Any) -> Any:
+        # A `key: null` (or a bare `key:` in YAML) means the field is not set.
+        if isinstance(data, Mapping):
+            return {k: v for k, v in data.items() if v is not None}
+        return data
 
 
-def _get(obj: Raw, key: str, kind: type | tuple[type, ...], where: str) -> Any:
-    value = obj.get(key)
-    if value is None:
-        return None
-    # bool is an int in Python, but never a valid int field in a CR
-    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise _BadField(f"{where}{key} must be {_kind_name(kind)}, got {type(value).__name__}")
-    return value
+def _read_only(value: Mapping[str, str]) -> Mapping[str, str]:
+    return MappingProxyType(dict(value))
 
 
-def _kind_name(kind: type | tuple[type, ...]) -> str:
-    names = {str: "a string", int: "an integer", bool: "a boolean", dict: "an object"}
-    names |= {list: "a list"}
-    if isinstance(kind, tuple):
-        return " or ".join(names.get(k, k.__name__) for k in kind)
-    return names.get(kind, kind.__name__)
+def _named(container: Raw) -> Raw:
+    name = container.get("name")
+    if not isinstance(name, str) or not name:
+        raise PydanticCustomError("required_field", "name is required", {"field": "name"})
+    return container
 
 
-def _str(obj: Raw, key: str, where: str) -> str | None:
-    value: str | None = _get(obj, key, str, where)
-    return value
+StrMap = Annotated[Mapping[StrictStr, StrictStr], AfterValidator(_read_only)]
+"""A string -> string object (labels, annotations, nodeSelector), read-only."""
+RawObject = Annotated[Mapping[str, Any], AfterValidator(copy.deepcopy)]
+"""Passed through to a manifest untouched: copied, so the view does not alias the body."""
+Container = Annotated[RawObject, AfterValidator(_named)]
+NonNegative = Annotated[StrictInt, Field(ge=0)]
+Name = Annotated[StrictStr, Field(min_length=1)]
 
 
-def _bool(obj: Raw, key: str, where: str) -> bool:
-    return bool(_get(obj, key, bool, where))
+def _empty_map() -> Mapping[str, str]:
+    return _EMPTY
 
 
-def _obj(obj: Raw, key: str, where: str) -> Raw:
-    value: Raw | None = _get(obj, key, dict, where)
-    return value or {}
+_KINDS = {
+    "string_type": "a string",
+    "int_type": "an integer",
+    "bool_type": "a boolean",
+    "dict_type": "an object",
+    "mapping_type": "an object",
+    "model_type": "an object",
+    "model_attributes_type": "an object",
+    "list_type": "a list",
+    "tuple_type": "a list",
+}
 
 
-def _list(obj: Raw, key: str, where: str) -> list[Any]:
-    value: list[Any] | None = _get(obj, key, list, where)
-    return value or []
+def _problems(exc: ValidationError, *, spec_fields: bool = False) -> str:
+    """Every problem pydantic found, each naming its field as the CRD spells it
+    (`spec.containers[0].name`); `spec_fields`: a location outside metadata/kind is in spec."""
+    return "; ".join(_problem(error, spec_fields) for error in exc.errors(include_url=False))
 
 
-def _str_map(obj: Raw, key: str, where: str) -> Mapping[str, str]:
-    raw = _obj(obj, key, where)
-    out: dict[str, str] = {}
-    for k, v in raw.items():
-        if not isinstance(v, str):
-            raise _BadField(f"{where}{key}.{k} must be a string, got {type(v).__name__}")
-        out[str(k)] = v
-    return MappingProxyType(out)
-
-
-def _objects(obj: Raw, key: str, where: str) -> tuple[Raw, ...]:
-    items = _list(obj, key, where)
-    for i, item in enumerate(items):
-        if not isinstance(item, dict):
-            raise _BadField(f"{where}{key}[{i}] must be an object, got {type(item).__name__}")
-    return tuple(copy.deepcopy(items))
+def _problem(error: ErrorDetails, spec_fields: bool) -> str:
+    loc = list(error["loc"])
+    if spec_fields and loc and loc[0] not in ("metadata", "kind"):
+        loc.insert(0, "spec")
+    where = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in loc)
+    where, kind, got = where.lstrip("."), error["type"], error.get("input")
+    ctx = error.get("ctx") or {}
+    if kind in _KINDS:
+        return f"{where} must be {_KINDS[kind]}, got {type(got).__name__}"
+    if kind in ("missing", "string_too_short"):
+        return f"{where} is required"
+    if kind == "required_field":
+        return f"{where}.{ctx['field']} is required"
+    if kind == "greater_than_equal":
+        return f"{where} must not be negative, got {got}"
+    if kind == "enum":
+        return f"{where} must be {ctx['expected']}, got {got!r}"
+    return f"{where} {error['msg']}"
 
 
 # ---------------------------------------------------------------- metadata
 
 
-@dataclass(frozen=True, slots=True)
-class Meta:
+class Meta(_Frozen):
     """The parts of `metadata` the operator uses."""
 
-    name: str
-    namespace: str | None = None
-    uid: str = ""
-    generation: int = 0
-    annotations: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
-    labels: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
-
-    @classmethod
-    def from_body(cls, body: Raw) -> Meta:
-        meta = _obj(body, "metadata", "")
-        name = _str(meta, "name", "metadata.")
-        if not name:
-            raise _BadField("metadata.name is required")
-        return cls(
-            name=name,
-            namespace=_str(meta, "namespace", "metadata."),
-            uid=_str(meta, "uid", "metadata.") or "",
-            generation=_get(meta, "generation", int, "metadata.") or 0,
-            annotations=_str_map(meta, "annotations", "metadata."),
-            labels=_str_map(meta, "labels", "metadata."),
-        )
+    name: Name
+    namespace: StrictStr | None = None
+    uid: StrictStr = ""
+    generation: StrictInt = 0
+    annotations: StrMap = Field(default_factory=_empty_map)
+    labels: StrMap = Field(default_factory=_empty_map)
 
 
 # ---------------------------------------------------------------- InferenceService
 
 
-@dataclass(frozen=True, slots=True)
-class Storage:
+class Storage(_Frozen):
     """`spec.predictor.model.storage`."""
 
-    key: str | None = None
-    path: str | None = None
-    schema_path: str | None = None
-    parameters: Mapping[str, str] | None = None
-
-    @classmethod
-    def from_raw(cls, raw: Raw, where: str) -> Storage:
-        return cls(
-            key=_str(raw, "key", where),
-            path=_str(raw, "path", where),
-            schema_path=_str(raw, "schemaPath", where),
-            parameters=_str_map(raw, "parameters", where) if "parameters" in raw else None,
-        )
+    key: StrictStr | None = None
+    path: StrictStr | None = None
+    schema_path: StrictStr | None = None
+    parameters: StrMap | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class PredictorModel:
+class PredictorModel(_Frozen):
     """`spec.predictor.model`, or a legacy framework spec (`spec.predictor.sklearn` ...).
 
     For a framework spec `format_name` is the framework and `runtime` is always None (the
     legacy runtime comes from an annotation, see translation).
     """
 
-    format_name: str | None
-    format_version: str | None = None
-    runtime: str | None = None
-    protocol_version: str | None = None
-    storage_uri: str | None = None
+    format_name: StrictStr | None = None
+    format_version: StrictStr | None = None
+    runtime: StrictStr | None = None
+    protocol_version: StrictStr | None = None
+    storage_uri: StrictStr | None = None
     storage: Storage | None = None
 
-    @classmethod
-    def from_model(cls, raw: Raw) -> PredictorModel:
-        where = "spec.predictor.model."
-        fmt = _obj(raw, "modelFormat", where)
-        return cls(
-            format_name=_str(fmt, "name", where + "modelFormat."),
-            format_version=_str(fmt, "version", where + "modelFormat."),
-            runtime=_str(raw, "runtime", where),
-            protocol_version=_str(raw, "protocolVersion", where),
-            storage_uri=_str(raw, "storageUri", where),
-            storage=_storage(raw, where),
+
+class _FrameworkSpec(_Frozen):
+    protocol_version: StrictStr | None = None
+    storage_uri: StrictStr | None = None
+    storage: Storage | None = None
+
+
+class _ModelFormat(_Frozen):
+    name: StrictStr | None = None
+    version: StrictStr | None = None
+
+
+class _ModelSpec(_FrameworkSpec):
+    model_format: _ModelFormat = _ModelFormat()
+    runtime: StrictStr | None = None
+
+
+class _Predictor(_Frozen):
+    model: _ModelSpec | None = None
+    xgboost: _FrameworkSpec | None = None
+    lightgbm: _FrameworkSpec | None = None
+    sklearn: _FrameworkSpec | None = None
+    tensorflow: _FrameworkSpec | None = None
+    onnx: _FrameworkSpec | None = None
+    pytorch: _FrameworkSpec | None = None
+    triton: _FrameworkSpec | None = None
+    pmml: _FrameworkSpec | None = None
+
+    def frameworks(self) -> tuple[tuple[str, PredictorModel], ...]:
+        """Every framework spec present, as (framework, spec), in FRAMEWORKS order."""
+        found = ((fw, getattr(self, fw)) for fw in FRAMEWORKS)
+        return tuple(
+            (
+                fw,
+                PredictorModel(
+                    format_name=fw,
+                    protocol_version=spec.protocol_version,
+                    storage_uri=spec.storage_uri,
+                    storage=spec.storage,
+                ),
+            )
+            for fw, spec in found
+            if spec is not None
         )
 
-    @classmethod
-    def from_framework(cls, framework: str, raw: Raw) -> PredictorModel:
-        where = f"spec.predictor.{framework}."
-        return cls(
-            format_name=framework,
-            protocol_version=_str(raw, "protocolVersion", where),
-            storage_uri=_str(raw, "storageUri", where),
-            storage=_storage(raw, where),
-        )
+
+class _IsvcSpec(_Frozen):
+    predictor: _Predictor = _Predictor()
 
 
-def _storage(raw: Raw, where: str) -> Storage | None:
-    if raw.get("storage") is None:
-        return None
-    return Storage.from_raw(_obj(raw, "storage", where), where + "storage.")
+class _IsvcBody(_Frozen):
+    metadata: Meta
+    spec: _IsvcSpec = _IsvcSpec()
 
 
-@dataclass(frozen=True, slots=True)
-class InferenceService:
+class InferenceService(_Frozen):
     """The ModelMesh-relevant view of a `serving.kserve.io/v1beta1` InferenceService."""
 
     meta: Meta
-    model: PredictorModel | None
+    model: PredictorModel | None = None
     """`spec.predictor.model`, if present."""
     frameworks: tuple[tuple[str, PredictorModel], ...] = ()
     """Every legacy framework spec present, as (framework, spec), in FRAMEWORKS order."""
@@ -231,24 +269,26 @@ class InferenceService:
     def from_body(cls, body: Raw) -> InferenceService:
         """Parse a raw body; a field of the wrong type raises InvalidSpec."""
         try:
-            return cls._parse(body)
-        except _BadField as exc:
-            raise InvalidSpec(FailureReason.INVALID_PREDICTOR_SPEC, str(exc)) from None
-
-    @classmethod
-    def _parse(cls, body: Raw) -> InferenceService:
-        predictor = _obj(_obj(body, "spec", ""), "predictor", "spec.")
-        model_raw = _get(predictor, "model", dict, "spec.predictor.")
-        frameworks = tuple(
-            (fw, PredictorModel.from_framework(fw, _obj(predictor, fw, "spec.predictor.")))
-            for fw in FRAMEWORKS
-            if predictor.get(fw) is not None
-        )
+            parsed = _IsvcBody.model_validate(body)
+        except ValidationError as exc:
+            raise InvalidSpec(FailureReason.INVALID_PREDICTOR_SPEC, _problems(exc)) from None
+        predictor = parsed.spec.predictor
         return cls(
-            meta=Meta.from_body(body),
-            model=None if model_raw is None else PredictorModel.from_model(model_raw),
-            frameworks=frameworks,
+            meta=parsed.metadata, model=_model(predictor.model), frameworks=predictor.frameworks()
         )
+
+
+def _model(spec: _ModelSpec | None) -> PredictorModel | None:
+    if spec is None:
+        return None
+    return PredictorModel(
+        format_name=spec.model_format.name,
+        format_version=spec.model_format.version,
+        runtime=spec.runtime,
+        protocol_version=spec.protocol_version,
+        storage_uri=spec.storage_uri,
+        storage=spec.storage,
+    )
 
 
 # ---------------------------------------------------------------- runtimes
@@ -259,74 +299,96 @@ class RuntimeKind(enum.StrEnum):
     CLUSTER_SERVING_RUNTIME = "ClusterServingRuntime"
 
 
-@dataclass(frozen=True, slots=True)
-class SupportedFormat:
+class SupportedFormat(_Frozen):
     """One `spec.supportedModelFormats[]` entry."""
 
-    name: str
-    version: str | None = None
-    auto_select: bool = False
-    priority: int | None = None
+    name: Name
+    version: StrictStr | None = None
+    auto_select: StrictBool = False
+    priority: StrictInt | None = None
     """Read for completeness; ModelMesh ignores it (a KServe single-model feature)."""
 
 
-@dataclass(frozen=True, slots=True)
-class BuiltInAdapter:
+class BuiltInAdapter(_Frozen):
     """`spec.builtInAdapter`: run mmesh's adapter in front of a known model server."""
 
-    server_type: str
-    runtime_management_port: int | None = None
-    mem_buffer_bytes: int | None = None
-    model_loading_timeout_millis: int | None = None
-    env: tuple[Raw, ...] = ()
+    server_type: Name
+    runtime_management_port: NonNegative | None = None
+    mem_buffer_bytes: NonNegative | None = None
+    model_loading_timeout_millis: NonNegative | None = None
+    env: tuple[RawObject, ...] = ()
 
 
-@dataclass(frozen=True, slots=True)
-class Endpoint:
+class Endpoint(_Frozen):
     """A `grpcEndpoint`/`grpcDataEndpoint`: `port:N` or `unix:/path`."""
 
     port: int | None = None
     socket_path: str | None = None
 
-    @classmethod
-    def parse(cls, raw: str, what: str) -> Endpoint:
-        scheme, _, rest = raw.partition(":")
-        if scheme == "port" and rest.isdigit() and 0 < int(rest) < 65536:
-            return cls(port=int(rest))
-        if scheme == "unix" and rest.startswith("/"):
-            return cls(socket_path=rest)
-        raise _BadField(f"{what} must be 'port:<1-65535>' or 'unix:/<path>', got {raw!r}")
+
+def _endpoint(value: object) -> object:
+    if value is None or isinstance(value, Endpoint):
+        return value
+    if not isinstance(value, str):
+        raise PydanticCustomError("string_type", "must be a string")
+    scheme, _, rest = value.partition(":")
+    if scheme == "port" and rest.isdigit() and 0 < int(rest) < 65536:
+        return Endpoint(port=int(rest))
+    if scheme == "unix" and rest.startswith("/"):
+        return Endpoint(socket_path=rest)
+    raise PydanticCustomError(
+        "endpoint", "must be 'port:<1-65535>' or 'unix:/<path>', got {got}", {"got": repr(value)}
+    )
 
 
-@dataclass(frozen=True, slots=True)
-class ServingRuntime:
-    """A ServingRuntime (namespaced) or ClusterServingRuntime, as ModelMesh reads it."""
+EndpointText = Annotated[Endpoint | None, BeforeValidator(_endpoint)]
 
-    meta: Meta
+
+class _StorageHelper(_Frozen):
+    disabled: StrictBool = False
+
+
+class _RuntimeBody(_Frozen):
+    kind: Annotated[RuntimeKind | None, BeforeValidator(lambda v: v or None)] = None
+    metadata: Mapping[str, Any] = Field(default_factory=dict)
+    spec: Mapping[str, Any] = Field(default_factory=dict)
+
+
+class ServingRuntime(_Frozen):
+    """A ServingRuntime (namespaced) or ClusterServingRuntime, as ModelMesh reads it.
+
+    Its fields are `spec`'s (camelCase aliases), plus `metadata` and the kind.
+    """
+
+    meta: Meta = Field(alias="metadata")
     kind: RuntimeKind = RuntimeKind.SERVING_RUNTIME
-    supported_formats: tuple[SupportedFormat, ...] = ()
-    protocol_versions: tuple[str, ...] = ()
-    multi_model: bool = False
-    disabled: bool = False
-    grpc_endpoint: Endpoint | None = None
-    grpc_data_endpoint: Endpoint | None = None
-    containers: tuple[Raw, ...] = ()
+    supported_formats: tuple[SupportedFormat, ...] = Field((), alias="supportedModelFormats")
+    protocol_versions: tuple[StrictStr, ...] = ()
+    multi_model: StrictBool = False
+    disabled: StrictBool = False
+    grpc_endpoint: EndpointText = None
+    grpc_data_endpoint: EndpointText = None
+    containers: tuple[Container, ...] = ()
     built_in_adapter: BuiltInAdapter | None = None
-    storage_helper_disabled: bool = False
-    replicas: int | None = None
-    node_selector: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
-    affinity: Raw | None = None
-    tolerations: tuple[Raw, ...] = ()
-    image_pull_secrets: tuple[Raw, ...] = ()
-    volumes: tuple[Raw, ...] = ()
-    pod_labels: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
+    storage_helper: _StorageHelper = _StorageHelper()
+    replicas: NonNegative | None = None
+    node_selector: StrMap = Field(default_factory=_empty_map)
+    affinity: RawObject | None = None
+    tolerations: tuple[RawObject, ...] = ()
+    image_pull_secrets: tuple[RawObject, ...] = ()
+    volumes: tuple[RawObject, ...] = ()
+    pod_labels: StrMap = Field(default_factory=_empty_map, alias="labels")
     """`spec.labels`: added to the runtime's pods."""
-    pod_annotations: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
+    pod_annotations: StrMap = Field(default_factory=_empty_map, alias="annotations")
     """`spec.annotations`: added to the runtime's pods."""
 
     @property
     def name(self) -> str:
         return self.meta.name
+
+    @property
+    def storage_helper_disabled(self) -> bool:
+        return self.storage_helper.disabled
 
     @property
     def is_cluster_scoped(self) -> bool:
@@ -339,107 +401,17 @@ class ServingRuntime:
     @classmethod
     def from_body(cls, body: Raw, kind: RuntimeKind | None = None) -> ServingRuntime:
         """Parse a raw body (kind from the body unless given); bad fields raise InvalidRuntime."""
-        name = str(_obj(body, "metadata", "").get("name") or "<unnamed>")
+        meta = body.get("metadata")
+        name = str((meta.get("name") if isinstance(meta, Mapping) else None) or "<unnamed>")
         try:
-            return cls._parse(body, kind)
-        except _BadField as exc:
-            raise InvalidRuntime(name, str(exc)) from None
-
-    @classmethod
-    def _parse(cls, body: Raw, kind: RuntimeKind | None) -> ServingRuntime:
-        spec = _obj(body, "spec", "")
-        w = "spec."
-        return cls(
-            meta=Meta.from_body(body),
-            kind=kind or _runtime_kind(body),
-            supported_formats=tuple(_format(f, i) for i, f in enumerate(_objects(spec, _SMF, w))),
-            protocol_versions=tuple(_strings(spec, "protocolVersions", w)),
-            multi_model=_bool(spec, "multiModel", w),
-            disabled=_bool(spec, "disabled", w),
-            grpc_endpoint=_endpoint(spec, "grpcEndpoint"),
-            grpc_data_endpoint=_endpoint(spec, "grpcDataEndpoint"),
-            containers=_containers(spec),
-            built_in_adapter=_adapter(spec),
-            storage_helper_disabled=_bool(_obj(spec, "storageHelper", w), "disabled", w),
-            replicas=_non_negative(spec, "replicas", w),
-            node_selector=_str_map(spec, "nodeSelector", w),
-            affinity=copy.deepcopy(_get(spec, "affinity", dict, w)),
-            tolerations=_objects(spec, "tolerations", w),
-            image_pull_secrets=_objects(spec, "imagePullSecrets", w),
-            volumes=_objects(spec, "volumes", w),
-            pod_labels=_str_map(spec, "labels", w),
-            pod_annotations=_str_map(spec, "annotations", w),
-        )
-
-
-_SMF = "supportedModelFormats"
-
-
-def _runtime_kind(body: Raw) -> RuntimeKind:
-    kind = body.get("kind") or RuntimeKind.SERVING_RUNTIME.value
-    try:
-        return RuntimeKind(kind)
-    except ValueError:
-        raise _BadField(
-            f"kind must be ServingRuntime or ClusterServingRuntime, got {kind!r}"
-        ) from None
-
-
-def _strings(obj: Raw, key: str, where: str) -> list[str]:
-    items = _list(obj, key, where)
-    if not all(isinstance(s, str) for s in items):
-        raise _BadField(f"{where}{key} must be a list of strings")
-    return items
-
-
-def _non_negative(obj: Raw, key: str, where: str) -> int | None:
-    value: int | None = _get(obj, key, int, where)
-    if value is not None and value < 0:
-        raise _BadField(f"{where}{key} must not be negative, got {value}")
-    return value
-
-
-def _format(raw: Raw, index: int) -> SupportedFormat:
-    where = f"spec.{_SMF}[{index}]."
-    name = _str(raw, "name", where)
-    if not name:
-        raise _BadField(f"{where}name is required")
-    return SupportedFormat(
-        name=name,
-        version=_str(raw, "version", where),
-        auto_select=_bool(raw, "autoSelect", where),
-        priority=_get(raw, "priority", int, where),
-    )
-
-
-def _endpoint(spec: Raw, key: str) -> Endpoint | None:
-    raw = _str(spec, key, "spec.")
-    return None if raw is None else Endpoint.parse(raw, f"spec.{key}")
-
-
-def _containers(spec: Raw) -> tuple[Raw, ...]:
-    containers = _objects(spec, "containers", "spec.")
-    for i, container in enumerate(containers):
-        if not isinstance(container.get("name"), str) or not container["name"]:
-            raise _BadField(f"spec.containers[{i}].name is required")
-    return containers
-
-
-def _adapter(spec: Raw) -> BuiltInAdapter | None:
-    raw = _get(spec, "builtInAdapter", dict, "spec.")
-    if raw is None:
-        return None
-    where = "spec.builtInAdapter."
-    server_type = _str(raw, "serverType", where)
-    if not server_type:
-        raise _BadField(f"{where}serverType is required")
-    return BuiltInAdapter(
-        server_type=server_type,
-        runtime_management_port=_non_negative(raw, "runtimeManagementPort", where),
-        mem_buffer_bytes=_non_negative(raw, "memBufferBytes", where),
-        model_loading_timeout_millis=_non_negative(raw, "modelLoadingTimeoutMillis", where),
-        env=_objects(raw, "env", where),
-    )
+            outer = _RuntimeBody.model_validate(body)
+        except ValidationError as exc:
+            raise InvalidRuntime(name, _problems(exc)) from None
+        fields = {**outer.spec, "metadata": outer.metadata, "kind": kind or outer.kind}
+        try:
+            return cls.model_validate(fields)
+        except ValidationError as exc:
+            raise InvalidRuntime(name, _problems(exc, spec_fields=True)) from None
 
 
 # ---------------------------------------------------------------- object references

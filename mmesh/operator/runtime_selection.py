@@ -30,7 +30,7 @@ from mmesh.core.labels import (
     model_type,
     required_labels,
 )
-from mmesh.operator.errors import NoSupportingRuntime, RuntimeNotRecognized
+from mmesh.operator.errors import InvalidSpec, NoSupportingRuntime, RuntimeNotRecognized
 from mmesh.operator.resources import ServingRuntime
 
 GRPC_V2 = "grpc-v2"
@@ -117,21 +117,43 @@ def supporting_runtimes(
     rest_enabled: bool = True,
 ) -> tuple[ServingRuntime, ...]:
     """Every runtime of the namespace that can host the model (the mesh spreads its copies
-    over all of them); raise when there is none.
-
-    A named runtime that does not exist or is not enabled raises RuntimeNotRecognized;
-    otherwise no match raises NoSupportingRuntime.
-    """
-    candidates = effective_runtimes(runtimes)
-    found = tuple(r for r in candidates if supports(r, requirement, rest_enabled=rest_enabled))
+    over all of them); raise `unsupported`'s reason when there is none."""
+    found = _supporting(requirement, runtimes, rest_enabled=rest_enabled)
     if found:
         return found
+    raise _no_runtime(requirement)
+
+
+def unsupported(
+    requirement: Requirement,
+    runtimes: Iterable[ServingRuntime],
+    *,
+    rest_enabled: bool = True,
+) -> InvalidSpec | None:
+    """Why no runtime of the namespace can host the model; None when one can.
+
+    A named runtime that does not exist or is not enabled is RuntimeNotRecognized;
+    otherwise no match is NoSupportingRuntime.
+    """
+    if _supporting(requirement, runtimes, rest_enabled=rest_enabled):
+        return None
+    return _no_runtime(requirement)
+
+
+def _supporting(
+    requirement: Requirement, runtimes: Iterable[ServingRuntime], *, rest_enabled: bool
+) -> tuple[ServingRuntime, ...]:
+    candidates = effective_runtimes(runtimes)
+    return tuple(r for r in candidates if supports(r, requirement, rest_enabled=rest_enabled))
+
+
+def _no_runtime(requirement: Requirement) -> InvalidSpec:
     if requirement.runtime:
-        raise RuntimeNotRecognized(
+        return RuntimeNotRecognized(
             f"Specified runtime name not recognized: {requirement.runtime!r} is not an enabled "
             "multi-model ServingRuntime or ClusterServingRuntime in this namespace"
         )
-    raise NoSupportingRuntime(
+    return NoSupportingRuntime(
         "No ServingRuntime supports specified model type and/or protocol "
         f"(requires {', '.join(sorted(requirement.labels))})"
     )

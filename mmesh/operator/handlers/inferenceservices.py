@@ -38,7 +38,7 @@ from mmesh.operator.resources import (
     MODELMESH_DEPLOYMENT_MODE,
     InferenceService,
 )
-from mmesh.operator.runtime_selection import Requirement, supporting_runtimes
+from mmesh.operator.runtime_selection import Requirement, unsupported
 from mmesh.operator.service import endpoints
 from mmesh.operator.translation import Registration, to_registration
 
@@ -167,9 +167,10 @@ async def observe_status(
     problem, registration, waiting = None, None, False
     try:
         registration = _translate(body)
-        supporting_runtimes(registration.requirement, indexes.runtimes_of(namespace))
-        labels = registration.requirement.labels
-        waiting = not ctx.registrations.has_instance_for(namespace, ctx.service_name, labels)
+        problem = unsupported(registration.requirement, indexes.runtimes_of(namespace))
+        if problem is None:
+            labels = registration.requirement.labels
+            waiting = not ctx.registrations.has_instance_for(namespace, ctx.service_name, labels)
     except InvalidSpec as exc:
         problem = exc
     vmodel, models = await ctx.registrations.observe(namespace, VModelId(name), ctx.service_name)

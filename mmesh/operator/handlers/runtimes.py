@@ -39,17 +39,20 @@ import kopf
 from mmesh.core.etcd import EtcdKV
 from mmesh.core.etcd_admin import AuthAdmin
 from mmesh.operator import etcd_users, hpa, pvc
-from mmesh.operator.deployment import (
-    NamespaceFacts,
-    ScaleDecision,
-    render_deployment,
-    scale_decision,
-)
 from mmesh.operator.errors import InvalidRuntime, InvalidSpec
 from mmesh.operator.handlers import events
 from mmesh.operator.handlers.lifecycle import Context, context, managed
 from mmesh.operator.kube import Kube, Manifest, contains, secret_manifest
-from mmesh.operator.naming import deployment_name
+from mmesh.operator.namespace_plan import (
+    ClaimFacts,
+    Found,
+    NamespacePlan,
+    NamespaceView,
+    ScaleMemory,
+    deletions,
+    owned_labels,
+    plan_namespace,
+)
 from mmesh.operator.resources import (
     DEPLOYMENT_MODE_ANNOTATION,
     GROUP,
@@ -63,10 +66,8 @@ from mmesh.operator.resources import (
 from mmesh.operator.runtime_selection import (
     Requirement,
     effective_runtimes,
-    is_enabled,
-    runtime_has_models,
 )
-from mmesh.operator.service import MANAGED_LABELS, SERVICE_LABEL, needs_recreate, render_service
+from mmesh.operator.service import MANAGED_LABELS
 from mmesh.operator.serving_config import ServingConfig
 from mmesh.operator.translation import to_registration
 
@@ -114,45 +115,6 @@ class Indexes:
         return {*self.runtimes.keys(), *self.models.keys()}
 
 
-@dataclass(frozen=True, slots=True)
-class NamespacePlan:
-    namespace: str
-    deployments: tuple[Manifest, ...]
-    keep: frozenset[str]
-    """Deployments to leave alone (their runtime is invalid right now)."""
-    service: Manifest
-    secret: Manifest | None
-    recheck_after_s: float | None
-    autoscalers: tuple[Manifest, ...] = ()
-    """The HPAs of autoscaled runtimes (any other HPA of ours in the namespace goes)."""
-    governed: Mapping[str, hpa.Autoscaling] = field(default_factory=dict)
-    """Deployment name -> its HPA's settings: the HPA owns those replicas."""
-    problems: tuple[tuple[Manifest, tuple[str, ...]], ...] = ()
-    """(runtime reference, ignored autoscaling values) of every deployed runtime."""
-
-
-@dataclass(frozen=True, slots=True)
-class ClaimFacts:
-    """What the API says about the namespace's PVCs (read before planning)."""
-
-    storage: tuple[str, ...] = ()
-    """Claims of the storage-config Secret's `pvc` entries."""
-    existing: frozenset[str] = frozenset()
-    """Claims named by InferenceServices that exist (only looked up with allowAnyPVC)."""
-    missing: frozenset[str] = frozenset()
-    """Claims named by InferenceServices that do not exist (not mounted)."""
-    problems: tuple[str, ...] = ()
-    """Storage Secret entries that could not be read."""
-
-    def log_news(self, namespace: str, secret: str, before: ClaimFacts | None) -> None:
-        """Log the problems and missing claims that `before` did not have (so a poll does
-        not repeat them)."""
-        for problem in sorted(set(self.problems) - set(before.problems if before else ())):
-            logger.warning("Secret %s/%s: %s", namespace, secret, problem)
-        for claim in sorted(self.missing - (before.missing if before else frozenset())):
-            logger.warning("PVC %s/%s does not exist; not mounting it", namespace, claim)
-
-
 def observe_claims(
     kube: Kube, namespace: str, config: ServingConfig, wanted: frozenset[str]
 ) -> ClaimFacts:
@@ -167,6 +129,17 @@ def observe_claims(
     return ClaimFacts(storage.names, frozenset(existing), frozenset(missing), storage.problems)
 
 
+def log_claim_news(
+    namespace: str, secret: str, claims: ClaimFacts, before: ClaimFacts | None
+) -> None:
+    """Log the problems and missing claims that `before` did not have (so a poll does not
+    repeat them)."""
+    for problem in sorted(set(claims.problems) - set(before.problems if before else ())):
+        logger.warning("Secret %s/%s: %s", namespace, secret, problem)
+    for claim in sorted(claims.missing - (before.missing if before else frozenset())):
+        logger.warning("PVC %s/%s does not exist; not mounting it", namespace, claim)
+
+
 @dataclass
 class NamespaceSync:
     """Coalesced, level-triggered reconciles of each namespace's Deployments and Service."""
@@ -175,8 +148,7 @@ class NamespaceSync:
     indexes: Indexes | None = None
     _dirty: set[str] = field(default_factory=set)
     _workers: dict[str, asyncio.Task[None]] = field(default_factory=dict)
-    _had_models: set[tuple[str, str]] = field(default_factory=set)
-    _no_models_since: dict[tuple[str, str], float] = field(default_factory=dict)
+    _memory: ScaleMemory = field(default_factory=ScaleMemory)
     _confined: dict[str, str] = field(default_factory=dict, repr=False)
     """Namespace -> the password its etcd user was last ensured with by this process."""
     _users: bool | None = None
@@ -223,7 +195,7 @@ class NamespaceSync:
                 for change in changes:
                     change.announce()
                 secret = self.ctx.config.storage_secret_name
-                claims.log_news(namespace, secret, self._claims_seen.get(namespace))
+                log_claim_news(namespace, secret, claims, self._claims_seen.get(namespace))
                 self._claims_seen[namespace] = claims
                 self._report(namespace, plan)
             except Exception:
@@ -281,87 +253,26 @@ class NamespaceSync:
     def plan(
         self, namespace: str, indexes: Indexes, *, now: float, claims: ClaimFacts | None = None
     ) -> NamespacePlan:
-        """Decide every object of the namespace (no awaits: one consistent view)."""
-        config, settings = self.ctx.config, self.ctx.settings
-        claims = claims or ClaimFacts()
-        models = list(indexes.models.get(namespace, []))
-        model_claims = list(indexes.claims.get(namespace, []))
-        deployments: list[Manifest] = []
-        autoscalers: list[Manifest] = []
-        governed: dict[str, hpa.Autoscaling] = {}
-        problems: list[tuple[Manifest, tuple[str, ...]]] = []
-        keep: set[str] = set()
-        rechecks: list[float] = []
-        for runtime in (r for r in indexes.runtimes_of(namespace) if is_enabled(r)):
-            decision = self._scale(namespace, runtime, models, now)
-            name = deployment_name(runtime.name, config.inference_service_name)
-            mounts = pvc.runtime_claims(
-                runtime,
-                storage=claims.storage,
-                models=model_claims,
-                existing=claims.existing,
-                allow_any=config.allow_any_pvc,
-                rest_enabled=config.rest_proxy.enabled,
-            )
-            facts = NamespaceFacts(
-                namespace, etcd_secret_name=settings.etcd_secret_name, pvc_names=mounts
-            )
-            if decision.recheck_after_s is not None:
-                rechecks.append(decision.recheck_after_s)
-            try:
-                deployments.append(
-                    render_deployment(runtime, config, facts, replicas=decision.replicas)
-                )
-            except InvalidRuntime as exc:
-                logger.error("cannot deploy %s in %s: %s", runtime.name, namespace, exc)
-                keep.add(name)
-                continue
-            scaling = hpa.autoscaling_of(runtime)
-            problems.append((_reference(runtime, namespace), scaling.problems))
-            if scaling.autoscaling is not None and decision.replicas > 0:
-                governed[name] = scaling.autoscaling
-                autoscalers.append(
-                    hpa.render_hpa(
-                        runtime,
-                        scaling.autoscaling,
-                        namespace=namespace,
-                        deployment_name=name,
-                        labels=_hpa_labels(config),
-                    )
-                )
-        return NamespacePlan(
+        """Decide every object of the namespace from one snapshot of the indexes (no awaits),
+        keeping the scale-to-zero memory the decision returns."""
+        view = NamespaceView(
             namespace,
-            tuple(deployments),
-            frozenset(keep),
-            render_service(config, namespace=namespace),
-            self._secret(namespace),
-            min(rechecks, default=None),
-            tuple(autoscalers),
-            governed,
-            tuple(problems),
+            indexes.runtimes_of(namespace),
+            tuple(indexes.models.get(namespace, [])),
+            tuple(indexes.claims.get(namespace, [])),
+            claims or ClaimFacts(),
         )
-
-    def _scale(
-        self, namespace: str, runtime: ServingRuntime, models: Iterable[Requirement], now: float
-    ) -> ScaleDecision:
-        config = self.ctx.config
-        key = (namespace, runtime.name)
-        has = runtime_has_models(runtime, list(models), rest_enabled=config.rest_proxy.enabled)
-        if has:
-            self._had_models.add(key)
-            self._no_models_since.pop(key, None)
-        elif key in self._had_models:
-            self._had_models.discard(key)
-            self._no_models_since[key] = now
-        return scale_decision(
-            runtime,
-            has_models=has,
-            no_models_since=self._no_models_since.get(key),
+        plan, self._memory = plan_namespace(
+            view,
+            self.ctx.config,
+            etcd_secret_name=self.ctx.settings.etcd_secret_name,
+            secret=self._secret(namespace),
+            memory=self._memory,
             now=now,
-            grace_s=config.scale_to_zero.grace_period_seconds,
-            pods_per_runtime=config.pods_per_runtime,
-            scale_to_zero=config.scale_to_zero.enabled,
         )
+        for runtime, reason in plan.invalid:
+            logger.error("cannot deploy %s in %s: %s", runtime, namespace, reason)
+        return plan
 
     def _secret(self, namespace: str) -> Manifest | None:
         settings = self.ctx.settings
@@ -400,19 +311,6 @@ class NamespaceSync:
         secret = secret_manifest(ns, name, {"etcd_connection": text})
         secret["metadata"]["labels"] = dict(MANAGED_LABELS)
         return dataclasses.replace(plan, secret=secret)
-
-
-def _reference(runtime: ServingRuntime, namespace: str) -> Manifest:
-    """The runtime as an Event's object; a ClusterServingRuntime's Events go to `namespace`
-    (the one whose Deployment the problem concerns)."""
-    meta = {"name": runtime.name, "namespace": runtime.meta.namespace or namespace}
-    if runtime.meta.uid:
-        meta["uid"] = runtime.meta.uid
-    return {"apiVersion": runtime.api_version, "kind": runtime.kind.value, "metadata": meta}
-
-
-def _hpa_labels(config: ServingConfig) -> dict[str, str]:
-    return {**MANAGED_LABELS, SERVICE_LABEL: config.inference_service_name}
 
 
 async def ensure_namespace_user(
@@ -492,34 +390,22 @@ def apply_plan(kube: Kube, plan: NamespacePlan) -> list[ScaleChange]:
     """Make the namespace match the plan (blocking; runs in a worker thread); return the
     runtime Deployments it scaled to zero or up from zero."""
     ns = plan.namespace
+    service_name = plan.service["metadata"]["name"]
+    ours = owned_labels(service_name)
+    found = Found(
+        tuple(d["metadata"]["name"] for d in kube.list("Deployment", ns, ours)),
+        tuple(a["metadata"]["name"] for a in kube.list("HorizontalPodAutoscaler", ns, ours)),
+        kube.get("Service", ns, service_name),
+        tuple(kube.list("Service", ns, MANAGED_LABELS)),
+    )
+    gone = deletions(plan, found)
+    changes: list[ScaleChange] = []
     if plan.secret is not None:
         _apply_secret(kube, plan.secret)
-    service_name = plan.service["metadata"]["name"]
-    ours = {**MANAGED_LABELS, SERVICE_LABEL: service_name}
     # an HPA that is no longer wanted goes first: it would scale a Deployment sent to zero
     # (or back to podsPerRuntime) straight back
-    _delete_stale_autoscalers(kube, plan, ours)
-    changes = _apply_deployments(kube, plan)
-    for autoscaler in plan.autoscalers:
-        kube.apply(autoscaler)
-    wanted = {d["metadata"]["name"] for d in plan.deployments} | plan.keep
-    for existing in kube.list("Deployment", ns, ours):
-        if existing["metadata"]["name"] not in wanted:
-            kube.delete("Deployment", ns, existing["metadata"]["name"])
-    current = kube.get("Service", ns, service_name)
-    if current is not None and needs_recreate(current, plan.service):
-        kube.delete("Service", ns, service_name)
-    kube.apply(plan.service)
-    for other in kube.list("Service", ns, MANAGED_LABELS):
-        if other["metadata"]["name"] != service_name and SERVICE_LABEL in other["metadata"].get(
-            "labels", {}
-        ):
-            kube.delete("Service", ns, other["metadata"]["name"])
-    return changes
-
-
-def _apply_deployments(kube: Kube, plan: NamespacePlan) -> list[ScaleChange]:
-    changes: list[ScaleChange] = []
+    for name in gone.autoscalers:
+        kube.delete("HorizontalPodAutoscaler", ns, name)
     for deployment in plan.deployments:
         meta = deployment["metadata"]
         before = kube.get("Deployment", meta["namespace"], meta["name"])
@@ -529,15 +415,16 @@ def _apply_deployments(kube: Kube, plan: NamespacePlan) -> list[ScaleChange]:
         kube.apply(deployment)
         if (change := _scale_change(before, deployment)) is not None:
             changes.append(change)
+    for autoscaler in plan.autoscalers:
+        kube.apply(autoscaler)
+    for name in gone.deployments:
+        kube.delete("Deployment", ns, name)
+    if gone.recreate_service:
+        kube.delete("Service", ns, service_name)
+    kube.apply(plan.service)
+    for name in gone.services:
+        kube.delete("Service", ns, name)
     return changes
-
-
-def _delete_stale_autoscalers(kube: Kube, plan: NamespacePlan, ours: Mapping[str, str]) -> None:
-    """Delete our HPAs of the namespace that the plan does not have."""
-    wanted = {a["metadata"]["name"] for a in plan.autoscalers}
-    for existing in kube.list("HorizontalPodAutoscaler", plan.namespace, ours):
-        if existing["metadata"]["name"] not in wanted:
-            kube.delete("HorizontalPodAutoscaler", plan.namespace, existing["metadata"]["name"])
 
 
 def _governed(deployment: Manifest, before: Manifest | None, scaling: hpa.Autoscaling) -> Manifest:

@@ -9,16 +9,12 @@ import pytest
 from pydantic import BaseModel
 
 from mmesh.adapter.settings import AdapterSettings
-from mmesh.operator.deployment import (
-    NamespaceFacts,
-    ScaleDecision,
-    format_bytes,
-    parse_quantity,
-    render_deployment,
-    scale_decision,
-)
+from mmesh.operator.deployment import render_deployment
 from mmesh.operator.errors import InvalidRuntime
+from mmesh.operator.pod_parts import NamespaceFacts
+from mmesh.operator.quantities import format_bytes, parse_quantity
 from mmesh.operator.resources import ServingRuntime
+from mmesh.operator.scaling import ScaleDecision, scale_decision
 from mmesh.operator.serving_config import ServingConfig, merge_config
 from mmesh.router.settings import RouterSettings
 from tests.unit.operator.conftest import (

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from mmesh.operator.deployment import NamespaceFacts
+from mmesh.operator.pod_parts import NamespaceFacts
 from mmesh.router.settings import RouterSettings
 from mmesh.router.tls import ClientAuth
 from tests.unit.operator.conftest import NAMESPACE

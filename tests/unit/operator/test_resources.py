@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 
 from mmesh.operator.errors import FailureReason, InvalidRuntime, InvalidSpec
 from mmesh.operator.resources import (
@@ -42,7 +43,7 @@ def test_views_are_frozen_and_do_not_alias_the_body() -> None:
     rt = ServingRuntime.from_body(body)
     body["spec"]["containers"][0]["name"] = "changed"
     assert rt.containers[0]["name"] == "mlserver"
-    with pytest.raises(AttributeError):
+    with pytest.raises(ValidationError, match="frozen"):
         rt.disabled = True  # type: ignore[misc]
 
 

@@ -16,6 +16,7 @@ from mmesh.operator.runtime_selection import (
     runtime_has_models,
     runtime_labels,
     supporting_runtimes,
+    unsupported,
 )
 from mmesh.operator.translation import to_registration
 from tests.unit.operator.conftest import make_runtime_body, runtime_body, tutorial_isvc
@@ -158,3 +159,37 @@ def test_runtime_has_models_for_scale_to_zero() -> None:
     assert runtime_has_models(rt, [onnx, sklearn], rest_enabled=True)
     assert not runtime_has_models(rt, [onnx], rest_enabled=True)
     assert not runtime_has_models(rt, [], rest_enabled=True)
+
+
+@pytest.mark.parametrize(
+    ("requirement", "runtimes", "problem"),
+    [
+        pytest.param(Requirement(ModelFormat("sklearn")), ["sk"], None, id="supported"),
+        pytest.param(
+            Requirement(ModelFormat("sklearn"), runtime="sk"), ["sk"], None, id="named, supported"
+        ),
+        pytest.param(
+            Requirement(ModelFormat("pmml")), ["sk"], NoSupportingRuntime, id="no format match"
+        ),
+        pytest.param(Requirement(ModelFormat("sklearn")), [], NoSupportingRuntime, id="none"),
+        pytest.param(
+            Requirement(ModelFormat("sklearn"), runtime="nope"),
+            ["sk"],
+            RuntimeNotRecognized,
+            id="named runtime missing",
+        ),
+    ],
+)
+def test_unsupported_names_the_reason_supporting_runtimes_raises(
+    requirement: Requirement, runtimes: list[str], problem: type[Exception] | None
+) -> None:
+    rts = [runtime(name, formats=SKLEARN_AUTO) for name in runtimes]
+    found = unsupported(requirement, rts)
+    if problem is None:
+        assert found is None
+        assert supporting_runtimes(requirement, rts)
+        return
+    assert isinstance(found, problem)
+    with pytest.raises(problem) as caught:
+        supporting_runtimes(requirement, rts)
+    assert caught.value.message == found.message
