@@ -111,8 +111,11 @@ async def test_tls_etcd_and_tls_serving(
     model_id = vmodel.target_model
 
     # runtime pods get an etcd user of the namespace's own, under the namespace's prefix
-    secret = cluster.kube.get("Secret", ns, "model-serving-etcd")
-    assert secret is not None
+    async def etcd_secret() -> dict[str, Any] | None:
+        return await asyncio.to_thread(cluster.kube.get, "Secret", ns, "model-serving-etcd")
+
+    # written by the namespace reconcile, which runs beside the registration
+    secret = await eventually(etcd_secret, timeout_s=30)
     doc = json.loads(base64.b64decode(secret["data"]["etcd_connection"]))
     ns_root = f"{secure_operator.root_prefix}/mm_ns/{ns}"
     assert doc["root_prefix"] == ns_root
