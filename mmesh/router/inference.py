@@ -421,7 +421,11 @@ class InferenceRouter:
         record vanished (its lease expired: it died or hangs) or it restarted under the same
         id (a new start time), so a call to it never waits out the client's deadline."""
         while True:
-            done, _ = await asyncio.wait({forward}, timeout=PEER_CHECK_S)
+            try:
+                done, _ = await asyncio.wait({forward}, timeout=PEER_CHECK_S)
+            except asyncio.CancelledError:
+                forward.cancel()  # the caller gave up (its deadline): so does the call
+                raise
             if done:
                 return forward.result()
             now = self.registry.instances.get(target)
