@@ -18,6 +18,7 @@ those repairs and the loads themselves; a warm request makes none.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
@@ -62,6 +63,7 @@ from mmesh.router.routing import (
     place,
     stale_self_claim,
     with_placements,
+    worth_waiting,
 )
 from mmesh.router.usage import Usage
 
@@ -77,6 +79,15 @@ PLACED_MEMORY_S = 2.0
 PLACED_LOAD_S = 0.75
 """How long this router counts a copy it placed on a peer as a load queued there: about
 until the peer's instance record (published at most every 0.5 s) shows it."""
+
+
+PLACEMENT_PAUSE_S = 0.2
+MAX_PLACEMENT_PAUSE_S = 1.0
+"""How long a call that found nowhere to load waits before it decides again (doubling)."""
+PEER_CHECK_S = 0.25
+"""How often a call waiting on a peer checks that the peer is still there (memory only)."""
+DEADLINE_MARGIN_S = 0.5
+"""A call stops waiting this long before its deadline, to answer with the real cause."""
 
 
 def unpublished_loads(placed: list[tuple[float, int]], now: float) -> int:
@@ -262,21 +273,43 @@ class InferenceRouter:
 
     async def _route(self, call: _Call) -> bytes:
         """Decide, act, and on a failure decide again: an instance that failed is excluded
-        for this call; one that disowned its claimed copy loses the claim instead."""
+        for this call; one that disowned its claimed copy loses the claim instead. When no
+        instance may load the model only for reasons that pass (instances restarting or
+        shutting down, transient failures), the call waits a little and decides again,
+        within its deadline and the load timeout."""
         if self.local.is_loaded(call.model_id):  # the warm path: nothing to decide
             with contextlib.suppress(ModelNotHere, RuntimeUnavailable):
                 return await self._serve_local(call)
         exclude: set[str] = set()
         disowned: set[str] = set()
+        ruled_out: set[str] = set()
         last_error: RouterError | None = None
         me = self.local.instance_id
         tried: dict[str, RouterError] = {}
-        for _ in range(peers.MAX_ITERATIONS):
+        wait_until = time.monotonic() + self._wait_budget_s(call)
+        pause = PLACEMENT_PAUSE_S
+        iterations = 0
+        while iterations < peers.MAX_ITERATIONS:
+            iterations += 1
             record = self._record(call.model_id)
             if stale_self_claim(record, me, self.local.copy_state(call.model_id)):
                 record = await self.healer.drop_own_stale_claim(call.model_id) or record
             hops = Hops(balanced=peers.is_balanced(call.headers), exclude=frozenset(exclude))
-            decision = decide(call.model_id, record, self._view(call.model_id), hops)
+            view = self._view(call.model_id)
+            decision = decide(call.model_id, record, view, hops)
+            if (
+                isinstance(decision, Refuse)
+                and decision.kind is RefuseKind.NO_CAPACITY
+                and time.monotonic() + pause < wait_until
+                and worth_waiting(record, view, ruled_out)
+            ):
+                logger.info("model %s: %s; deciding again in %.2f s", call.model_id,
+                            decision.reason, pause)  # fmt: skip
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, MAX_PLACEMENT_PAUSE_S)
+                exclude &= ruled_out  # transient failures may have passed
+                iterations = 0
+                continue
             try:
                 return await self._act(call, decision, exclude)
             except _Attempt as failed:
@@ -289,6 +322,8 @@ class InferenceRouter:
                 else:
                     exclude.add(iid)
                     tried[iid] = error
+                    if isinstance(error, (LoadFailed, NoCapacity)):
+                        ruled_out.add(iid)
                 last_error = error
             except NoCapacity as exc:
                 raise _with_attempts(exc, call.model_id, tried) from exc
@@ -296,6 +331,14 @@ class InferenceRouter:
             f"{peers.MAX_ITERATIONS} retry iterations exhausted for model {call.model_id}: "
             f"{last_error}"
         )
+
+    def _wait_budget_s(self, call: _Call) -> float:
+        """How long a call may wait for somewhere to load: the load timeout, and never past
+        the call's own deadline (less a margin to answer why)."""
+        budget = self.local.info.load_timeout_ms / 1000
+        if call.timeout_s is not None:
+            budget = min(budget, call.timeout_s - DEADLINE_MARGIN_S)
+        return budget
 
     async def _act(self, call: _Call, decision: Decision, exclude: set[str]) -> bytes:
         me = self.local.instance_id
@@ -366,9 +409,34 @@ class InferenceRouter:
         )
         metadata += _forwarded_metadata(call.headers, None)
         self.local.note_forwarded(call.model_id)
-        return await self.pool.call(
-            target, endpoint.endpoint, call.method, call.payload, metadata, call.timeout_s
+        forward = asyncio.ensure_future(
+            self.pool.call(
+                target, endpoint.endpoint, call.method, call.payload, metadata, call.timeout_s
+            )
         )
+        return await self._unless_gone(forward, target, endpoint.start_time_ms)
+
+    async def _unless_gone(
+        self, forward: asyncio.Future[bytes], target: str, started: int
+    ) -> bytes:
+        """The peer's answer, or RuntimeUnavailable as soon as the peer is gone: its instance
+        record vanished (its lease expired: it died or hangs) or it restarted under the same
+        id (a new start time), so a call to it never waits out the client's deadline."""
+        while True:
+            try:
+                done, _ = await asyncio.wait({forward}, timeout=PEER_CHECK_S)
+            except asyncio.CancelledError:
+                forward.cancel()  # the caller gave up (its deadline): so does the call
+                raise
+            if done:
+                return forward.result()
+            now = self.registry.instances.get(target)
+            if now is None or now.start_time_ms != started:
+                forward.cancel()
+                with contextlib.suppress(asyncio.CancelledError, RouterError):
+                    await forward
+                why = "its instance record is gone" if now is None else "it restarted"
+                raise RuntimeUnavailable(f"peer {target} went away during the call: {why}")
 
     async def _serve_local(self, call: _Call, unreachable: Collection[str] = ()) -> bytes:
         record = self.registry.models.get(call.model_id)
@@ -449,7 +517,10 @@ class InferenceRouter:
             model_id=model_id, hops=0, dest=target, load=True, exclude=(), extra=extra
         )
         request = mm.EnsureLoadedRequest(modelId=model_id, sync=True).SerializeToString()
-        await self.pool.get(endpoint).call(ENSURE_LOADED, request, metadata, None)
+        load = asyncio.ensure_future(
+            self.pool.get(endpoint).call(ENSURE_LOADED, request, metadata, None)
+        )
+        await self._unless_gone(load, target, live[target].start_time_ms)
 
     def live_peers(self) -> dict[str, InstanceRecord]:
         """Instances with a live record (their lease holds), this one from its own state."""

@@ -37,6 +37,7 @@ from mmesh.router.errors import (
     RegistryUnavailable,
     RequestTimeout,
     RouterError,
+    RuntimeUnavailable,
 )
 from mmesh.router.metrics import RouterMetrics
 from mmesh.router.modelstatus import is_failure_live
@@ -211,6 +212,13 @@ class LocalModels:
             message = f"cannot load {model_id}: the registry (etcd) is unavailable: {exc}"
             logger.warning("%s", message)
             future.set_exception(RegistryUnavailable(message))
+        except RuntimeUnavailable as exc:
+            # The adapter or model server did not answer (restarting, connection refused):
+            # the runtime never judged the model, so no failure is remembered and the claim
+            # goes; the request tries another instance or waits for the runtime to return.
+            await self._abandon(model_id)
+            logger.warning("load of %s abandoned, the runtime is unreachable: %s", model_id, exc)
+            future.set_exception(exc)
         except Exception as exc:  # noqa: BLE001 - task top level: every failure is recorded
             error = exc if isinstance(exc, RouterError) else LoadFailed(str(exc))
             await self._record_failure(model_id, str(error))
@@ -328,6 +336,16 @@ class LocalModels:
             return rec.without_failure(iid).with_copy_loading(iid, stamp)
 
         await self.registry.update_model(model_id, claim)
+
+    async def _abandon(self, model_id: str) -> None:
+        """Undo a load the runtime never answered for: free its cache space, drop the claim."""
+        entry = self.cache.get(ModelId(model_id))
+        if entry is not None and entry.state is EntryState.LOADING:
+            self.cache.unloaded(ModelId(model_id))
+        try:
+            await self._unclaim(model_id)
+        except StoreUnavailable as exc:
+            logger.warning("could not drop the claim of %s: %s", model_id, exc)
 
     async def _unclaim(self, model_id: str) -> None:
         iid = self.instance_id

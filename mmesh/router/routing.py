@@ -21,6 +21,7 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 
 from mmesh.core.ids import InstanceId
+from mmesh.core.labels import required_labels, satisfies
 from mmesh.core.records import InstanceRecord, ModelRecord
 from mmesh.router.placement import (
     Peer,
@@ -185,6 +186,19 @@ def place(
     return Refuse(
         RefuseKind.NO_CAPACITY,
         f"cannot load model {model_id}: {choice.reason} ({_census(record, view, exclude)})",
+    )
+
+
+def worth_waiting(record: ModelRecord, view: View, ruled_out: Collection[str]) -> bool:
+    """After a "nowhere to load" refusal: could time alone lift it? Yes while some live
+    instance with the model's labels is kept out only by something that passes (shutting
+    down or restarting, a claim still being repaired, a transient failure of this request):
+    not by a load failure of the model there nor a refusal of the load (`ruled_out`)."""
+    required = required_labels(record.model_type)
+    failed = failed_instances(record, now_ms=view.now_ms, expiry_ms=view.failure_expiry_ms)
+    return any(
+        satisfies(rec.labels, required) and iid not in failed and iid not in ruled_out
+        for iid, rec in view.instances.items()
     )
 
 

@@ -7,6 +7,7 @@ straight to etcd where the operator (or a crashed router) would have left them.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import json
 import os
@@ -390,3 +391,93 @@ def test_the_periodic_reconcile_drops_claims_nobody_backs_and_expired_failures(
         assert repairs(router, "stale_claim") == 1
         assert repairs(router, "expired_failure") == 1
         assert stub.stats()["loads"] == {}
+
+
+def stored_record(etcd: EtcdServer, router: RouterProc, model: str) -> dict[str, object]:
+    key = f"{router.root_prefix}/mm/modelmesh-serving/registry/{model}"
+    env = {**os.environ, "ETCDCTL_API": "3"}
+    cmd = [str(ETCDCTL_BIN), f"--endpoints={etcd.endpoint}", "get", "--print-value-only", key]
+    out = subprocess.run(cmd, env=env, check=True, capture_output=True, timeout=10, text=True)
+    found: dict[str, object] = json.loads(out.stdout)
+    return found
+
+
+def test_a_model_server_that_dies_mid_load_is_not_a_load_failure_of_the_model(
+    tmp_path: Path, etcd_server: EtcdServer
+) -> None:
+    """The runtime is killed while it loads and comes back on the same port: the request
+    waits for it and answers; no failure is written to the model's record (before the fix:
+    INTERNAL "failed to load ... runtime unavailable", remembered for the failure expiry)."""
+    key = {"stub": {"delay_ms": 3000}}
+    with (
+        stub_runtime_process(tmp_path) as stub,
+        router_process(
+            tmp_path, etcd_endpoint=etcd_server.endpoint, runtime_port=stub.port, env=ENV
+        ) as router,
+    ):
+        register(router, "slow", key)
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            pending = pool.submit(infer, router, "slow", 40)
+            wait_for(
+                lambda: model_status(router, "slow").status == mm.ModelStatusInfo.LOADING,
+                10,
+                "the load started",
+            )
+            time.sleep(0.5)
+            os.kill(stub.pid, signal.SIGKILL)
+            killed = time.monotonic()
+            with stub_runtime_process(tmp_path, port=stub.port, stats_port=stub.stats_port):
+                assert pending.result(timeout=45) == "slow"
+                took = time.monotonic() - killed
+                print(f"runtime killed mid-load: answered {took:.2f} s after the kill")
+                record = stored_record(etcd_server, router, "slow")
+                assert "failures" not in record and "failedIn" not in record, record
+                assert model_status(router, "slow").status == mm.ModelStatusInfo.LOADED
+                assert infer(router, "slow") == "slow"
+
+
+def test_nowhere_to_load_while_the_only_runtime_restarts_waits_instead_of_refusing(
+    tmp_path: Path, etcd_server: EtcdServer
+) -> None:
+    """The only instance's runtime is down when a cold request arrives: the request waits
+    (within its deadline) for somewhere to load, instead of RESOURCE_EXHAUSTED "Nowhere
+    available to load" at once."""
+    with (
+        stub_runtime_process(tmp_path) as stub,
+        router_process(
+            tmp_path, etcd_endpoint=etcd_server.endpoint, runtime_port=stub.port, env=ENV
+        ) as router,
+    ):
+        register(router, "cold")
+        os.kill(stub.pid, signal.SIGKILL)
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            pending = pool.submit(infer, router, "cold", 40)
+            time.sleep(2)
+            assert not pending.done(), pending.exception()
+            with stub_runtime_process(tmp_path, port=stub.port, stats_port=stub.stats_port):
+                assert pending.result(timeout=45) == "cold"
+        assert "failures" not in stored_record(etcd_server, router, "cold")
+
+
+def test_a_call_to_a_peer_that_stops_answering_goes_elsewhere_before_the_deadline(
+    mesh: Mesh,
+) -> None:
+    """The peer holding the only copy hangs (SIGSTOP: its connections stay open, nothing
+    answers). As soon as its lease expires (3 s here) the sender gives up on it and loads
+    the model itself, long before the client's 15 s deadline (before the fix the call sat
+    on the dead peer until the deadline)."""
+    a, b = mesh.routers["pod-a"], mesh.routers["pod-b"]
+    register(a, "held")
+    assert infer(a, "held") == "held"
+    assert infer(b, "held") == "held"  # forwarded: pod-b has an open channel to pod-a
+    assert mesh.held_by("held") == {"pod-a"}
+    os.kill(a.pid, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        assert infer(b, "held", timeout_s=15) == "held"
+        took = time.monotonic() - started
+        print(f"peer hung: answered by the other pod after {took:.2f} s")
+        assert took < 10
+        assert "pod-b" in mesh.held_by("held")
+    finally:
+        os.kill(a.pid, signal.SIGCONT)

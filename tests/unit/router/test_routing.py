@@ -23,6 +23,7 @@ from mmesh.router.routing import (
     decide,
     stale_self_claim,
     with_placements,
+    worth_waiting,
 )
 
 NOW = 1_700_000_000_000
@@ -219,6 +220,40 @@ def test_nowhere_available_names_the_instances_and_why() -> None:
     assert "Nowhere available to load" in decision.reason
     assert "2 live instances; excluded after failing this request: a, b" in decision.reason
     assert "holding a copy: b" in decision.reason
+
+
+WAITING = [
+    ("excluded after a transient failure: wait", rec(), {}, (ME, B), set(), True),
+    ("shutting down (a restart in turn): wait", rec(), {B: True}, (ME,), set(), True),
+    ("every instance refused the load: do not wait", rec(), {}, (ME, B), {ME, B}, False),
+    ("failed everywhere: do not wait", rec(failed={ME: NOW, B: NOW}), {}, (), set(), False),
+    ("one refused, one restarting: wait", rec(), {B: True}, (ME,), {ME}, True),
+    ("no instance has the labels: do not wait", rec(model_type="mt:onnx"), {}, (), set(), False),
+]
+
+
+@pytest.mark.parametrize(
+    ("record", "shutting", "exclude", "ruled_out", "want"),
+    [case[1:] for case in WAITING],
+    ids=[case[0] for case in WAITING],
+)
+def test_worth_waiting_after_nowhere_to_load(
+    record: ModelRecord,
+    shutting: dict[str, bool],
+    exclude: tuple[str, ...],
+    ruled_out: set[str],
+    want: bool,
+) -> None:
+    instances = {
+        iid: InstanceRecord(
+            capacity_units=1000, endpoint="x", shutting_down=shutting.get(iid, False)
+        )
+        for iid in (ME, B)
+    }
+    view = _view(**instances)
+    decision = decide("m", record, view, Hops(exclude=frozenset(exclude)))
+    assert isinstance(decision, Refuse)
+    assert worth_waiting(record, view, ruled_out) is want
 
 
 def test_no_instance_with_the_labels_refuses() -> None:
