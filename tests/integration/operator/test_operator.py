@@ -462,6 +462,7 @@ async def test_restart_neither_duplicates_nor_loses_registrations(cluster: Clust
     assert names == ["keep", "keep", "late", "late"]  # one model + one vmodel each
 
 
+@pytest.mark.timeout(150)  # three config changes, each a reconcile of every namespace
 async def test_config_map_reload_and_scale_to_zero(cluster: Cluster) -> None:
     ns, name = "config", "cfg"
     cluster.apply(ns, isvc_yaml(name, SKLEARN))
