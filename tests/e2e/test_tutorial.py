@@ -106,13 +106,12 @@ def test_storage_uri_form_rolls_to_a_new_model(local_cluster: Cluster) -> None:
         return answer["modelName"] != before
 
     local_cluster.wait(switched, 120, "the storageUri model answering")
-    status = local_cluster.isvc(NAME)["status"]
     local_cluster.wait(
         lambda: local_cluster.isvc(NAME)["status"]["modelStatus"]["transitionStatus"] == "UpToDate",
         60,
         "UpToDate",
     )
-    assert status["url"] == GRPC_URL
+    assert local_cluster.isvc(NAME)["status"]["url"] == GRPC_URL
 
 
 def test_a_bad_inference_service_is_reported_and_serving_goes_on(local_cluster: Cluster) -> None:
