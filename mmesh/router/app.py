@@ -61,9 +61,20 @@ class Lifecycle:
     shutting_down: bool = False
     stop: asyncio.Event = field(default_factory=asyncio.Event)
     migrated: asyncio.Event = field(default_factory=asyncio.Event)
+    has_been_ready: bool = False
+    """Whether readiness has once been reported true; from then on a peer's drain no longer
+    holds it back (only a new pod waits, or a deleted pod's drain would leave none ready)."""
 
     def is_ready(self) -> bool:
         return self.ready and not self.shutting_down
+
+    def readiness(self, *, other_draining: bool) -> bool:
+        """The /ready answer: a pod that has not been ready yet stays not ready while another
+        instance drains, which staggers a rolling update one pod at a time."""
+        if not self.is_ready() or (other_draining and not self.has_been_ready):
+            return False
+        self.has_been_ready = True
+        return True
 
 
 def eviction_policy(settings: RouterSettings, info: RuntimeInfo) -> EvictionPolicy:
@@ -209,8 +220,7 @@ class Pod:
         self.membership.changed()
 
     def is_ready(self) -> bool:
-        """Not ready while another instance shuts down: rolling updates go one at a time."""
-        return self.life.is_ready() and not self.cluster.other_draining()
+        return self.life.readiness(other_draining=self.cluster.other_draining())
 
 
 async def with_node_zone(settings: RouterSettings) -> RouterSettings:

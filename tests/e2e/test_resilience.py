@@ -39,10 +39,10 @@ RECOVERY_S = 45
 
 
 def answer(cluster: Cluster, name: str = NAME) -> str | None:
-    """The predicted digit via the tutorial's grpcurl, or None when the request failed."""
+    """The predicted digit via the tutorial's grpcurl, or the error grpcurl printed."""
     proc = cluster.grpcurl_infer(tutorial_request(name))
     if proc.returncode != 0:
-        return None
+        return f"failed: {proc.stderr.strip()}"
     return str(json.loads(proc.stdout)["outputs"][0]["contents"]["int64Contents"][0])
 
 
