@@ -38,7 +38,7 @@ from typing import Any, TypeVar
 import g6_eviction
 import grpc
 from loadgen import METHOD, OPTIONS, pct, request_bytes
-from procs import Proc, Processes, free_port, http_ok, http_text, port_open, stop_pid, wait_quiet
+from procs import Proc, Processes, http_text, stop_one, wait_quiet
 
 from mmesh.core.etcd import EtcdKV
 from mmesh.core.etcd_config import EtcdConnection
@@ -46,6 +46,7 @@ from mmesh.core.ids import ModelId
 from mmesh.core.proto import model_mesh_pb2 as mm
 from mmesh.core.proto import model_mesh_pb2_grpc as mm_grpc
 from mmesh.core.records import KeyLayout, ModelRecord
+from mmesh.local.processes import free_port, http_ok, port_open
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
@@ -346,7 +347,7 @@ class Mesh:
     def stop(self, *procs: Proc) -> None:
         """Stop these processes (by pid, in the order given) and forget them."""
         for proc in procs:
-            stop_pid(proc.popen, 10.0)
+            stop_one(proc, 10.0)
             if proc in self.procs.procs:
                 self.procs.procs.remove(proc)
 

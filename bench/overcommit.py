@@ -39,7 +39,8 @@ import g6_eviction
 from mesh import PY, ROOT, UNIT, Mesh, Stub, connect, environment, log, running_mesh, seed_async
 from mesh import Config as MeshConfig
 from meshload import zipf_sequence
-from procs import http_ok, port_open
+
+from mmesh.local.processes import http_ok, port_open
 
 BENCH = Path(__file__).resolve().parent
 SLOTS = 20

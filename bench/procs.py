@@ -4,14 +4,13 @@ Every server the benchmark starts runs as its own process in its own session (so
 Ctrl-C in the terminal reaches only the orchestrator, which then stops them in order),
 with its output in a log file under the run's temp dir. `Processes.stop_all` sends
 SIGTERM to each pid it started (newest first), waits, then SIGKILLs what is left.
+The port, probe and stop helpers are mmesh.local.processes's, shared with the local
+cluster and the test fixtures.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
-import signal
-import socket
 import subprocess
 import time
 import urllib.request
@@ -19,28 +18,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mmesh.local import processes
+
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def http_ok(url: str, timeout_s: float = 1.0) -> bool:
-    with urllib.request.urlopen(url, timeout=timeout_s) as resp:
-        return bool(200 <= resp.status < 300)
 
 
 def http_text(url: str, timeout_s: float = 5.0) -> str:
     with urllib.request.urlopen(url, timeout=timeout_s) as resp:
         return str(resp.read().decode())
-
-
-def port_open(port: int) -> bool:
-    with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-        return True
 
 
 def proc_cpu_seconds(pid: int) -> float:
@@ -118,34 +103,16 @@ class Processes:
         return proc
 
     def wait_ready(self, proc: Proc, check: Callable[[], bool], timeout_s: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if proc.popen.poll() is not None:
-                raise RuntimeError(
-                    f"{proc.name} exited with {proc.popen.returncode} before it was ready:\n"
-                    + proc.tail()
-                )
-            with contextlib.suppress(Exception):  # not up yet: poll until the deadline
-                if check():
-                    return
-            time.sleep(0.05)
-        raise TimeoutError(f"{proc.name} not ready after {timeout_s}s:\n{proc.tail()}")
+        processes.wait_ready(
+            check, timeout_s=timeout_s, what=proc.name, proc=proc.popen, log=proc.log
+        )
 
     def stop_all(self, timeout_s: float = 10.0) -> None:
         for proc in reversed(self.procs):
-            stop_pid(proc.popen, timeout_s)
+            stop_one(proc, timeout_s)
         self.procs.clear()
 
 
-def stop_pid(popen: subprocess.Popen[bytes], timeout_s: float) -> None:
-    """SIGTERM this one pid, then SIGKILL it if it has not exited in time."""
-    if popen.poll() is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(popen.pid, signal.SIGTERM)
-    try:
-        popen.wait(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(popen.pid, signal.SIGKILL)
-        popen.wait(timeout=5)
+def stop_one(proc: Proc, timeout_s: float) -> None:
+    """SIGTERM this one pid (not its group), then SIGKILL it if it has not exited in time."""
+    processes.stop_blocking(proc.popen, timeout_s, group=False)

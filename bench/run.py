@@ -34,10 +34,11 @@ from typing import Any
 import grpc
 from etcdstats import EtcdCounters, current_revision, kv_rpcs, writes_between
 from loadgen import METHOD, OPTIONS, request_bytes
-from procs import Processes, free_port, http_ok, http_text, port_open, wait_quiet
+from procs import Processes, http_text, wait_quiet
 
 from mmesh.core.proto import model_mesh_pb2 as mm
 from mmesh.core.proto import model_mesh_pb2_grpc as mm_grpc
+from mmesh.local.processes import free_port, http_ok, port_open
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent

@@ -16,7 +16,6 @@ import secrets
 import signal
 import subprocess
 import sys
-import urllib.request
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -179,7 +178,7 @@ class LocalCluster:
         ]  # fmt: skip
         self._etcd_argv, self._etcd_client = argv, client
         self._say(f"starting etcd on 127.0.0.1:{port}")
-        await self._launch("etcd", argv, lambda: _http_ok(f"{client}/health"))
+        await self._launch("etcd", argv, lambda: processes.http_ok(f"{client}/health"))
         return f"127.0.0.1:{port}"
 
     async def _supervise_etcd(self, stop: asyncio.Event) -> None:
@@ -197,7 +196,7 @@ class LocalCluster:
 
     async def _relaunch_etcd(self) -> int:
         client = self._etcd_client
-        await self._launch("etcd", self._etcd_argv, lambda: _http_ok(f"{client}/health"))
+        await self._launch("etcd", self._etcd_argv, lambda: processes.http_ok(f"{client}/health"))
         return self._procs["etcd"].pid
 
     # ------------------------------------------------------------ control (faults on demand)
@@ -268,7 +267,7 @@ class LocalCluster:
             str(port),
         ]
         self._say(f"starting the S3 server on 127.0.0.1:{port} and uploading the sample models")
-        await self._launch("s3", argv, lambda: _http_ok(endpoint))
+        await self._launch("s3", argv, lambda: processes.http_ok(endpoint))
         python = self.config.mlserver_venv / "bin" / "python"
         keys = await asyncio.to_thread(
             samples.upload_samples, endpoint, self.config.workdir / "samples", python
@@ -448,8 +447,3 @@ def _container_port(spec: Mapping[str, Any], target: int | str) -> int | None:
             if port.get("name") == target:
                 return int(port["containerPort"])
     return None
-
-
-def _http_ok(url: str) -> bool:
-    with urllib.request.urlopen(url, timeout=1) as response:
-        return bool(200 <= response.status < 500)

@@ -1,5 +1,10 @@
 """Local processes of the local cluster: started in their own process group, logged to a file,
-stopped by pid (SIGTERM, then SIGKILL after a grace period)."""
+stopped by pid (SIGTERM, then SIGKILL after a grace period).
+
+I/O, stdlib only. The one home of the process helpers: the local cluster uses the async
+`stop`; the benchmarks (bench/) and the integration fixtures (tests/fixtures) use the
+blocking `free_port`, `port_open`, `http_ok`, `wait_ready` and `stop_blocking`.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +14,9 @@ import os
 import signal
 import socket
 import subprocess
-from collections.abc import Mapping, Sequence
+import time
+import urllib.request
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 
@@ -17,6 +24,43 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
+
+
+def port_open(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.create_connection((host, port), timeout=0.5):
+        return True
+
+
+def http_ok(url: str, timeout_s: float = 1.0) -> bool:
+    """Whether `url` answers 2xx; raises while nothing listens (urlopen raises on 4xx/5xx)."""
+    with urllib.request.urlopen(url, timeout=timeout_s) as response:
+        return bool(200 <= response.status < 300)
+
+
+def wait_ready(
+    check: Callable[[], bool],
+    *,
+    timeout_s: float,
+    what: str,
+    proc: subprocess.Popen[bytes] | None = None,
+    log: Path | None = None,
+) -> None:
+    """Poll `check` until it is true; fail early if `proc` exits, with the tail of `log`."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(
+                f"{what} exited with {proc.returncode} before it was ready:\n{_tail(log)}"
+            )
+        with contextlib.suppress(Exception):  # not up yet: keep polling until the deadline
+            if check():
+                return
+        time.sleep(0.05)
+    raise TimeoutError(f"{what} not ready after {timeout_s}s:\n{_tail(log)}")
+
+
+def _tail(log: Path | None) -> str:
+    return log_tail(log, 3000) if log is not None else ""
 
 
 def start(
@@ -43,6 +87,28 @@ def signal_group(proc: subprocess.Popen[bytes], sig: signal.Signals) -> None:
     if proc.poll() is None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, sig)
+
+
+def signal_one(proc: subprocess.Popen[bytes], sig: signal.Signals) -> None:
+    """Signal the process alone, not the others of its group."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(proc.pid, sig)
+
+
+def stop_blocking(
+    proc: subprocess.Popen[bytes], grace_s: float, *, group: bool = True
+) -> int | None:
+    """`stop` for synchronous callers: SIGTERM, wait up to `grace_s`, then SIGKILL; the exit
+    code. `group=False` signals the process alone, not the others of its group."""
+    send = signal_group if group else signal_one
+    send(proc, signal.SIGTERM)
+    try:
+        proc.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        send(proc, signal.SIGKILL)
+        proc.wait(timeout=5)
+    return proc.poll()
 
 
 async def stop(proc: subprocess.Popen[bytes], grace_s: float) -> int | None:
