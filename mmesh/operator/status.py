@@ -31,13 +31,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from mmesh.core.failures import DEFAULT_FAILURE_EXPIRY_MS, is_live
 from mmesh.core.ids import InstanceId, ModelId
 from mmesh.core.records import CopyState, ModelRecord, VModelRecord
 from mmesh.operator.errors import FailureReason, InvalidSpec
 from mmesh.operator.service import Endpoints
 
-DEFAULT_FAILURE_EXPIRY_MS = 900_000
-"""The router's default MM_LOAD_FAILURE_EXPIRY_TIME_MS."""
 FAILURE_EXPIRY_ENV = "MM_LOAD_FAILURE_EXPIRY_TIME_MS"
 RUNTIME_WAIT_MESSAGE = "Waiting for supporting runtime Pod to become available"
 PREDICTOR_READY = "PredictorReady"
@@ -122,7 +121,9 @@ def decode_model(
         ((record.failed_in[iid], iid) for iid, s in states.items() if s is CopyState.FAILED),
         reverse=True,
     )
-    live_failures = [(t, i) for t, i in live_failures if now_ms - t < failure_expiry_ms]
+    live_failures = [
+        (t, i) for t, i in live_failures if is_live(t, now_ms=now_ms, expiry_ms=failure_expiry_ms)
+    ]
     counts = {s: sum(1 for v in states.values() if v is s) for s in CopyState}
     return ModelView(
         model_id,
@@ -152,7 +153,7 @@ def next_change_ms(
         for iid, state in record.copy_states().items()
         if state is CopyState.FAILED
         for at in (record.failed_in[iid],)
-        if at + failure_expiry_ms > now_ms
+        if is_live(at, now_ms=now_ms, expiry_ms=failure_expiry_ms)
     ]
     return min(expiries, default=None)
 

@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass
 
+from mmesh.core.failures import failed_instances
 from mmesh.core.ids import InstanceId
 from mmesh.router import peers, wire
 from mmesh.router.deadlines import request_deadline, within
@@ -26,7 +27,6 @@ from mmesh.router.loading import now_ms
 from mmesh.router.metrics import RouterMetrics
 from mmesh.router.payloads import Payload, payload_metadata
 from mmesh.router.payloadsink import PayloadSinks
-from mmesh.router.placement import failed_instances
 
 VMODEL_HEADER = "mm-vmodel-id"
 MODEL_HEADER = "mm-model-id"

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from mmesh.core.errors import StoreUnavailable
+from mmesh.core.failures import failed_instances
 from mmesh.core.ids import InstanceId
 from mmesh.core.kv import Lease
 from mmesh.core.records import InstanceRecord, ModelRecord, bytes_to_units
@@ -29,7 +30,6 @@ from mmesh.router.cluster import records, serving
 from mmesh.router.errors import RouterError
 from mmesh.router.loading import LocalModels, now_ms
 from mmesh.router.metrics import RouterMetrics
-from mmesh.router.placement import failed_instances
 from mmesh.router.registry import UNCHANGED, Registry, Unchanged
 from mmesh.router.usage import Usage
 

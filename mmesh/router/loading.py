@@ -20,6 +20,7 @@ from dataclasses import replace
 from typing import Any
 
 from mmesh.core.errors import StoreUnavailable
+from mmesh.core.failures import is_live
 from mmesh.core.ids import InstanceId, ModelId
 from mmesh.core.records import ModelRecord, bytes_to_units, units_to_bytes
 from mmesh.router.cache import (
@@ -40,7 +41,6 @@ from mmesh.router.errors import (
     RuntimeUnavailable,
 )
 from mmesh.router.metrics import RouterMetrics
-from mmesh.router.modelstatus import is_failure_live
 from mmesh.router.registry import UNCHANGED, Registry, Unchanged
 from mmesh.router.routing import LocalCopy
 from mmesh.router.runtime_client import RuntimeClient, RuntimeInfo
@@ -186,7 +186,7 @@ class LocalModels:
         if failed is None:
             return
         failed_ms, message = failed
-        if is_failure_live(failed_ms, now_ms=now_ms(), expiry_ms=self.failure_expiry_ms):
+        if is_live(failed_ms, now_ms=now_ms(), expiry_ms=self.failure_expiry_ms):
             raise LoadFailed(f"model {model_id} failed to load: {message}")
         del self._failures[model_id]
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
+from mmesh.core.failures import is_live
 from mmesh.core.records import CopyState, ModelRecord, VModelRecord
 
 
@@ -50,10 +51,6 @@ class ModelStatusView:
 NOT_FOUND_STATUS = ModelStatusView(ModelState.NOT_FOUND)
 
 
-def is_failure_live(failed_ms: int, *, now_ms: int, expiry_ms: int) -> bool:
-    return now_ms - failed_ms < expiry_ms
-
-
 def decode_model_status(
     record: ModelRecord | None, *, now_ms: int, failure_expiry_ms: int
 ) -> ModelStatusView:
@@ -66,7 +63,7 @@ def decode_model_status(
             copies.append(CopyInfo(iid, ModelState.LOADED, record.loaded_in[iid]))
         elif state is CopyState.LOADING:
             copies.append(CopyInfo(iid, ModelState.LOADING, record.instance_ids[iid]))
-        elif is_failure_live(record.failed_in[iid], now_ms=now_ms, expiry_ms=failure_expiry_ms):
+        elif is_live(record.failed_in[iid], now_ms=now_ms, expiry_ms=failure_expiry_ms):
             copies.append(CopyInfo(iid, ModelState.LOADING_FAILED, record.failed_in[iid]))
             errors.append(record.failures.get(iid, "load failed"))
     copies.sort(key=lambda c: c.time_ms, reverse=True)

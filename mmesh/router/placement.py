@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
+from mmesh.core.failures import failed_instances
 from mmesh.core.labels import required_labels, satisfies
 from mmesh.core.records import CopyState, InstanceRecord, ModelRecord
 
@@ -52,10 +53,6 @@ def choose_loading_copy(
         iid for iid in record.instances_in(CopyState.LOADING) if iid in peers and iid not in exclude
     ]
     return min(loading, key=lambda iid: (record.instance_ids[iid], iid)) if loading else None
-
-
-def failed_instances(record: ModelRecord, *, now_ms: int, expiry_ms: int) -> frozenset[str]:
-    return frozenset(iid for iid, at in record.failed_in.items() if now_ms - at < expiry_ms)
 
 
 @dataclass(frozen=True, slots=True)

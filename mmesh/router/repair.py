@@ -19,9 +19,9 @@ import enum
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+from mmesh.core.failures import is_live
 from mmesh.core.ids import InstanceId
 from mmesh.core.records import ModelRecord
-from mmesh.router.modelstatus import is_failure_live
 from mmesh.router.routing import LocalCopy
 
 
@@ -86,7 +86,7 @@ def plan_repairs(
         elif copy is LocalCopy.LOADED and iid not in rec.loaded_in:
             repairs.append(Repair(model_id, RepairKind.LOADED_STATE))
         failed_ms = rec.failed_in.get(iid)
-        if failed_ms is not None and not is_failure_live(
+        if failed_ms is not None and not is_live(
             failed_ms, now_ms=now_ms, expiry_ms=failure_expiry_ms
         ):
             repairs.append(Repair(model_id, RepairKind.EXPIRED_FAILURE))
@@ -123,9 +123,7 @@ def apply_repair(
         return rec.with_copy_loaded(iid, now_ms)
     if kind is RepairKind.EXPIRED_FAILURE:
         failed_ms = rec.failed_in.get(iid)
-        if failed_ms is None or is_failure_live(
-            failed_ms, now_ms=now_ms, expiry_ms=failure_expiry_ms
-        ):
+        if failed_ms is None or is_live(failed_ms, now_ms=now_ms, expiry_ms=failure_expiry_ms):
             return None
         return rec.without_failure(iid)
     return None
@@ -156,6 +154,6 @@ def wants_first_load(
     if any(iid in live_ids for iid in rec.instance_ids):
         return False
     failures = list(rec.failed_in.values())
-    if any(is_failure_live(at, now_ms=now_ms, expiry_ms=failure_expiry_ms) for at in failures):
+    if any(is_live(at, now_ms=now_ms, expiry_ms=failure_expiry_ms) for at in failures):
         return False
     return rec.last_unload_ms == 0 or bool(failures)

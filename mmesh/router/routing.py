@@ -20,6 +20,7 @@ import enum
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 
+from mmesh.core.failures import failed_instances
 from mmesh.core.ids import InstanceId
 from mmesh.core.labels import required_labels, satisfies
 from mmesh.core.records import InstanceRecord, ModelRecord
@@ -28,7 +29,6 @@ from mmesh.router.placement import (
     choose_copy,
     choose_loading_copy,
     choose_placement,
-    failed_instances,
 )
 
 

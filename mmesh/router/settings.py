@@ -13,6 +13,7 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from mmesh.core.etcd_config import EtcdConnection
+from mmesh.core.failures import DEFAULT_FAILURE_EXPIRY_MS
 from mmesh.router.metricsconfig import MetricsConfig, parse_metrics
 from mmesh.router.tls import TlsPolicy, tls_policy
 
@@ -68,7 +69,9 @@ class RouterSettings(BaseSettings):
     """Comma-separated placement labels (mt:/pv:/rt:)."""
     default_vmodel_owner: str = Field("", alias="MM_DEFAULT_VMODEL_OWNER")
 
-    load_failure_expiry_ms: int = Field(900_000, alias="MM_LOAD_FAILURE_EXPIRY_TIME_MS")
+    load_failure_expiry_ms: int = Field(
+        DEFAULT_FAILURE_EXPIRY_MS, alias="MM_LOAD_FAILURE_EXPIRY_TIME_MS"
+    )
     startup_timeout_s: float = Field(180.0, alias="MODEL_SERVICE_STARTUP_TIMEOUT_SECS")
     shutdown_timeout_ms: int = Field(90_000, alias="SHUTDOWN_TIMEOUT_MS")
     min_churn_age_ms: int | None = Field(None, alias="MM_MIN_CHURN_AGE_MS")

@@ -15,7 +15,6 @@ from mmesh.router.placement import (
     choose_copy,
     choose_loading_copy,
     choose_placement,
-    failed_instances,
 )
 
 NOW = 1_700_000_000_000
@@ -138,11 +137,6 @@ def test_choose_loading_copy(
 ) -> None:
     peers = {"a": _inst(), "b": _inst()}
     assert choose_loading_copy(_model(loading=loading), peers, exclude=exclude) == want
-
-
-def test_failed_instances_are_those_whose_failure_has_not_expired() -> None:
-    record = _model(failed={"old": NOW - EXPIRY, "new": NOW - EXPIRY + 1})
-    assert failed_instances(record, now_ms=NOW, expiry_ms=EXPIRY) == {"new"}
 
 
 # --- the miss path ----------------------------------------------------------------------
