@@ -1,7 +1,8 @@
 """Counts full protobuf decodes of V2 inference messages inside the router process.
 
-bench/run.py copies this file as `sitecustomize.py` into a temp dir and puts that dir on
-PYTHONPATH for the router process only. Python imports `sitecustomize` at start-up,
+bench/run.py and bench/mesh.py copy this file (with statserver.py) into a temp dir that
+a `sitecustomize.py` imports it from, on PYTHONPATH for the router process only
+(harness.install_hooks). Python imports `sitecustomize` at start-up,
 before `mmesh.router` runs, so the wrappers below are in place before any gRPC handler
 or REST route could capture a parse function. It wraps, on the generated classes
 `inference.ModelInferRequest` and `inference.ModelInferResponse` (upb lets a generated
@@ -14,12 +15,12 @@ $MMBENCH_DECODE_PORT. The thread is idle unless the benchmark asks.
 
 from __future__ import annotations
 
-import json
 import os
 import threading
 from collections import Counter
-from http.server import BaseHTTPRequestHandler, HTTPServer
 from typing import Any
+
+from statserver import serve_json
 
 COUNTS: Counter[str] = Counter()
 _LOCK = threading.Lock()
@@ -54,22 +55,9 @@ def _wrap_class(cls: Any, label: str) -> None:
     WRAPPED.append(label)
 
 
-def _serve(port: int) -> None:
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            with _LOCK:
-                body = json.dumps({"counts": dict(COUNTS), "wrapped": WRAPPED}).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, format: str, *args: Any) -> None:
-            return
-
-    server = HTTPServer(("127.0.0.1", port), Handler)
-    threading.Thread(target=server.serve_forever, name="mmbench-decodes", daemon=True).start()
+def _snapshot() -> dict[str, Any]:
+    with _LOCK:
+        return {"counts": dict(COUNTS), "wrapped": list(WRAPPED)}
 
 
 def _install() -> None:
@@ -88,7 +76,7 @@ def _install() -> None:
         )
         if pooled is not cls:
             _wrap_class(pooled, cls.DESCRIPTOR.full_name + "(pool)")
-    _serve(port)
+    serve_json(port, _snapshot, "mmbench-decodes")
 
 
 _install()

@@ -16,11 +16,8 @@ import argparse
 import asyncio
 import functools
 import json
-import os
-import platform
 import random
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -29,14 +26,32 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from types import FrameType
 from typing import Any, TypeVar
 
 import g6_eviction
 import grpc
+from harness import (
+    BENCH,
+    PY,
+    REF,
+    ROOT,
+    environment,
+    finish,
+    fmt,
+    goal,
+    goal_lines,
+    install_hooks,
+    log,
+    median,
+    ratio,
+    require_bench_ref,
+    run_main,
+    start_etcd,
+    stop_on_signals,
+)
 from loadgen import METHOD, OPTIONS, pct, request_bytes
 from procs import Proc, Processes, http_text, stop_one, wait_quiet
 
@@ -48,10 +63,6 @@ from mmesh.core.proto import model_mesh_pb2_grpc as mm_grpc
 from mmesh.core.records import KeyLayout, ModelRecord
 from mmesh.local.processes import free_port, http_ok, port_open
 
-BENCH = Path(__file__).resolve().parent
-ROOT = BENCH.parent
-REF = Path(os.environ.get("MMBENCH_REF_DIR", ROOT.parent / "shared" / "bench-ref")).resolve()
-PY = sys.executable
 SERVICE = "modelmesh-serving"
 MIB = 1024 * 1024
 UNIT = 8192  # stub model size: one 8 KiB cache unit, so capacity is never the limit
@@ -229,23 +240,8 @@ class Mesh:
 
     def start_etcd(self, data_dir: Path) -> None:
         cport, pport = self.ports(2)
-        client, peer = f"http://127.0.0.1:{cport}", f"http://127.0.0.1:{pport}"
-        cmd = [
-            "/usr/bin/etcd",
-            "--name=mmmesh",
-            f"--data-dir={data_dir}",
-            f"--listen-client-urls={client}",
-            f"--advertise-client-urls={client}",
-            f"--listen-peer-urls={peer}",
-            f"--initial-advertise-peer-urls={peer}",
-            f"--initial-cluster=mmmesh={peer}",
-            "--auto-compaction-retention=1",
-            "--quota-backend-bytes=4294967296",
-            "--log-level=error",
-            "--logger=zap",
-        ]
-        proc = self.procs.start("etcd", cmd)
-        self.procs.wait_ready(proc, lambda: http_ok(f"{client}/health"), timeout_s=20)
+        flags = ["--quota-backend-bytes=4294967296"]
+        proc = start_etcd(self.procs, "mmmesh", data_dir, (cport, pport), flags=flags)
         self.etcd_port = cport
         self.pids["etcd"] = proc.pid
 
@@ -311,14 +307,8 @@ class Mesh:
         }
         hook_ports = {"decode": ports[5], "pause": ports[6]}
         if hooks:
-            hook_dir = self.tmp / f"hook-{name}"
-            hook_dir.mkdir(exist_ok=True)
-            for hook in hooks:
-                shutil.copy(BENCH / f"{hook}_hook.py", hook_dir / f"{hook}_hook.py")
-                full_env[f"MMBENCH_{hook.upper()}_PORT"] = str(hook_ports[hook])
-            imports = "".join(f"import {hook}_hook  # noqa: F401\n" for hook in hooks)
-            (hook_dir / "sitecustomize.py").write_text(imports)
-            full_env["PYTHONPATH"] = str(hook_dir)
+            wanted = {hook: hook_ports[hook] for hook in hooks}
+            full_env |= install_hooks(self.tmp / f"hook-{name}", wanted)
         started = time.time()
         proc = self.procs.start(f"router-{name}", [PY, "-m", "mmesh.router"], env=full_env, cwd=cwd)
         router = Router(
@@ -551,22 +541,6 @@ def preload(router: Router, ids: Sequence[str], concurrency: int) -> dict[str, A
 
 
 # --------------------------------------------------------------------------- goals
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
-def median(xs: Sequence[float]) -> float:
-    return float(statistics.median(xs)) if xs else float("nan")
-
-
-def ratio(num: float, den: float) -> float:
-    return num / den if den > 0 else float("inf")
-
-
-def goal(name: str, value: float, target: str, ok: bool, **extra: Any) -> dict[str, Any]:
-    return {"goal": name, "value": value, "target": target, "pass": bool(ok), **extra}
 
 
 def g6(cfg: Config) -> tuple[list[dict[str, Any]], dict[str, Any]]:
@@ -1113,29 +1087,9 @@ def g10(mesh: Mesh, cfg: Config, prefix: str, ids: list[str]) -> tuple[list[dict
 # --------------------------------------------------------------------------- report
 
 
-def fmt(v: Any, nd: int = 3) -> str:
-    if v is None:
-        return "-"
-    if isinstance(v, float):
-        return f"{v:.{nd}f}"
-    return str(v)
-
-
-_NOT_NOTES = {"goal", "value", "target", "pass", "per_rep"}
-
-
 def print_report(results: dict[str, Any]) -> None:
     lines = ["", "Mesh goals (ratios: median over rounds of the per-round ratio)", ""]
-    lines.append(f"{'goal':66} {'measured':>10}  {'target':<14} result")
-    lines.append("-" * 100)
-    for g in results["goals"]:
-        verdict = "PASS" if g["pass"] else "FAIL"
-        lines.append(f"{g['goal']:66} {fmt(g['value']):>10}  {g['target']:<14} {verdict}")
-        if "per_rep" in g:
-            lines.append(f"{'':6}per round: {', '.join(fmt(x) for x in g['per_rep'])}")
-        notes = [f"{k}={fmt(v)}" for k, v in g.items() if k not in _NOT_NOTES and v != []]
-        if notes:
-            lines.append(f"{'':6}{', '.join(notes)}")
+    lines += goal_lines(results["goals"], widths=(66, 10, 14), rule=100)
     for phase, key in (("G7", "raw"), ("G9", "raw_c1"), ("G9", "raw_c16")):
         rows = results.get(phase.lower(), {}).get(key)
         if not rows:
@@ -1166,31 +1120,6 @@ def print_report(results: dict[str, Any]) -> None:
 
 
 # --------------------------------------------------------------------------- main
-
-
-def git(*args: str) -> str:
-    try:
-        done = subprocess.run(
-            ["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=10, check=False
-        )
-    except OSError:
-        return ""
-    return done.stdout.strip()
-
-
-def environment(cfg: Config, phases: Sequence[str]) -> dict[str, Any]:
-    return {
-        "git_head": git("rev-parse", "HEAD"),
-        "git_dirty_mmesh": git("status", "--porcelain", "--", "mmesh").splitlines(),
-        "config": asdict(cfg),
-        "phases": list(phases),
-        "python": platform.python_version(),
-        "grpc": grpc.__version__,
-        "cpus": os.cpu_count(),
-        "loadavg_at_start": os.getloadavg(),
-        "bench_ref": str(REF),
-        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
 
 
 def seed_all(mesh: Mesh, cfg: Config, phases: Sequence[str]) -> dict[str, Any]:
@@ -1236,45 +1165,25 @@ def measure(mesh: Mesh, cfg: Config, phases: Sequence[str]) -> dict[str, Any]:
     return results
 
 
-def _sigterm(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="smoke test: 1 round, short runs")
     ap.add_argument("--only", default=",".join(PHASES), help="comma-separated phases to run")
     ap.add_argument("--out", type=Path, default=BENCH / "results-mesh.json")
     args = ap.parse_args()
-    signal.signal(signal.SIGTERM, _sigterm)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    stop_on_signals()
     cfg = Config.make(args.quick)
     phases = [p for p in PHASES if p in {x.strip().lower() for x in args.only.split(",")}]
-    if not (REF / "proxy.py").exists():
-        sys.exit(f"bench-ref not found at {REF} (set MMBENCH_REF_DIR)")
+    require_bench_ref()
     started = time.monotonic()
-    results: dict[str, Any] = {"environment": environment(cfg, phases)}
+    results: dict[str, Any] = {"environment": environment(cfg, phases=list(phases))}
     with running_mesh() as mesh:
         log(f"etcd on {mesh.etcd_endpoint}; logs in {mesh.tmp}")
         results.update(measure(mesh, cfg, phases))
         results["pids"] = dict(mesh.pids)
-    results["wall_s"] = round(time.monotonic() - started, 1)
-    args.out.write_text(json.dumps(results, indent=1, default=str) + "\n")
-    print_report(results)
-    failed = [g["goal"] for g in results["goals"] if not g["pass"]]
-    env = results["environment"]
-    dirty = " + uncommitted changes under mmesh/" if env["git_dirty_mmesh"] else ""
-    print(f"\nrouter code: {env['git_head'][:12]}{dirty}")
-    print(
-        f"{len(results['goals']) - len(failed)}/{len(results['goals'])} goals pass;"
-        f" wall {results['wall_s']} s; results in {args.out}"
-    )
+    finish(results, args.out, started, print_report)
     return 0
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt as exc:
-        log(f"interrupted ({str(exc) or 'Ctrl-C'}); every process this run started is stopped")
-        sys.exit(130)
+    run_main(main)

@@ -28,7 +28,6 @@ import argparse
 import asyncio
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -36,13 +35,23 @@ from pathlib import Path
 from typing import Any
 
 import g6_eviction
-from mesh import PY, ROOT, UNIT, Mesh, Stub, connect, environment, log, running_mesh, seed_async
-from mesh import Config as MeshConfig
+from harness import (
+    BENCH,
+    PY,
+    ROOT,
+    environment,
+    goal,
+    goal_lines,
+    log,
+    run_main,
+    stop_on_signals,
+    write_results,
+)
+from mesh import UNIT, Mesh, Stub, connect, running_mesh, seed_async
 from meshload import zipf_sequence
 
 from mmesh.local.processes import http_ok, port_open
 
-BENCH = Path(__file__).resolve().parent
 SLOTS = 20
 MODELS = 400
 LOAD_DELAY_MS = 200
@@ -182,9 +191,7 @@ def goals(runs: list[dict[str, Any]], ref: dict[str, float], requests: int) -> l
                 ("p99 value / p99 lru", p99, "<= 0.6", p99 <= TARGETS["p99_over_lru"]),
             ]
         for name, value, target, ok in rows:
-            out.append(
-                {"goal": f"OC{rep} {name}", "value": value, "target": target, "pass": bool(ok)}
-            )
+            out.append(goal(f"OC{rep} {name}", value, target, ok))
     return out
 
 
@@ -210,15 +217,8 @@ def print_report(results: dict[str, Any]) -> None:
         )
         if r["error_samples"]:
             lines.append(f"{'':6}errors {r['errors_by_code']}: {r['error_samples'][0][:160]}")
-    lines += ["", f"{'goal':62} {'measured':>9}  {'target':<8} result", "-" * 90]
-    for g in results["goals"]:
-        verdict = "PASS" if g["pass"] else "FAIL"
-        lines.append(f"{g['goal']:62} {g['value']:>9.3f}  {g['target']:<8} {verdict}")
+    lines += ["", *goal_lines(results["goals"], widths=(62, 9, 8), rule=90)]
     print("\n".join(lines), flush=True)
-
-
-def _sigterm(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def main() -> int:
@@ -230,7 +230,7 @@ def main() -> int:
     ap.add_argument("--router-src", type=Path, default=None, help="run routers from this tree")
     ap.add_argument("--out", type=Path, default=BENCH / "results-overcommit.json")
     args = ap.parse_args()
-    signal.signal(signal.SIGTERM, _sigterm)
+    stop_on_signals()
     requests = args.requests or (1000 if args.quick else 5000)
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     unknown = set(modes) - set(MODES)
@@ -239,13 +239,12 @@ def main() -> int:
     router_src = args.router_src.resolve() if args.router_src is not None else None
     trace = zipf_sequence(MODELS, ALPHA, requests, SEED)
     results: dict[str, Any] = {
-        "environment": environment(MeshConfig.make(True), ["overcommit"]),
+        "environment": environment(None, phases=["overcommit"]),
         "requests": requests,
         "router_src": str(args.router_src) if args.router_src else None,
         "offline": offline(trace),
         "runs": [],
     }
-    results["environment"].pop("config", None)
     started = time.monotonic()
     with running_mesh() as mesh:
         log(f"etcd on {mesh.etcd_endpoint}; logs in {mesh.tmp}")
@@ -255,15 +254,11 @@ def main() -> int:
                 results["runs"].append(run_mode(mesh, mode, rep, requests, router_src))
     results["goals"] = goals(results["runs"], results["offline"], requests)
     results["wall_s"] = round(time.monotonic() - started, 1)
-    args.out.write_text(json.dumps(results, indent=1, default=str) + "\n")
+    write_results(results, args.out)
     print_report(results)
     print(f"\nwall {results['wall_s']} s; results in {args.out}; load avg {os.getloadavg()}")
     return 0
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt as exc:
-        log(f"interrupted ({str(exc) or 'Ctrl-C'}); every process this run started is stopped")
-        sys.exit(130)
+    run_main(main)

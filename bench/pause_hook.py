@@ -1,7 +1,8 @@
 """Records the garbage-collection pauses of a router process (bench/mesh.py, G7 and G10).
 
-bench/mesh.py copies this file next to a `sitecustomize.py` that imports it, in a temp dir
-put on PYTHONPATH of one router only, so it is installed before `mmesh.router` runs. A
+bench/mesh.py copies this file (with statserver.py) next to a `sitecustomize.py` that
+imports it, in a temp dir put on PYTHONPATH of one router only (harness.install_hooks), so
+it is installed before `mmesh.router` runs. A
 `gc.callbacks` hook times every collection of CPython's cyclic collector (it runs inside
 the event loop's thread, so a pause stalls every request in flight). The hook costs two
 perf_counter() calls per collection and nothing between collections.
@@ -14,13 +15,12 @@ number of collections and their total milliseconds, and every pause of 1 ms or m
 from __future__ import annotations
 
 import gc
-import json
 import os
-import threading
 import time
 from collections import deque
-from http.server import BaseHTTPRequestHandler, HTTPServer
 from typing import Any
+
+from statserver import serve_json
 
 COUNTS = [0, 0, 0]
 TOTAL_MS = [0.0, 0.0, 0.0]
@@ -40,30 +40,15 @@ def _on_gc(phase: str, info: dict[str, Any]) -> None:
         PAUSES.append((time.time(), gen, round(ms, 3)))
 
 
-def _serve(port: int) -> None:
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            body = json.dumps(
-                {"counts": COUNTS, "total_ms": TOTAL_MS, "pauses": list(PAUSES)}
-            ).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, format: str, *args: Any) -> None:
-            return
-
-    server = HTTPServer(("127.0.0.1", port), Handler)
-    threading.Thread(target=server.serve_forever, name="mmbench-pauses", daemon=True).start()
+def _snapshot() -> dict[str, Any]:
+    return {"counts": COUNTS, "total_ms": TOTAL_MS, "pauses": list(PAUSES)}
 
 
 def _install() -> None:
     port = int(os.environ.get("MMBENCH_PAUSE_PORT", "0"))
     if port:
         gc.callbacks.append(_on_gc)
-        _serve(port)
+        serve_json(port, _snapshot, "mmbench-pauses")
 
 
 _install()

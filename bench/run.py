@@ -13,11 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import shutil
-import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -26,13 +22,32 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import grpc
 from etcdstats import EtcdCounters, current_revision, kv_rpcs, writes_between
+from harness import (
+    BENCH,
+    GOAL_KEYS,
+    PY,
+    REF,
+    ROOT,
+    environment,
+    finish,
+    fmt,
+    goal,
+    goal_lines,
+    install_hooks,
+    log,
+    median,
+    ratio,
+    require_bench_ref,
+    run_main,
+    start_etcd,
+    stop_on_signals,
+)
 from loadgen import METHOD, OPTIONS, request_bytes
 from procs import Processes, http_text, wait_quiet
 
@@ -40,10 +55,6 @@ from mmesh.core.proto import model_mesh_pb2 as mm
 from mmesh.core.proto import model_mesh_pb2_grpc as mm_grpc
 from mmesh.local.processes import free_port, http_ok, port_open
 
-BENCH = Path(__file__).resolve().parent
-ROOT = BENCH.parent
-REF = Path(os.environ.get("MMBENCH_REF_DIR", ROOT.parent / "shared" / "bench-ref")).resolve()
-PY = sys.executable
 WARM_MODEL = "bench-warm"
 TARGETS = ("direct", "proxy", "router")
 
@@ -104,27 +115,6 @@ class Stack:
         return {str(k): int(v) for k, v in body["counts"].items()}
 
 
-def start_etcd(stack: Stack, data_dir: Path) -> None:
-    cport, pport = free_port(), free_port()
-    client, peer = f"http://127.0.0.1:{cport}", f"http://127.0.0.1:{pport}"
-    cmd = [
-        "/usr/bin/etcd",
-        "--name=mmbench",
-        f"--data-dir={data_dir}",
-        f"--listen-client-urls={client}",
-        f"--advertise-client-urls={client}",
-        f"--listen-peer-urls={peer}",
-        f"--initial-advertise-peer-urls={peer}",
-        f"--initial-cluster=mmbench={peer}",
-        "--auto-compaction-retention=1",
-        "--log-level=error",
-        "--logger=zap",
-    ]
-    proc = stack.procs.start("etcd", cmd)
-    stack.procs.wait_ready(proc, lambda: http_ok(f"{client}/health"), timeout_s=20)
-    stack.etcd_port, stack.pids["etcd"] = cport, proc.pid
-
-
 def start_stub(stack: Stack, cfg: Config) -> None:
     stack.stub_port, stack.stats_port = free_port(), free_port()
     cmd = [PY, "-m", "mmesh.stubs.runtime", "--port", str(stack.stub_port)]
@@ -136,9 +126,6 @@ def start_stub(stack: Stack, cfg: Config) -> None:
 
 
 def start_router(stack: Stack) -> None:
-    hook_dir = stack.tmp / "hook"
-    hook_dir.mkdir()
-    shutil.copy(BENCH / "decode_hook.py", hook_dir / "sitecustomize.py")
     ports = [free_port() for _ in range(6)]
     stack.router_port, stack.rest_port, stack.decode_port = ports[0], ports[1], ports[4]
     kv_store = {"endpoints": f"http://{stack.etcd_endpoint}", "root_prefix": stack.root_prefix}
@@ -154,8 +141,7 @@ def start_router(stack: Stack) -> None:
         "MM_INTERNAL_GRPC_PORT": str(ports[5]),
         "MM_PRESTOP_WAIT_PORT": "0",
         "SHUTDOWN_TIMEOUT_MS": "5000",
-        "PYTHONPATH": str(hook_dir),
-        "MMBENCH_DECODE_PORT": str(stack.decode_port),
+        **install_hooks(stack.tmp / "hook", {"decode": stack.decode_port}),
     }
     proc = stack.procs.start("router", [PY, "-m", "mmesh.router"], env=env, cwd=ROOT)
     stack.procs.wait_ready(proc, lambda: http_ok(f"http://127.0.0.1:{ports[3]}/ready"))
@@ -180,7 +166,9 @@ def running_stack(cfg: Config) -> Iterator[Stack]:
     stack = Stack(tmp, Processes(tmp))
     ok = False
     try:
-        start_etcd(stack, data_dir)
+        cport = free_port()
+        etcd = start_etcd(stack.procs, "mmbench", data_dir, (cport, free_port()))
+        stack.etcd_port, stack.pids["etcd"] = cport, etcd.pid
         start_stub(stack, cfg)
         start_router(stack)
         start_proxy(stack)
@@ -282,23 +270,7 @@ def cpu_in_path(res: dict[str, Any], target: str) -> float | None:
     return float(value) if value is not None else None
 
 
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
 # --------------------------------------------------------------------------- goals
-
-
-def median(xs: list[float]) -> float:
-    return float(statistics.median(xs)) if xs else float("nan")
-
-
-def ratio(num: float, den: float) -> float:
-    return num / den if den > 0 else float("inf")
-
-
-def goal(name: str, value: float, target: str, ok: bool, **extra: Any) -> dict[str, Any]:
-    return {"goal": name, "value": value, "target": target, "pass": ok, **extra}
 
 
 def raw_rows(rounds: list[dict[str, dict[str, Any]]]) -> dict[str, dict[str, float | None]]:
@@ -636,29 +608,16 @@ def g5(stack: Stack, cfg: Config) -> tuple[list[dict[str, Any]], dict[str, Any]]
 # --------------------------------------------------------------------------- report
 
 
-def fmt(v: Any, nd: int = 3) -> str:
-    if v is None:
-        return "-"
-    if isinstance(v, float):
-        return f"{v:.{nd}f}"
-    return str(v)
-
-
-_NOT_NOTES = {"goal", "value", "target", "pass", "per_rep", "detail"}
-
-
 def print_report(results: dict[str, Any]) -> None:
     lines = ["", "Goals (median over repetitions of the per-repetition ratio)", ""]
-    lines.append(f"{'goal':58} {'measured':>10}  {'target':<34} result")
-    lines.append("-" * 112)
-    for g in results["goals"]:
-        verdict = "PASS" if g["pass"] else "FAIL"
-        lines.append(f"{g['goal']:58} {fmt(g['value']):>10}  {g['target']:<34} {verdict}")
-        if "per_rep" in g:
-            lines.append(f"{'':58} {'per rep: ' + ', '.join(fmt(x) for x in g['per_rep'])}")
-        notes = [f"{k}={fmt(v)}" for k, v in g.items() if k not in _NOT_NOTES and v != []]
-        if notes:
-            lines.append(f"{'':58} {', '.join(notes)}")
+    lines += goal_lines(
+        results["goals"],
+        widths=(58, 10, 34),
+        rule=112,
+        indent=59,
+        per_rep="per rep",
+        hidden=GOAL_KEYS | {"detail"},
+    )
     for phase, rows in results["raw"].items():
         lines += ["", f"Raw numbers, {phase} (median over repetitions)", ""]
         head = f"{'target':8} {'p50 ms':>9} {'p99 ms':>9} {'req/s':>9}"
@@ -724,67 +683,23 @@ def measure(stack: Stack, cfg: Config) -> dict[str, Any]:
     }
 
 
-def git(*args: str) -> str:
-    try:
-        done = subprocess.run(
-            ["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=10, check=False
-        )
-    except OSError:
-        return ""
-    return done.stdout.strip()
-
-
-def environment(cfg: Config) -> dict[str, Any]:
-    return {
-        "git_head": git("rev-parse", "HEAD"),
-        "git_dirty_mmesh": git("status", "--porcelain", "--", "mmesh").splitlines(),
-        "config": asdict(cfg),
-        "python": platform.python_version(),
-        "grpc": grpc.__version__,
-        "cpus": os.cpu_count(),
-        "loadavg_at_start": os.getloadavg(),
-        "bench_ref": str(REF),
-        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
-
-
-def _sigterm(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="smoke test: 1 round, short runs")
     ap.add_argument("--out", type=Path, default=BENCH / "results.json")
     args = ap.parse_args()
-    signal.signal(signal.SIGTERM, _sigterm)
-    signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started with it ignored
+    stop_on_signals()
     cfg = Config.make(args.quick)
-    if not (REF / "proxy.py").exists():
-        sys.exit(f"bench-ref not found at {REF} (set MMBENCH_REF_DIR)")
+    require_bench_ref()
     started = time.monotonic()
     results: dict[str, Any] = {"environment": environment(cfg)}
     with running_stack(cfg) as stack:
         results["pids"] = dict(stack.pids)
         log(f"started {stack.pids} (logs in {stack.tmp})")
         results.update(measure(stack, cfg))
-    results["wall_s"] = round(time.monotonic() - started, 1)
-    args.out.write_text(json.dumps(results, indent=1, default=str) + "\n")
-    print_report(results)
-    failed = [g["goal"] for g in results["goals"] if not g["pass"]]
-    env = results["environment"]
-    dirty = " + uncommitted changes under mmesh/" if env["git_dirty_mmesh"] else ""
-    print(f"\nrouter code: {env['git_head'][:12]}{dirty}")
-    print(
-        f"{len(results['goals']) - len(failed)}/{len(results['goals'])} goals pass;"
-        f" wall {results['wall_s']} s; results in {args.out}"
-    )
+    finish(results, args.out, started, print_report)
     return 0
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt as exc:
-        log(f"interrupted ({str(exc) or 'Ctrl-C'}); every process this run started is stopped")
-        sys.exit(130)
+    run_main(main)
