@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gc
 import logging
 import signal
 import ssl
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import grpc
 from aiohttp import web
@@ -22,7 +23,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from mmesh.core.errors import StoreUnavailable
 from mmesh.core.etcd import EtcdKV, StoreAuthFailed
 from mmesh.core.ids import InstanceId
-from mmesh.core.records import UNIT_BYTES, InstanceRecord, KeyLayout, Table, bytes_to_units
+from mmesh.core.records import InstanceRecord, KeyLayout, Table, bytes_to_units
 from mmesh.core.version import VERSION
 from mmesh.router.cache import EntryState, EvictionPolicy, LocalCache
 from mmesh.router.certs import CertFiles, PeerCredentials, ServerContext, server_credentials
@@ -107,8 +108,9 @@ def copy_policy(settings: RouterSettings) -> CopyPolicy:
 
 
 def instance_snapshot(
-    local: LocalModels, settings: RouterSettings, started_ms: int, life: Lifecycle
+    local: LocalModels, settings: RouterSettings, started_ms: int, life: Lifecycle, usage: Usage
 ) -> InstanceRecord:
+    """This router's instance record as it stands now (what `Membership` publishes)."""
     cache = local.cache
     return InstanceRecord(
         lru_time_ms=cache.victim_time_ms(),
@@ -124,21 +126,8 @@ def instance_snapshot(
         zone=settings.zone,
         labels=settings.label_list,
         endpoint=settings.endpoint,
+        rpm=usage.rpm,
     )
-
-
-def update_gauges(metrics: RouterMetrics, local: LocalModels) -> None:
-    cache = local.cache
-    capacity = local.capacity_bytes()
-    used = cache.used_units * UNIT_BYTES
-    metrics.capacity_bytes.set(capacity)
-    metrics.used_bytes.set(used)
-    metrics.used_bps.set(used * 10000 // capacity if capacity else 0)
-    metrics.models_total.set(cache.count)
-    lru = cache.lru_time_ms()
-    if lru is not None:
-        metrics.instance_lru_s.set(lru / 1000)
-        metrics.instance_lru_age_s.set(max(0, now_ms() - lru) / 1000)
 
 
 def http_app(is_ready: Callable[[], bool], metrics: RouterMetrics | None) -> web.Application:
@@ -215,10 +204,6 @@ class Pod:
     dataplane: DataPlane | None = None
     sinks: PayloadSinks | None = None
 
-    def changed(self) -> None:
-        update_gauges(self.metrics, self.local)
-        self.membership.changed()
-
     def is_ready(self) -> bool:
         return self.life.readiness(other_draining=self.cluster.other_draining())
 
@@ -287,23 +272,26 @@ def payload_sinks(settings: RouterSettings, metrics: RouterMetrics) -> PayloadSi
     )
 
 
-async def build_pod(settings: RouterSettings, life: Lifecycle) -> Pod:
-    """Every part of the router, each built after what it needs and given it."""
-    settings = await with_node_zone(settings)
-    tls = load_tls(settings)
-    kv, registry = await open_registry(settings)
-    runtime, info = await open_runtime(settings)
-    metrics = RouterMetrics(settings.metrics_config)
-    cluster = ClusterView(registry, settings.resolved_instance_id)
-    local = LocalModels(
-        instance_id=settings.resolved_instance_id,
-        cache=LocalCache(
-            bytes_to_units(info.capacity_bytes),
-            scoring=eviction_scoring(settings),
-            protected=lambda m: is_min_copy(
-                registry.models.get(m), settings.resolved_instance_id, cluster.is_live
-            ),
-        ),
+def local_models(
+    settings: RouterSettings,
+    *,
+    registry: Registry,
+    runtime: RuntimeClient,
+    info: RuntimeInfo,
+    metrics: RouterMetrics,
+    cluster: ClusterView,
+    on_change: Callable[[], None],
+) -> LocalModels:
+    """The local cache and loader; a min copy is protected from eviction."""
+    me = settings.resolved_instance_id
+    cache = LocalCache(
+        bytes_to_units(info.capacity_bytes),
+        scoring=eviction_scoring(settings),
+        protected=lambda m: is_min_copy(registry.models.get(m), me, cluster.is_live),
+    )
+    return LocalModels(
+        instance_id=me,
+        cache=cache,
         runtime=runtime,
         info=info,
         registry=registry,
@@ -311,19 +299,14 @@ async def build_pod(settings: RouterSettings, life: Lifecycle) -> Pod:
         policy=eviction_policy(settings, info),
         failure_expiry_ms=settings.load_failure_expiry_ms,
         is_live=cluster.is_live,
+        on_change=on_change,
     )
-    usage = Usage()
-    started_ms = now_ms()
 
-    def own_record() -> InstanceRecord:
-        return replace(instance_snapshot(local, settings, started_ms, life), rpm=usage.rpm)
 
-    membership = Membership(
-        kv,
-        registry.layout.instance_key(InstanceId(local.instance_id)),
-        own_record,
-        ttl_s=settings.instance_lease_ttl_s,
-    )
+def outbound(
+    settings: RouterSettings, tls: CertFiles | None, metrics: RouterMetrics
+) -> tuple[Forwarder, PeerPool]:
+    """The two ways out of the router: to its own runtime and to peer routers."""
     forwarder = Forwarder(
         settings.serving_target,
         max_message_bytes=settings.max_message_bytes,
@@ -333,27 +316,22 @@ async def build_pod(settings: RouterSettings, life: Lifecycle) -> Pod:
         max_message_bytes=settings.max_message_bytes,
         tls=PeerCredentials(tls) if tls is not None else None,
     )
-    healer = Healer(
-        registry=registry,
-        local=local,
-        forwarder=forwarder,
-        metrics=metrics,
-        failure_expiry_ms=settings.load_failure_expiry_ms,
-        interval_s=settings.reconcile_interval_s,
-        probe_interval_s=settings.runtime_check_interval_s,
-    )
-    router = InferenceRouter(
-        registry=registry,
-        cluster=cluster,
-        local=local,
-        forwarder=forwarder,
-        metrics=metrics,
-        healer=healer,
-        usage=usage,
-        pool=pool,
-        self_record=own_record,
-        inflight=InflightLimiter(settings.max_inflight_per_model),
-    )
+    return forwarder, pool
+
+
+def cluster_duties(
+    settings: RouterSettings,
+    *,
+    registry: Registry,
+    local: LocalModels,
+    router: InferenceRouter,
+    cluster: ClusterView,
+    usage: Usage,
+    metrics: RouterMetrics,
+    membership: Membership,
+) -> tuple[FirstLoads, Management, Janitor]:
+    """The parts that act for the whole cluster while this router leads (first loads of
+    new models, vmodel transitions, the janitor's sweeps), sharing one `Leadership`."""
     leadership = Leadership()
     first_loads = FirstLoads(
         registry=registry,
@@ -382,8 +360,75 @@ async def build_pod(settings: RouterSettings, life: Lifecycle) -> Pod:
         leadership=leadership,
         duties=(first_loads.sweep, management.redrive_transitions),
     )
+    return first_loads, management, janitor
+
+
+async def build_pod(settings: RouterSettings, life: Lifecycle) -> Pod:
+    """Every part of the router, each built after what it needs and given it."""
+    settings = await with_node_zone(settings)
+    tls = load_tls(settings)
+    kv, registry = await open_registry(settings)
+    runtime, info = await open_runtime(settings)
+    metrics = RouterMetrics(settings.metrics_config)
+    cluster = ClusterView(registry, settings.resolved_instance_id)
+    # The cache's changes reach the gauges (LocalModels) and the published record: the
+    # membership task waits on this event, set by the cache that its record reads.
+    record_changed = asyncio.Event()
+    local = local_models(
+        settings,
+        registry=registry,
+        runtime=runtime,
+        info=info,
+        metrics=metrics,
+        cluster=cluster,
+        on_change=record_changed.set,
+    )
+    usage = Usage()
+    own_record = functools.partial(instance_snapshot, local, settings, now_ms(), life, usage)
+    membership = Membership(
+        kv,
+        registry.layout.instance_key(InstanceId(local.instance_id)),
+        own_record,
+        ttl_s=settings.instance_lease_ttl_s,
+        changed=record_changed,
+    )
+    forwarder, pool = outbound(settings, tls, metrics)
+    healer = Healer(
+        registry=registry,
+        local=local,
+        forwarder=forwarder,
+        metrics=metrics,
+        failure_expiry_ms=settings.load_failure_expiry_ms,
+        interval_s=settings.reconcile_interval_s,
+        probe_interval_s=settings.runtime_check_interval_s,
+    )
+    router = InferenceRouter(
+        registry=registry,
+        cluster=cluster,
+        local=local,
+        forwarder=forwarder,
+        metrics=metrics,
+        healer=healer,
+        usage=usage,
+        pool=pool,
+        self_record=own_record,
+        inflight=InflightLimiter(settings.max_inflight_per_model),
+    )
+    first_loads, management, janitor = cluster_duties(
+        settings,
+        registry=registry,
+        local=local,
+        router=router,
+        cluster=cluster,
+        usage=usage,
+        metrics=metrics,
+        membership=membership,
+    )
+    # Listeners run in the order subscribed: first loads, then dropping the local copy of
+    # an unregistered model.
+    registry.on_change(functools.partial(_drop_unregistered, registry, local))
     sinks = payload_sinks(settings, metrics)
-    pod = Pod(
+    return Pod(
         settings=settings,
         life=life,
         kv=kv,
@@ -406,10 +451,6 @@ async def build_pod(settings: RouterSettings, life: Lifecycle) -> Pod:
             router, metrics, default_timeout_ms=settings.inference_timeout_ms, sinks=sinks
         ),
     )
-    # The cache's changes reach the gauges and the published record; both read the cache.
-    local.on_change = pod.changed
-    registry.on_change(lambda table, ident: _drop_unregistered(registry, local, table, ident))
-    return pod
 
 
 async def start_servers(pod: Pod) -> None:
@@ -496,7 +537,7 @@ async def serve(settings: RouterSettings) -> None:
     await pod.membership.start()
     pod.janitor.start()
     pod.healer.start()
-    pod.changed()
+    pod.local.changed()
     life.ready = True
     logger.info(
         "router %s serving gRPC on %s:%d%s",

@@ -116,7 +116,7 @@ class Healer:
                         await self.local.runtime.unload(model_id, timeout_s=PROBE_TIMEOUT_S)
                 await self._apply(model_id, RepairKind.STARTUP_CLAIM)
                 dropped += 1
-        self.local.on_change()
+        self.local.changed()
         logger.info(
             "start-up: %d copy claims of %s found in the registry; the runtime still held "
             "%d (adopted), %d dropped",
@@ -264,7 +264,7 @@ class Healer:
             len(loaded),
             ", ".join(dropped[:10]) + (", ..." if len(dropped) > 10 else ""),
         )
-        self.local.on_change()
+        self.local.changed()
         results = await asyncio.gather(
             *(self._apply(m, RepairKind.RUNTIME_LOST) for m in dropped), return_exceptions=True
         )

@@ -72,7 +72,7 @@ class LocalModels:
         policy: EvictionPolicy,
         failure_expiry_ms: int,
         is_live: Callable[[str], bool],
-        on_change: Callable[[], None] = lambda: None,
+        on_change: Callable[[], None],
     ) -> None:
         self.instance_id = InstanceId(instance_id)
         self.cache = cache
@@ -82,7 +82,7 @@ class LocalModels:
         self.metrics = metrics
         self.policy = policy
         self.failure_expiry_ms = failure_expiry_ms
-        self.on_change = on_change
+        self._on_change = on_change
         self.is_live = is_live
         self._loads: dict[str, asyncio.Future[None]] = {}
         self._failures: dict[str, tuple[int, str]] = {}
@@ -91,6 +91,25 @@ class LocalModels:
         self._unloads: dict[str, asyncio.Task[None]] = {}
         self._serving: Counter[str] = Counter()
         self._drained: dict[str, asyncio.Event] = {}
+
+    def changed(self) -> None:
+        """The cache or the loads in progress changed: refresh the gauges, then tell the
+        publisher of the instance record (`on_change`), which reads both."""
+        self._update_gauges()
+        self._on_change()
+
+    def _update_gauges(self) -> None:
+        cache, metrics = self.cache, self.metrics
+        capacity = self.capacity_bytes()
+        used = units_to_bytes(cache.used_units)
+        metrics.capacity_bytes.set(capacity)
+        metrics.used_bytes.set(used)
+        metrics.used_bps.set(used * 10000 // capacity if capacity else 0)
+        metrics.models_total.set(cache.count)
+        lru = cache.lru_time_ms()
+        if lru is not None:
+            metrics.instance_lru_s.set(lru / 1000)
+            metrics.instance_lru_age_s.set(max(0, now_ms() - lru) / 1000)
 
     # --- queries ---------------------------------------------------------------------
 
@@ -178,7 +197,7 @@ class LocalModels:
             self._loads[model_id] = future
             skip = frozenset(unreachable)
             self._spawn(self._load(model_id, record, future, extra=extra, unreachable=skip))
-            self.on_change()  # peers place by loads in progress: publish the new one
+            self.changed()  # peers place by loads in progress: publish the new one
         await asyncio.shield(future)
 
     def _raise_recent_failure(self, model_id: str) -> None:
@@ -228,7 +247,7 @@ class LocalModels:
             future.set_result(None)
         finally:
             self._loads.pop(model_id, None)
-            self.on_change()
+            self.changed()
 
     async def _load_steps(
         self, model_id: str, record: ModelRecord, *, extra: bool, unreachable: frozenset[str]
@@ -469,7 +488,7 @@ class LocalModels:
             self.metrics.unload_failures.inc()
         self.metrics.unload_ms.observe((time.monotonic() - started) * 1000)
         self.cache.unloaded(ModelId(model_id))
-        self.on_change()
+        self.changed()
         iid, stamp = self.instance_id, now_ms()
         try:
             await self.registry.update_model(

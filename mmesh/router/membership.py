@@ -29,7 +29,10 @@ class Membership:
         *,
         ttl_s: int,
         min_interval_s: float = 0.5,
+        changed: asyncio.Event | None = None,
     ) -> None:
+        """`changed`: set by whatever changes the record (the local cache, through
+        `LocalModels`), so that a part built before this one can signal it."""
         self.kv = kv
         self.key = key
         self.snapshot = snapshot
@@ -37,7 +40,7 @@ class Membership:
         self.min_interval_s = min_interval_s
         self._lease: Lease | None = None
         self._published: InstanceRecord | None = None
-        self._changed = asyncio.Event()
+        self._changed = changed if changed is not None else asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:

@@ -57,6 +57,7 @@ async def setup(
         policy=EvictionPolicy(min_churn_age_ms=0),
         failure_expiry_ms=900_000,
         is_live=lambda iid: True,
+        on_change=lambda: None,
     )
     last_unload_ms = 0 if unloaded_ago_ms is None else now_ms() - unloaded_ago_ms
     record = ModelRecord("stub", min_copies=min_copies, last_unload_ms=last_unload_ms)
