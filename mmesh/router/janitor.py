@@ -23,6 +23,7 @@ from mmesh.core.errors import StoreUnavailable
 from mmesh.core.failures import failed_instances
 from mmesh.core.ids import InstanceId
 from mmesh.core.kv import Lease
+from mmesh.core.labels import required_labels, satisfies
 from mmesh.core.records import InstanceRecord, ModelRecord, bytes_to_units
 from mmesh.router import copies
 from mmesh.router.cache import EntryState
@@ -201,7 +202,12 @@ class Janitor:
             return
         live = self.router.live_peers()
         holders = sorted(iid for iid in record.instance_ids if iid in live)
-        spare = [iid for iid in serving(live) if iid not in holders]
+        required = required_labels(record.model_type)
+        spare = [
+            iid
+            for iid in serving(live)
+            if iid not in holders and satisfies(live[iid].labels, required)
+        ]
         if not spare or (holders and holders[0] != self.instance_id):
             return  # no room for another copy, or another holder decides
         if only_if_single and len(holders) != 1:

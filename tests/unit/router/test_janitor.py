@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
 from types import SimpleNamespace
 from typing import Any, cast
 
@@ -173,6 +174,27 @@ async def test_no_copy_is_added_when_every_other_instance_shuts_down(
     janitor.check_rates()
     await settle()
     assert router.asked == []
+
+
+async def test_no_copy_is_added_when_the_other_instances_lack_the_models_labels(
+    kv: MemoryKV, registry: Registry, router: FakeRouter
+) -> None:
+    """Pods of another runtime are no room for a copy (they would refuse it every time)."""
+    await put_instance(kv, registry, "b", labels=["mt:onnx", "rt:triton-2.x"])
+    await put_model(kv, registry, "m", replace(held_by(ME), model_type="mt:sklearn"))
+    usage = Usage()
+    janitor = make_janitor(registry, router, usage)
+    for _ in range(50):
+        usage.count("m")
+    janitor.check_rates()
+    await settle()
+    assert router.asked == []
+    await put_instance(kv, registry, "c", labels=["mt:sklearn", "rt:mlserver-1.x"])
+    for _ in range(50):
+        usage.count("m")
+    janitor.check_rates()
+    await settle()
+    assert router.asked == [("m", True)]
 
 
 # --- the leader -------------------------------------------------------------------------
