@@ -90,6 +90,8 @@ FAILED_PAUSE_S = 0.1
 REQUEST_TIMEOUT_S = 15.0
 ANSWER_WITHIN_S = 15.0
 """The model answers again within this long of the fault, and no request fails after."""
+LAG_S = 10.0
+"""How long the status may show what was true a moment ago (loads and evictions included)."""
 STATUS_WITHIN_S = 25.0
 """The status is true again within this long of the fault (repair, then <= 10 s to show)."""
 QUIET_S = 4.0
@@ -481,25 +483,34 @@ def quiet(load: Load, now: float) -> bool:
 
 @dataclass
 class Watch:
-    """Polls each workload's truth until the case ends; the last time each was untrue."""
+    """Polls each workload's truth until the case ends. A status may lag what is loaded by up
+    to `LAG_S` (issue 11: "within 10 s of any change"); the mix loads and evicts every second,
+    so a problem is a lie only once the same one has been seen for longer than that."""
 
     last_untrue: dict[str, float] = field(default_factory=dict)
     last_problems: dict[str, list[str]] = field(default_factory=dict)
     true_in_a_row: dict[str, int] = field(default_factory=dict)
+    first_seen: dict[str, float] = field(default_factory=dict)
 
     def poll(self, cluster: Cluster) -> None:
+        now = time.monotonic()
         try:
             found = untruths(cluster)
         except (AssertionError, ValueError, KeyError, subprocess.TimeoutExpired) as exc:
             found = {w.name: [f"unreadable: {exc}"] for w in WORKLOADS}
+        seen = {p for problems in found.values() for p in problems}
+        self.first_seen = {p: self.first_seen.get(p, now) for p in seen}
         for workload in WORKLOADS:
-            problems = found[workload.name]
+            problems = [p for p in found[workload.name] if self._lasting(p, now)]
             if problems:
-                self.last_untrue[workload.name] = time.monotonic()
+                self.last_untrue[workload.name] = now
                 self.last_problems[workload.name] = problems
                 self.true_in_a_row[workload.name] = 0
             else:
                 self.true_in_a_row[workload.name] = self.true_in_a_row.get(workload.name, 0) + 1
+
+    def _lasting(self, problem: str, now: float) -> bool:
+        return problem.startswith("unreadable") or now - self.first_seen[problem] > LAG_S
 
     def settled(self) -> bool:
         return all(self.true_in_a_row.get(w.name, 0) >= 2 for w in WORKLOADS)
