@@ -358,15 +358,20 @@ class Janitor:
         """Models used recently but loaded nowhere go into free space before a request has
         to wait for them."""
         size = bytes_to_units(self.router.local.info.default_model_size_bytes)
-        roomy = [i for i, rec in serving(survey.live).items() if rec.free_units >= 2 * size]
-        if not roomy:
-            return
-        idle = sorted(survey.recent_unloaded, reverse=True)
-        for _, model_id in idle[: min(PROACTIVE_PER_RUN, len(roomy))]:
+        roomy = {i: r for i, r in serving(survey.live).items() if r.free_units >= 2 * size}
+        started = 0
+        for _, model_id in sorted(survey.recent_unloaded, reverse=True):
             record = self.registry.models.get(model_id)
-            if record is not None and model_id not in self._scaling:
-                logger.info("loading recently used model %s into free space", model_id)
-                self._add_copy(model_id, record)
+            if record is None or model_id in self._scaling:
+                continue
+            required = required_labels(record.model_type)
+            if not any(satisfies(r.labels, required) for r in roomy.values()):
+                continue  # free space only on pods of other runtimes: a load would evict
+            logger.info("loading recently used model %s into free space", model_id)
+            self._add_copy(model_id, record)
+            started += 1
+            if started >= min(PROACTIVE_PER_RUN, len(roomy)):
+                return
 
     def publish_gauges(self, survey: Survey) -> None:
         self.metrics.cluster_models_managed.set(survey.managed)

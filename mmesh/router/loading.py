@@ -536,7 +536,17 @@ class LocalModels:
             logger.warning("unload of timed-out %s failed: %s", model_id, exc)
 
     async def unload_all(self) -> None:
-        for entry in list(self.cache.entries()):
+        """Shutting down: every claim leaves the registry first, so peers stop sending
+        requests here while the runtime (stopping beside this router) unloads."""
+        entries = list(self.cache.entries())
+        iid, stamp = self.instance_id, now_ms()
+        for entry in entries:
+            last_used = entry.last_used_ms
+            with contextlib.suppress(StoreUnavailable):
+                await self.registry.update_model(
+                    entry.model_id, lambda rec, u=last_used: _without_copy(rec, iid, stamp, u)
+                )
+        for entry in entries:
             self.evict(entry.model_id)
         await self.drain()
 

@@ -14,7 +14,7 @@ import pytest
 from mmesh.core.ids import InstanceId, ModelId
 from mmesh.core.kv import Lease, MemoryKV
 from mmesh.core.records import InstanceRecord, KeyLayout, ModelRecord
-from mmesh.router.janitor import Janitor, JanitorPolicy, Leadership
+from mmesh.router.janitor import Janitor, JanitorPolicy, Leadership, Survey
 from mmesh.router.loading import LocalModels, now_ms
 from mmesh.router.metrics import RouterMetrics
 from mmesh.router.registry import Registry
@@ -297,3 +297,26 @@ async def test_leader_only_duties_run_once_this_instance_won_the_election(
     )
     await janitor.leader_duties()
     assert ran == want
+
+
+# --- loading into free space ------------------------------------------------------------
+
+
+async def test_recent_models_load_into_free_space_only_on_pods_that_fit_them(
+    kv: MemoryKV, registry: Registry, router: FakeRouter
+) -> None:
+    """Free space on another runtime's pods is no reason to load: the copy would land on
+    the model's own (full) pods and evict something there."""
+    await put_model(kv, registry, "m", ModelRecord(model_type="mt:sklearn", last_used_ms=now_ms()))
+    janitor = make_janitor(registry, router, Usage())
+    roomy = {"capacity_units": 1000, "used_units": 0}
+    other = InstanceRecord(labels=["mt:onnx"], **roomy)
+    full = InstanceRecord(labels=["mt:sklearn"], capacity_units=1000, used_units=1000)
+    survey = Survey(live={"b": other, "c": full}, recent_unloaded=[(now_ms(), "m")])
+    janitor.load_proactively(survey)
+    await settle()
+    assert router.asked == []
+    survey.live["d"] = InstanceRecord(labels=["mt:sklearn"], **roomy)
+    janitor.load_proactively(survey)
+    await settle()
+    assert router.asked == [("m", True)]

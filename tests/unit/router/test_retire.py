@@ -123,3 +123,22 @@ async def test_the_registry_check_refuses_and_nothing_changes(
     assert local.is_loaded("m")
     await local.drain()
     assert runtime.unloaded == []
+
+
+async def test_at_shutdown_every_claim_leaves_the_registry_before_the_runtime_unloads(
+    registry: Registry,
+) -> None:
+    """The runtime stops beside the router: while unloads are retried, peers must already
+    be sending requests elsewhere."""
+    local, runtime = await setup(registry)
+    seen_at_unload: list[set[str]] = []
+
+    async def unload(model_id: str, *, timeout_s: float) -> None:
+        seen_at_unload.append(holders(registry))
+        runtime.unloaded.append(model_id)
+
+    runtime.unload = unload  # type: ignore[method-assign]
+    await local.unload_all()
+    assert runtime.unloaded == ["m"]
+    assert seen_at_unload == [{PEER}]
+    assert holders(registry) == {PEER}
