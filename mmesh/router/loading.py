@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections import Counter
@@ -541,11 +542,11 @@ class LocalModels:
         entries = list(self.cache.entries())
         iid, stamp = self.instance_id, now_ms()
         for entry in entries:
-            last_used = entry.last_used_ms
+            change = functools.partial(
+                _without_copy, iid=iid, stamp=stamp, last_used_ms=entry.last_used_ms
+            )
             with contextlib.suppress(StoreUnavailable):
-                await self.registry.update_model(
-                    entry.model_id, lambda rec, u=last_used: _without_copy(rec, iid, stamp, u)
-                )
+                await self.registry.update_model(entry.model_id, change)
         for entry in entries:
             self.evict(entry.model_id)
         await self.drain()
