@@ -113,6 +113,7 @@ class Outcome:
     done: float
     ok: bool
     detail: str = ""
+    wall: float = field(default_factory=time.time)
 
 
 class Load:
@@ -566,6 +567,7 @@ def run_case(faults: Faults, fault: str) -> dict[str, dict[str, Any]]:
             "status_s": round((untrue + POLL_S if untrue else started) - started, 2),
             "status_settled": watch.settled(),
             "errors": sorted({o.detail[:200] for o in failures})[:5],
+            "failed_at": [time.strftime("%H:%M:%S", time.localtime(o.wall)) for o in failures][:5],
             "untrue": watch.last_problems.get(workload.name, [])[:5],
             "orphans": [o for o in left_over if o.split("__isvc-")[0] in workload.models],
         }
