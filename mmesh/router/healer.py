@@ -29,7 +29,7 @@ from mmesh.core.errors import StoreUnavailable
 from mmesh.core.proto import grpc_predict_v2_pb2 as v2
 from mmesh.core.records import ModelRecord, Table, VModelRecord
 from mmesh.router.cluster import records
-from mmesh.router.errors import ModelNotHere, NoCapacity, RouterError
+from mmesh.router.errors import ModelNotHere, NoCapacity, Passthrough, RouterError
 from mmesh.router.forwarding import Forwarder
 from mmesh.router.loading import LocalModels, now_ms
 from mmesh.router.metrics import RouterMetrics
@@ -296,11 +296,19 @@ class Healer:
         request = v2.ModelReadyRequest(name=model_id).SerializeToString()
         try:
             raw = await self.forwarder.call(MODEL_READY, request, (), PROBE_TIMEOUT_S)
-        except ModelNotHere:
-            return self.local.is_loaded(model_id)
-        except RouterError:
-            return False
+        except RouterError as exc:
+            return says_unknown_model(exc) and self.local.is_loaded(model_id)
         return not v2.ModelReadyResponse.FromString(raw).ready and self.local.is_loaded(model_id)
+
+
+def says_unknown_model(exc: RouterError) -> bool:
+    """Whether a model server's error to ModelReady means it does not have the model:
+    NOT_FOUND, or MLServer's way (1.x answers UNKNOWN "Unexpected <class
+    'mlserver.errors.ModelNotFound'>: Model ... not found"). Anything else (down, slow,
+    no ModelReady) says nothing either way."""
+    if isinstance(exc, ModelNotHere):
+        return True
+    return isinstance(exc, Passthrough) and "ModelNotFound" in str(exc)
 
 
 class FirstLoads:
