@@ -35,11 +35,13 @@ class LocalKube:
         return list(items.get("items") or [])
 
     def pod_names(self) -> set[tuple[str, str]]:
-        """(namespace, name) of every Pod object the API holds."""
+        """(namespace, name) of every Pod object the API holds that nobody has deleted (a
+        deleted pod stays, marked with deletionTimestamp, until its runner lets it go)."""
         items = _json(self.core.list_pod_for_all_namespaces(_preload_content=False))
         return {
             (p["metadata"].get("namespace", ""), p["metadata"]["name"])
             for p in items.get("items") or []
+            if not p["metadata"].get("deletionTimestamp")
         }
 
     def patch_deployment_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
@@ -55,7 +57,10 @@ class LocalKube:
         self.core.patch_namespaced_pod_status(name, namespace, {"status": dict(status)})
 
     def delete_pod(self, namespace: str, name: str) -> None:
+        """The pod's containers have stopped: drop the runner's finalizer, so the object
+        goes (at once if it was already marked deleted), and delete it."""
         try:
+            self.core.patch_namespaced_pod(name, namespace, {"metadata": {"finalizers": []}})
             self.core.delete_namespaced_pod(name, namespace)
         except ApiException as exc:
             if exc.status != 404:

@@ -50,6 +50,12 @@ def decode_data(obj: Mapping[str, Any], *, secret: bool) -> dict[str, str]:
     return out
 
 
+RUNNER_FINALIZER = "local.mmesh/pod-runner"
+"""Held by every pod the runner starts, as the kubelet holds a pod: `kubectl delete pod` then
+only marks it (deletionTimestamp, shown as Terminating) and the object goes once the runner
+has stopped its containers and lets go."""
+
+
 @dataclass
 class ContainerRun:
     spec: Mapping[str, Any]
@@ -327,6 +333,7 @@ class LocalPod:
             "namespace": self.identity.namespace,
             "labels": labels,
             "annotations": (self.template.get("metadata") or {}).get("annotations") or {},
+            "finalizers": [RUNNER_FINALIZER],
             "ownerReferences": [
                 {
                     "apiVersion": "apps/v1",

@@ -229,6 +229,9 @@ async def test_a_pod_deleted_through_the_api_is_stopped_and_replaced(
     assert proc is not None
 
     await asyncio.to_thread(kube.core.delete_namespaced_pod, name, NS)
+    # as with a kubelet: the object stays, Terminating, until its containers have stopped
+    marked = [p for p in api_pods(kube) if p["metadata"]["name"] == name]
+    assert marked and marked[0]["metadata"].get("deletionTimestamp"), marked
 
     def replaced() -> bool:
         pods = ready_pods(kube)
@@ -236,6 +239,10 @@ async def test_a_pod_deleted_through_the_api_is_stopped_and_replaced(
 
     await until(replaced, "a replacement pod, ready")
     await until(lambda: proc.poll() is not None, "the deleted pod's process stopped")
+    await until(
+        lambda: name not in {p["metadata"]["name"] for p in api_pods(kube)},
+        "the deleted pod's object gone once it stopped",
+    )
     assert name not in pod_runner.pods
 
 
