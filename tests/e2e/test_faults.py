@@ -68,8 +68,8 @@ pytestmark = [
     pytest.mark.timeout(300),
     pytest.mark.skipif(
         os.environ.get("MMESH_FAULT_MATRIX") != "1",
-        reason="the fault matrix takes minutes per case: MMESH_FAULT_MATRIX=1 scripts/test "
-        "tests/e2e/test_faults.py runs it (not yet passing in every case, see issue 11)",
+        reason="the fault matrix takes about 5 minutes: MMESH_FAULT_MATRIX=1 scripts/test "
+        "tests/e2e/test_faults.py runs it",
     ),
 ]
 
