@@ -20,6 +20,7 @@ import grpc
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from mmesh.core.clock import now_ms
 from mmesh.core.errors import StoreUnavailable
 from mmesh.core.etcd import EtcdKV, StoreAuthFailed
 from mmesh.core.ids import InstanceId
@@ -37,7 +38,7 @@ from mmesh.router.healer import FirstLoads, Healer
 from mmesh.router.inference import InferenceRouter
 from mmesh.router.inflight import InflightLimiter
 from mmesh.router.janitor import Janitor, JanitorPolicy, Leadership
-from mmesh.router.loading import LocalModels, now_ms
+from mmesh.router.loading import LocalModels
 from mmesh.router.management import Management
 from mmesh.router.membership import Membership
 from mmesh.router.metrics import RouterMetrics

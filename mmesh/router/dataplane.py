@@ -17,13 +17,13 @@ from collections.abc import Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass
 
+from mmesh.core.clock import now_ms
 from mmesh.core.failures import failed_instances
 from mmesh.core.ids import InstanceId
 from mmesh.router import peers, wire
 from mmesh.router.deadlines import request_deadline, within
 from mmesh.router.errors import ModelNotFound, RouterError
 from mmesh.router.inference import ID_EXTRACTION, InferenceRouter
-from mmesh.router.loading import now_ms
 from mmesh.router.metrics import RouterMetrics
 from mmesh.router.payloads import Payload, payload_metadata
 from mmesh.router.payloadsink import PayloadSinks

@@ -25,13 +25,14 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
+from mmesh.core.clock import now_ms
 from mmesh.core.errors import StoreUnavailable
 from mmesh.core.proto import grpc_predict_v2_pb2 as v2
 from mmesh.core.records import ModelRecord, Table, VModelRecord
 from mmesh.router.cluster import records
 from mmesh.router.errors import ModelNotHere, NoCapacity, Passthrough, RouterError
 from mmesh.router.forwarding import Forwarder
-from mmesh.router.loading import LocalModels, now_ms
+from mmesh.router.loading import LocalModels
 from mmesh.router.metrics import RouterMetrics
 from mmesh.router.registry import UNCHANGED, Registry, Unchanged
 from mmesh.router.repair import (

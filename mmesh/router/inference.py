@@ -25,6 +25,7 @@ import time
 from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass
 
+from mmesh.core.clock import now_ms
 from mmesh.core.ids import InstanceId
 from mmesh.core.proto import model_mesh_pb2 as mm
 from mmesh.core.records import InstanceRecord, ModelRecord, bytes_to_units
@@ -47,7 +48,7 @@ from mmesh.router.errors import (
 from mmesh.router.forwarding import Forwarder
 from mmesh.router.healer import Healer
 from mmesh.router.inflight import InflightLimiter
-from mmesh.router.loading import LocalModels, now_ms
+from mmesh.router.loading import LocalModels
 from mmesh.router.metrics import RouterMetrics
 from mmesh.router.peers import PeerPool
 from mmesh.router.registry import Registry

@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
+from mmesh.core.clock import now_ms
 from mmesh.core.errors import StoreUnavailable
 from mmesh.core.failures import failed_instances
 from mmesh.core.ids import InstanceId
@@ -29,7 +30,7 @@ from mmesh.router import copies
 from mmesh.router.cache import EntryState
 from mmesh.router.cluster import records, serving
 from mmesh.router.errors import RouterError
-from mmesh.router.loading import LocalModels, now_ms
+from mmesh.router.loading import LocalModels
 from mmesh.router.metrics import RouterMetrics
 from mmesh.router.registry import UNCHANGED, Registry, Unchanged
 from mmesh.router.usage import Usage

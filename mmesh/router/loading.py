@@ -20,6 +20,7 @@ from collections.abc import Callable, Collection, Coroutine, Iterable, Iterator
 from dataclasses import replace
 from typing import Any
 
+from mmesh.core.clock import now_ms
 from mmesh.core.errors import StoreUnavailable
 from mmesh.core.failures import is_live
 from mmesh.core.ids import InstanceId, ModelId
@@ -54,10 +55,6 @@ ROOM_POLL_S = 0.05
 """How often a load waiting for room tries again."""
 WAIT_FOR_ROOM = frozenset({Refusal.CHURN, Refusal.UNLOADING, Refusal.BUSY})
 """Refusals that time can lift (as opposed to a model bigger than the whole cache)."""
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 class LocalModels:

@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
+from mmesh.core.clock import now_ms
 from mmesh.core.records import CopyState, ModelRecord, Table, VModelRecord
 from mmesh.router.cluster import records
 from mmesh.router.errors import (
@@ -26,7 +27,7 @@ from mmesh.router.errors import (
     checked_model_id,
     checked_vmodel_id,
 )
-from mmesh.router.loading import LocalModels, now_ms
+from mmesh.router.loading import LocalModels
 from mmesh.router.modelstatus import (
     ModelState,
     ModelStatusView,

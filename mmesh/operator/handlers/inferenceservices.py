@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Mapping
 from typing import Any
 
 import kopf
 
+from mmesh.core import clock
 from mmesh.core.errors import StoreUnavailable
 from mmesh.core.ids import VModelId
 from mmesh.core.mappings import deep_merge
@@ -184,23 +184,23 @@ async def observe_status(
         problem=problem,
         waiting_for_runtime=waiting,
     )
-    now_ms = int(time.time() * 1000)
+    now = clock.now_ms()
     expiry_ms = st.failure_expiry_ms(
         {e.name: e.value for e in ctx.config.internal_model_mesh_env_vars}
     )
     desired = st.decode_status(
         observation,
         endpoints=endpoints(ctx.config, namespace),
-        now_ms=now_ms,
+        now_ms=now,
         failure_expiry_ms=expiry_ms,
         previous=_managed_status(body.get("status") or {}),
     )
     if st.ModelState.LOADING.value in desired["modelStatus"]["states"].values():
         return desired, ctx.settings.status_repoll_s
-    expires = st.next_change_ms(observation, now_ms=now_ms, failure_expiry_ms=expiry_ms)
+    expires = st.next_change_ms(observation, now_ms=now, failure_expiry_ms=expiry_ms)
     if expires is None:
         return desired, IDLE_RECHECK_S
-    return desired, min(IDLE_RECHECK_S, (expires - now_ms) / 1000 + EXPIRY_SLACK_S)
+    return desired, min(IDLE_RECHECK_S, (expires - now) / 1000 + EXPIRY_SLACK_S)
 
 
 def _spec_changed(kwargs: Mapping[str, Any]) -> bool:

@@ -11,11 +11,12 @@ from typing import Any, cast
 
 import pytest
 
+from mmesh.core.clock import now_ms
 from mmesh.core.ids import InstanceId, ModelId
 from mmesh.core.kv import Lease, MemoryKV
 from mmesh.core.records import InstanceRecord, KeyLayout, ModelRecord
 from mmesh.router.janitor import Janitor, JanitorPolicy, Leadership, Survey
-from mmesh.router.loading import LocalModels, now_ms
+from mmesh.router.loading import LocalModels
 from mmesh.router.metrics import RouterMetrics
 from mmesh.router.registry import Registry
 from mmesh.router.usage import Usage

@@ -13,6 +13,7 @@ from typing import Any, cast
 
 import pytest
 
+from mmesh.core.clock import now_ms
 from mmesh.core.ids import InstanceId, ModelId
 from mmesh.core.kv import MemoryKV
 from mmesh.core.records import InstanceRecord, KeyLayout, ModelRecord
@@ -22,7 +23,7 @@ from mmesh.router.errors import (
     InvalidRequest,
     ModelNotFound,
 )
-from mmesh.router.loading import LocalModels, now_ms
+from mmesh.router.loading import LocalModels
 from mmesh.router.management import (
     LAST_USED_AGE_ON_ADD_MS,
     LAST_USED_AGE_ON_LOAD_NOW_MS,

@@ -9,11 +9,12 @@ from typing import Any, cast
 
 import pytest
 
+from mmesh.core.clock import now_ms
 from mmesh.core.ids import InstanceId, ModelId
 from mmesh.core.kv import MemoryKV
 from mmesh.core.records import KeyLayout, ModelRecord
 from mmesh.router.cache import EvictionPolicy, LocalCache
-from mmesh.router.loading import LocalModels, now_ms
+from mmesh.router.loading import LocalModels
 from mmesh.router.metrics import RouterMetrics
 from mmesh.router.registry import Registry
 from mmesh.router.runtime_client import RuntimeClient, RuntimeInfo
