@@ -130,6 +130,14 @@ async def settle() -> None:
         await asyncio.sleep(0)
 
 
+async def busy(janitor: Janitor, usage: Usage) -> None:
+    """50 requests for "m" in one rate window (500 req/min), then the janitor's rate check."""
+    for _ in range(50):
+        usage.count("m")
+    janitor.check_rates()
+    await settle()
+
+
 # --- rates and scale-up -----------------------------------------------------------------
 
 
@@ -170,10 +178,7 @@ async def test_no_copy_is_added_when_every_other_instance_shuts_down(
     await put_model(kv, registry, "m", held_by(ME))
     usage = Usage()
     janitor = make_janitor(registry, router, usage)
-    for _ in range(50):
-        usage.count("m")
-    janitor.check_rates()
-    await settle()
+    await busy(janitor, usage)
     assert router.asked == []
 
 
@@ -185,16 +190,10 @@ async def test_no_copy_is_added_when_the_other_instances_lack_the_models_labels(
     await put_model(kv, registry, "m", replace(held_by(ME), model_type="mt:sklearn"))
     usage = Usage()
     janitor = make_janitor(registry, router, usage)
-    for _ in range(50):
-        usage.count("m")
-    janitor.check_rates()
-    await settle()
+    await busy(janitor, usage)
     assert router.asked == []
     await put_instance(kv, registry, "c", labels=["mt:sklearn", "rt:mlserver-1.x"])
-    for _ in range(50):
-        usage.count("m")
-    janitor.check_rates()
-    await settle()
+    await busy(janitor, usage)
     assert router.asked == [("m", True)]
 
 
