@@ -4,7 +4,7 @@ scale-up from request rates, the leader's election, reaping, minimum copies and 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import replace
 from types import SimpleNamespace
 from typing import Any, cast
@@ -53,18 +53,8 @@ class FakeRouter:
 
 
 @pytest.fixture
-async def kv() -> AsyncIterator[MemoryKV]:
-    store = MemoryKV()
-    yield store
-    await store.close()
-
-
-@pytest.fixture
-async def registry(kv: MemoryKV) -> AsyncIterator[Registry]:
-    reg = Registry(kv, LAYOUT)
-    await reg.start()
-    yield reg
-    await reg.stop()
+def layout() -> KeyLayout:
+    return LAYOUT
 
 
 @pytest.fixture

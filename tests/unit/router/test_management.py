@@ -97,21 +97,6 @@ class FakeCluster:
 
 
 @pytest.fixture
-async def kv() -> AsyncIterator[MemoryKV]:
-    store = MemoryKV()
-    yield store
-    await store.close()
-
-
-@pytest.fixture
-async def registry(kv: MemoryKV) -> AsyncIterator[Registry]:
-    reg = Registry(kv, LAYOUT)
-    await reg.start()
-    yield reg
-    await reg.stop()
-
-
-@pytest.fixture
 def local() -> FakeLocal:
     return FakeLocal()
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 
 import pytest
 
@@ -61,21 +61,6 @@ class Changes:
 
     def __call__(self, table: Table, ident: str) -> None:
         self.seen.append((table, ident))
-
-
-@pytest.fixture
-async def kv() -> AsyncIterator[MemoryKV]:
-    store = MemoryKV()
-    yield store
-    await store.close()
-
-
-@pytest.fixture
-async def registry(kv: MemoryKV) -> AsyncIterator[Registry]:
-    reg = Registry(kv, LAYOUT)
-    await reg.start()
-    yield reg
-    await reg.stop()
 
 
 @pytest.fixture
