@@ -12,7 +12,6 @@ import contextlib
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import time
@@ -27,8 +26,7 @@ from mmesh.core.ids import InstanceId, ModelId
 from mmesh.core.proto import grpc_predict_v2_pb2 as v2
 from mmesh.core.proto import model_mesh_pb2 as mm
 from mmesh.core.records import ModelRecord, VModelRecord
-from tests.fixtures.etcd import ETCDCTL_BIN, EtcdServer, make_data_dir, start_etcd
-from tests.fixtures.procs import free_port
+from tests.fixtures.etcd import ETCDCTL_BIN, EtcdServer, RestartableEtcd
 from tests.fixtures.router import RouterProc, clients, router_process
 from tests.fixtures.runtimes import StubRuntimeProc, stub_runtime_process
 
@@ -298,15 +296,8 @@ def test_a_load_while_etcd_is_away_fails_unavailable_naming_etcd_and_is_not_held
 ) -> None:
     """A cold request while etcd is down cannot claim its copy: UNAVAILABLE naming etcd,
     and no load failure is remembered, so the model loads as soon as etcd is back."""
-    data = make_data_dir()
-    client_port, peer_port = free_port(), free_port()
-    etcd_stack = contextlib.ExitStack()
-    try:
-        etcd = etcd_stack.enter_context(
-            start_etcd(
-                tmp_path / "etcd1.log", data_dir=data, client_port=client_port, peer_port=peer_port
-            )
-        )
+    with RestartableEtcd(tmp_path) as restartable:
+        etcd = restartable.start()
         with (
             stub_runtime_process(tmp_path) as stub,
             router_process(
@@ -314,7 +305,7 @@ def test_a_load_while_etcd_is_away_fails_unavailable_naming_etcd_and_is_not_held
             ) as router,
         ):
             register(router, "cold")
-            etcd_stack.close()
+            restartable.stop()
 
             with pytest.raises(grpc.RpcError) as failed:
                 infer(router, "cold", timeout_s=30)
@@ -322,22 +313,12 @@ def test_a_load_while_etcd_is_away_fails_unavailable_naming_etcd_and_is_not_held
             assert "etcd" in (failed.value.details() or "")
             assert stub.stats()["loads"] == {}
 
-            etcd_stack.enter_context(
-                start_etcd(
-                    tmp_path / "etcd2.log",
-                    data_dir=data,
-                    client_port=client_port,
-                    peer_port=peer_port,
-                )
-            )
+            restartable.start()
             took = wait_for(
                 lambda: answers(router, "cold"), 15, "the model loads once etcd is back"
             )
             assert took < 15
             assert model_status(router, "cold").status == mm.ModelStatusInfo.LOADED
-    finally:
-        etcd_stack.close()
-        shutil.rmtree(data, ignore_errors=True)
 
 
 def test_the_periodic_reconcile_drops_claims_nobody_backs_and_expired_failures(

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import shutil
 import signal
 import subprocess
 import time
@@ -17,8 +15,7 @@ import grpc
 
 from mmesh.core.proto import grpc_predict_v2_pb2 as v2
 from mmesh.core.proto import model_mesh_pb2 as mm
-from tests.fixtures.etcd import ETCDCTL_BIN, EtcdServer, make_data_dir, start_etcd
-from tests.fixtures.procs import free_port
+from tests.fixtures.etcd import ETCDCTL_BIN, EtcdServer, RestartableEtcd
 from tests.fixtures.router import RouterProc, clients
 from tests.fixtures.runtimes import StubRuntimeProc
 
@@ -56,15 +53,8 @@ def etcd_keys(endpoint: str, prefix: str) -> dict[str, dict[str, object]]:
 def test_warm_requests_survive_an_etcd_restart_and_registrations_stay(
     tmp_path: Path, start_router: StartRouter, start_stub_runtime: StartStub
 ) -> None:
-    data = make_data_dir()
-    client_port, peer_port = free_port(), free_port()
-    etcd_stack = contextlib.ExitStack()
-    try:
-        etcd = etcd_stack.enter_context(
-            start_etcd(
-                tmp_path / "etcd1.log", data_dir=data, client_port=client_port, peer_port=peer_port
-            )
-        )
+    with RestartableEtcd(tmp_path) as restartable:
+        etcd = restartable.start()
         with (
             start_stub_runtime() as stub,
             start_router(etcd_endpoint=etcd.endpoint, runtime_port=stub.port) as router,
@@ -76,18 +66,11 @@ def test_warm_requests_survive_an_etcd_restart_and_registrations_stay(
             )
             assert c.infer.ModelInfer(request("steady"), timeout=10).model_name == "steady"
 
-            etcd_stack.close()  # etcd is gone
+            restartable.stop()  # etcd is gone
             for _ in range(50):
                 assert c.infer.ModelInfer(request("steady"), timeout=10).model_name == "steady"
 
-            etcd_stack.enter_context(
-                start_etcd(
-                    tmp_path / "etcd2.log",
-                    data_dir=data,
-                    client_port=client_port,
-                    peer_port=peer_port,
-                )
-            )
+            restartable.start()
             assert c.infer.ModelInfer(request("steady"), timeout=10).model_name == "steady"
             deadline = time.monotonic() + 20
             while True:
@@ -108,9 +91,6 @@ def test_warm_requests_survive_an_etcd_restart_and_registrations_stay(
             assert c.infer.ModelInfer(request("after-restart"), timeout=10).model_name == (
                 "after-restart"
             )
-    finally:
-        etcd_stack.close()
-        shutil.rmtree(data, ignore_errors=True)
 
 
 def test_sigterm_unloads_deregisters_and_exits(
