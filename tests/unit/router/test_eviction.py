@@ -84,13 +84,19 @@ def test_invalid_scoring_is_rejected(bad: dict[str, float]) -> None:
 # ------------------------------------------------------------------ the cache
 
 
-def test_one_off_models_evict_each_other_not_the_frequent_ones() -> None:
-    cache = cache_of(4)
+def use_hot_models(cache: LocalCache) -> int:
+    """hot1..hot3 requested 5 times each, 10 ms apart; the time of the last request."""
     t = 0
     for _ in range(5):
         for name in ("hot1", "hot2", "hot3"):
             t += 10
             request(cache, name, t)
+    return t
+
+
+def test_one_off_models_evict_each_other_not_the_frequent_ones() -> None:
+    cache = cache_of(4)
+    t = use_hot_models(cache)
     evicted = []
     for n in range(20):
         t += 10
@@ -101,11 +107,7 @@ def test_one_off_models_evict_each_other_not_the_frequent_ones() -> None:
 
 def test_lru_would_have_evicted_the_frequent_ones() -> None:
     cache = LocalCache(4)
-    t = 0
-    for _ in range(5):
-        for name in ("hot1", "hot2", "hot3"):
-            t += 10
-            request(cache, name, t)
+    t = use_hot_models(cache)
     evicted = []
     for n in range(4):
         t += 10
