@@ -24,6 +24,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -136,6 +137,7 @@ class Router:
     rest_port: int
     decode_port: int
     pause_port: int
+    stall_port: int
     proc: Proc
     started_wall: float
     """time.time() just before the process was spawned."""
@@ -173,6 +175,11 @@ class Router:
         """pause_hook's record: collections and ms per generation, pauses >= 1 ms."""
         return dict(json.loads(http_text(f"http://127.0.0.1:{self.pause_port}/")))
 
+    def stalls(self) -> list[list[Any]]:
+        """stall_hook's record: [wall time, ms, frame] of each event-loop stall >= 10 ms."""
+        body = json.loads(http_text(f"http://127.0.0.1:{self.stall_port}/"))
+        return list(body["stalls"])
+
 
 def pause_window(before: dict[str, Any], after: dict[str, Any], since: float) -> dict[str, Any]:
     """GC pauses of a router between two pause_hook snapshots (`since`: wall time of the
@@ -186,6 +193,19 @@ def pause_window(before: dict[str, Any], after: dict[str, Any], since: float) ->
         "max_ms": max((p[2] for p in long), default=0.0),
         "over_10ms": sum(1 for p in long if p[2] >= 10),
         "over_10ms_total_ms": round(sum(p[2] for p in long if p[2] >= 10), 1),
+    }
+
+
+def stall_window(stalls: list[list[Any]], since: float) -> dict[str, Any]:
+    """Event-loop stalls of a router after `since` (wall time): how many, the longest, their
+    total, and the frames the loop was seen in most often."""
+    mine = [s for s in stalls if s[0] >= since]
+    where = Counter(str(s[2]) for s in mine)
+    return {
+        "over_10ms": len(mine),
+        "max_ms": max((s[1] for s in mine), default=0.0),
+        "total_ms": round(sum(s[1] for s in mine), 1),
+        "frames": dict(where.most_common(8)),
     }
 
 
@@ -271,7 +291,7 @@ class Mesh:
         timeout_s: float = 60.0,
         cwd: Path = ROOT,
     ) -> Router:
-        """`hooks`: "decode" (decode_hook.py) and/or "pause" (pause_hook.py) in the router.
+        """`hooks`: any of "decode", "pause", "stall" (bench/<hook>_hook.py) in the router.
         `cwd`: where `python -m mmesh.router` runs (its `mmesh` package comes from there)."""
         return self.retrying(
             lambda: self._start_router(name, prefix, stub, env, hooks, timeout_s, cwd)
@@ -287,7 +307,7 @@ class Mesh:
         timeout_s: float,
         cwd: Path = ROOT,
     ) -> Router:
-        ports = self.ports(7)
+        ports = self.ports(8)
         kv_store = {"endpoints": f"http://{self.etcd_endpoint}", "root_prefix": prefix}
         full_env = {
             "MM_INSTANCE_ID": f"{name}-{self.run_id}",
@@ -305,15 +325,16 @@ class Mesh:
             "SHUTDOWN_TIMEOUT_MS": "3000",
             **(env or {}),
         }
-        hook_ports = {"decode": ports[5], "pause": ports[6]}
+        hook_ports = {"decode": ports[5], "pause": ports[6], "stall": ports[7]}
         if hooks:
             wanted = {hook: hook_ports[hook] for hook in hooks}
             full_env |= install_hooks(self.tmp / f"hook-{name}", wanted)
         started = time.time()
         proc = self.procs.start(f"router-{name}", [PY, "-m", "mmesh.router"], env=full_env, cwd=cwd)
         router = Router(
-            name, prefix, ports[0], ports[1], ports[4], ports[2], ports[5], ports[6], proc, started
-        )
+            name, prefix, ports[0], ports[1], ports[4], ports[2], ports[5], ports[6], ports[7],
+            proc, started,
+        )  # fmt: skip
         probe = f"http://127.0.0.1:{ports[4]}/ready"
         self.procs.wait_ready(proc, lambda: http_ok(probe), timeout_s=timeout_s)
         router.ready_wall = time.time()
@@ -1004,7 +1025,7 @@ def g9(mesh: Mesh, cfg: Config, prefix: str) -> tuple[list[dict[str, Any]], Any]
 
 def g10(mesh: Mesh, cfg: Config, prefix: str, ids: list[str]) -> tuple[list[dict[str, Any]], Any]:
     stub = mesh.start_stub("g10", capacity_bytes=1024 * MIB, loading=8)
-    router = mesh.start_router("g10", prefix, stub, hooks=["pause"])
+    router = mesh.start_router("g10", prefix, stub, hooks=["pause", "stall"])
     loads = preload(router, ids, cfg.load_concurrency)
     proxy_port, proxy = mesh.start_proxy("g10", stub.port)
     files = write_ids(mesh, "g10", ids)
@@ -1027,12 +1048,13 @@ def g10(mesh: Mesh, cfg: Config, prefix: str, ids: list[str]) -> tuple[list[dict
         )
         res["idle_before"] = round(idle, 3)
         res["router_gc"] = pause_window(gc0, router.gc_pauses(), since)
+        res["router_stalls"] = stall_window(router.stalls(), since)
         results[name] = res
         log(
             f"  {name:6} open loop {cfg.g10_rate:.0f}/s: {res['rps']:.0f} answered/s, p50 "
             f"{res['p50_ms']} ms, p99 {res['p99_ms']} ms, max {res['max_ms']} ms, "
             f"{res['errors']} errors, send lag p99 {res['send_lag_p99_ms']} ms; router GC "
-            f"{res['router_gc']}"
+            f"{res['router_gc']}; loop stalls {res['router_stalls']}"
         )
     rss_after = router.rss_bytes()
     loaded_on_stub = len(stub.stats()["loaded"])
@@ -1053,6 +1075,9 @@ def g10(mesh: Mesh, cfg: Config, prefix: str, ids: list[str]) -> tuple[list[dict
             router_gc_pauses_over_10ms=r["router_gc"]["over_10ms"],
             router_gc_max_ms=r["router_gc"]["max_ms"],
             router_gc_total_ms=sum(r["router_gc"]["total_ms"]),
+            router_loop_stalls_over_10ms=r["router_stalls"]["over_10ms"],
+            router_loop_stall_max_ms=r["router_stalls"]["max_ms"],
+            router_loop_stall_frames=r["router_stalls"]["frames"],
         ),
         goal(
             "G10 errors through the router",

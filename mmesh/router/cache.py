@@ -199,9 +199,31 @@ class LocalCache:
         slot = self._slots.get(model_id)
         return None if slot is None else slot.snapshot()
 
+    def state_of(self, model_id: ModelId) -> EntryState | None:
+        """The entry's state, None when absent (`get` without building a snapshot: the
+        warm path asks this on every request)."""
+        slot = self._slots.get(model_id)
+        return None if slot is None else slot.state
+
     def entries(self) -> tuple[CacheEntry, ...]:
         """Every entry, least recently used first."""
         return tuple(slot.snapshot() for slot in self._slots.values())
+
+    def states(self) -> dict[ModelId, EntryState]:
+        """Every entry's state: a scan of a full cache (tens of thousands of models) that
+        builds no snapshot per entry."""
+        return {model_id: slot.state for model_id, slot in self._slots.items()}
+
+    def newest(self, state: EntryState, limit: int | None = None) -> list[ModelId]:
+        """Up to `limit` models in `state`, most recently used first; a small `limit`
+        stops after the newest entries instead of reading the whole cache."""
+        found: list[ModelId] = []
+        for model_id in reversed(self._slots):
+            if limit is not None and len(found) >= limit:
+                break
+            if self._slots[model_id].state is state:
+                found.append(model_id)
+        return found
 
     def lru_time_ms(self) -> int | None:
         """Last use of the least recently used LOADED model; None when none is loaded."""

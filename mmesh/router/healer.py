@@ -39,8 +39,9 @@ from mmesh.router.repair import (
     Repair,
     RepairKind,
     apply_repair,
+    claim_repairs,
     drop_peer_claim,
-    plan_repairs,
+    unregistered_copies,
     wants_first_load,
 )
 
@@ -55,6 +56,9 @@ NO_CAPACITY_RETRY_S = 15.0
 NO_CAPACITY_RETRY_MAX_S = 600.0
 """A first load refused for room (or for want of a pod) is tried again after 15 s, then
 after twice as long each time, up to 10 minutes."""
+RECONCILE_CHUNK = 1000
+"""Registry records judged between two turns of the event loop: a registry of 20,000 models
+is planned in many short steps, never in one stall of the requests in flight."""
 
 
 def _or_unchanged(record: ModelRecord | None) -> ModelRecord | Unchanged:
@@ -155,13 +159,16 @@ class Healer:
 
     async def reconcile(self) -> list[Repair]:
         """One round of the registry against the cache, both ways."""
-        repairs = plan_repairs(
-            self.me,
-            records(self.registry.models),
-            self.local.copy_states(),
-            now_ms=now_ms(),
-            failure_expiry_ms=self.failure_expiry_ms,
-        )
+        local, stamp = self.local.copy_states(), now_ms()
+        snapshot = records(self.registry.models)
+        repairs: list[Repair] = []
+        for start in range(0, len(snapshot), RECONCILE_CHUNK):
+            chunk = snapshot[start : start + RECONCILE_CHUNK]
+            repairs += claim_repairs(
+                self.me, chunk, local, now_ms=stamp, failure_expiry_ms=self.failure_expiry_ms
+            )
+            await asyncio.sleep(0)  # requests go on between the parts of a large registry
+        repairs += unregistered_copies(local, {model_id for model_id, _ in snapshot})
         for repair in repairs:
             if repair.kind is RepairKind.UNREGISTERED_COPY:
                 if self.registry.models.get(repair.model_id) is None:
@@ -242,8 +249,7 @@ class Healer:
         return await asyncio.shield(self._check)
 
     async def _probe_sample(self) -> None:
-        loaded = self._loaded_by_recent_use()
-        sample = loaded[:PROBE_SAMPLE]
+        sample = self.local.newest_loaded(PROBE_SAMPLE)
         if not sample:
             return
         gone = await self._gone(sample)
@@ -251,7 +257,7 @@ class Healer:
             await self.runtime_lost(gone[0])
 
     async def _check_all(self, *, known_lost: str) -> int:
-        loaded = self._loaded_by_recent_use()
+        loaded = self.local.newest_loaded()
         others = [m for m in loaded if m != known_lost]
         gone = [known_lost, *await self._gone(others)]
         dropped = [m for m in gone if self._lose(m)]
@@ -276,10 +282,6 @@ class Healer:
 
     def _lose(self, model_id: str) -> bool:
         return self.local.lose(model_id)
-
-    def _loaded_by_recent_use(self) -> list[str]:
-        entries = [e for e in self.local.cache.entries() if self.local.is_loaded(e.model_id)]
-        return [e.model_id for e in reversed(entries)]
 
     async def _gone(self, model_ids: list[str]) -> list[str]:
         """Those of `model_ids` the model server says it does not have (NOT_FOUND or not

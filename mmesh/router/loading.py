@@ -112,13 +112,11 @@ class LocalModels:
     # --- queries ---------------------------------------------------------------------
 
     def is_loaded(self, model_id: str) -> bool:
-        entry = self.cache.get(ModelId(model_id))
-        return entry is not None and entry.state is EntryState.LOADED
+        return self.cache.state_of(ModelId(model_id)) is EntryState.LOADED
 
     def has_copy(self, model_id: str) -> bool:
         """Loaded or loading here."""
-        entry = self.cache.get(ModelId(model_id))
-        return entry is not None and entry.state in (EntryState.LOADED, EntryState.LOADING)
+        return self.cache.state_of(ModelId(model_id)) in (EntryState.LOADED, EntryState.LOADING)
 
     def is_unloading(self, model_id: str) -> bool:
         """This instance's copy is being unloaded (the registry may still list it)."""
@@ -132,20 +130,30 @@ class LocalModels:
 
     def copy_state(self, model_id: str) -> LocalCopy:
         """This pod's copy of the model, as routing and repairs see it."""
-        entry = self.cache.get(ModelId(model_id))
-        if entry is not None and entry.state is EntryState.LOADED:
+        return self._copy_state(model_id, self.cache.state_of(ModelId(model_id)))
+
+    def _copy_state(self, model_id: str, state: EntryState | None) -> LocalCopy:
+        if state is EntryState.LOADED:
             return LocalCopy.LOADED
-        if model_id in self._loads or (entry is not None and entry.state is EntryState.LOADING):
+        if model_id in self._loads or state is EntryState.LOADING:
             return LocalCopy.LOADING
-        if model_id in self._unloads or (entry is not None and entry.state is EntryState.UNLOADING):
+        if model_id in self._unloads or state is EntryState.UNLOADING:
             return LocalCopy.UNLOADING
         return LocalCopy.NONE
 
     def copy_states(self) -> dict[str, LocalCopy]:
         """Every model this pod holds, loads or unloads, with its state."""
-        ids = {e.model_id for e in self.cache.entries()} | set(self._loads) | set(self._unloads)
-        states = {m: self.copy_state(m) for m in ids}
+        states: dict[str, LocalCopy] = {
+            m: self._copy_state(m, state) for m, state in self.cache.states().items()
+        }
+        for model_id in (*self._loads, *self._unloads):
+            if model_id not in states:
+                states[model_id] = self._copy_state(model_id, None)
         return {m: s for m, s in states.items() if s is not LocalCopy.NONE}
+
+    def newest_loaded(self, limit: int | None = None) -> list[str]:
+        """Loaded models, most recently used first (up to `limit`)."""
+        return list(self.cache.newest(EntryState.LOADED, limit))
 
     def touch(self, model_id: str) -> None:
         if self.cache.touch(ModelId(model_id), now_ms()) is None and model_id in self._loads:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-from collections.abc import Iterable, Mapping
+from collections.abc import Container, Iterable, Mapping
 from dataclasses import dataclass
 
 from mmesh.core.failures import is_live
@@ -73,11 +73,24 @@ def plan_repairs(
     failure_expiry_ms: int,
 ) -> list[Repair]:
     """Every repair this instance's entries need, registry against cache."""
+    pairs = list(records)
+    repairs = claim_repairs(me, pairs, local, now_ms=now_ms, failure_expiry_ms=failure_expiry_ms)
+    return repairs + unregistered_copies(local, {model_id for model_id, _ in pairs})
+
+
+def claim_repairs(
+    me: str,
+    records: Iterable[tuple[str, ModelRecord]],
+    local: Mapping[str, LocalCopy],
+    *,
+    now_ms: int,
+    failure_expiry_ms: int,
+) -> list[Repair]:
+    """The repairs of this instance's entries in these records (any part of the registry:
+    each record is judged on its own)."""
     repairs: list[Repair] = []
-    registered: set[str] = set()
     iid = InstanceId(me)
     for model_id, rec in records:
-        registered.add(model_id)
         copy = local.get(model_id, LocalCopy.NONE)
         if iid in rec.instance_ids and copy not in _BACKED:
             repairs.append(Repair(model_id, RepairKind.STALE_CLAIM))
@@ -90,10 +103,16 @@ def plan_repairs(
             failed_ms, now_ms=now_ms, expiry_ms=failure_expiry_ms
         ):
             repairs.append(Repair(model_id, RepairKind.EXPIRED_FAILURE))
-    for model_id, copy in sorted(local.items()):
-        if copy is LocalCopy.LOADED and model_id not in registered:
-            repairs.append(Repair(model_id, RepairKind.UNREGISTERED_COPY))
     return repairs
+
+
+def unregistered_copies(local: Mapping[str, LocalCopy], registered: Container[str]) -> list[Repair]:
+    """Loaded copies here of models the registry no longer has."""
+    return [
+        Repair(model_id, RepairKind.UNREGISTERED_COPY)
+        for model_id, copy in sorted(local.items())
+        if copy is LocalCopy.LOADED and model_id not in registered
+    ]
 
 
 def apply_repair(
