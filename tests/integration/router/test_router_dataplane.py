@@ -1,6 +1,7 @@
-"""Data-plane parity on one router over a real etcd and the stub runtime: inference deadlines,
-ModelReady on gRPC and REST, payload processors posting to a real HTTP sink, per-model
-metrics, a runtime reached over unix sockets."""
+"""Data-plane parity on one router over a real etcd and the stub runtime: inference deadlines
+(also through a peer, in a three-pod mesh), ModelReady on gRPC and REST, payload processors
+posting to a real HTTP sink, per-model metrics, a runtime reached over unix sockets, the zone
+of the router's node."""
 
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ from tests.fixtures.etcd import EtcdServer
 from tests.fixtures.procs import free_port
 from tests.fixtures.router import RouterClients, RouterProc, clients
 from tests.fixtures.runtimes import StubRuntimeProc
+from tests.integration.router.test_mesh import PODS, holder_of, mesh_of, wait_for
 
 StartRouter = Callable[..., AbstractContextManager[RouterProc]]
 StartStub = Callable[..., AbstractContextManager[StubRuntimeProc]]
@@ -140,6 +142,50 @@ def test_rest_past_its_deadline_is_504_naming_the_limit(slow_mesh) -> None:
     assert status == 504 and "300 ms (mm-timeout-ms=300)" in body["error"]
     status, body = rest(router, "/v2/models/fast/infer", REST_BODY)
     assert status == 200 and body["outputs"][0]["data"] == [2.0]
+
+
+def runtime_calls_ended(router: RouterProc, codes: tuple[str, ...]) -> tuple[int, float]:
+    """How many of the router's runtime calls ended with one of `codes`, and their total ms."""
+    count = total = 0.0
+    for line in router.metrics().splitlines():
+        if not any(f'code="{code}"' in line for code in codes):
+            continue
+        if line.startswith("modelmesh_invoke_model_milliseconds_count{"):
+            count += float(line.rsplit(" ", 1)[1])
+        elif line.startswith("modelmesh_invoke_model_milliseconds_sum{"):
+            total += float(line.rsplit(" ", 1)[1])
+    return int(count), total
+
+
+def test_the_deadline_travels_to_the_peer_holding_the_model_and_its_runtime(
+    start_router: StartRouter, start_stub_runtime: StartStub, etcd_server: EtcdServer
+) -> None:
+    env = {"MM_INFERENCE_TIMEOUT_MS": "1000"}
+    with (
+        mesh_of(start_router, start_stub_runtime, etcd_server, env=env) as m,
+        m.client("pod-a") as a,
+    ):
+        info = mm.ModelInfo(
+            type="stub", path="models/slow", key=json.dumps({"stub": {"infer_delay_ms": 4000}})
+        )
+        a.mesh.registerModel(
+            mm.RegisterModelRequest(modelId="slow", modelInfo=info, loadNow=True, sync=True),
+            timeout=30,
+        )
+        holder = holder_of(m, "slow")
+        ingress = next(pod for pod in PODS if pod != holder)
+        with m.client(ingress) as c, pytest.raises(grpc.RpcError) as err:
+            started = time.monotonic()
+            c.infer.ModelInfer(infer_request("slow"), timeout=30)
+        assert time.monotonic() - started < 2.0
+        assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert "1000 ms (MM_INFERENCE_TIMEOUT_MS=1000)" in err.value.details()
+        # The holder's call to its runtime ended with the request, not 4 s later when the
+        # runtime would have answered.
+        stopped = ("CANCELLED", "DEADLINE_EXCEEDED")
+        wait_for(lambda: runtime_calls_ended(m.routers[holder], stopped)[0] == 1, timeout_s=1.5)
+        assert runtime_calls_ended(m.routers[holder], stopped)[1] < 2000
+        assert m.infers(holder) == {"slow": 1}
 
 
 # --- ModelReady ---------------------------------------------------------------------------
