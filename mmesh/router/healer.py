@@ -23,7 +23,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 
 from mmesh.core.clock import now_ms
 from mmesh.core.errors import StoreUnavailable
@@ -44,6 +44,7 @@ from mmesh.router.repair import (
     unregistered_copies,
     wants_first_load,
 )
+from mmesh.router.routing import LocalCopy
 
 logger = logging.getLogger(__name__)
 
@@ -159,16 +160,18 @@ class Healer:
 
     async def reconcile(self) -> list[Repair]:
         """One round of the registry against the cache, both ways."""
-        local, stamp = self.local.copy_states(), now_ms()
-        snapshot = records(self.registry.models)
+        stamp, table = now_ms(), self.registry.models.items
         repairs: list[Repair] = []
-        for start in range(0, len(snapshot), RECONCILE_CHUNK):
-            chunk = snapshot[start : start + RECONCILE_CHUNK]
+        for part in _parts(list(table)):
+            pairs = [(m, held.record) for m in part if (held := table.get(m)) is not None]
+            local = {m: self.local.copy_state(m) for m in part}
             repairs += claim_repairs(
-                self.me, chunk, local, now_ms=stamp, failure_expiry_ms=self.failure_expiry_ms
+                self.me, pairs, local, now_ms=stamp, failure_expiry_ms=self.failure_expiry_ms
             )
             await asyncio.sleep(0)  # requests go on between the parts of a large registry
-        repairs += unregistered_copies(local, {model_id for model_id, _ in snapshot})
+        for part in _parts(self.local.newest_loaded()):
+            repairs += unregistered_copies(dict.fromkeys(part, LocalCopy.LOADED), table)
+            await asyncio.sleep(0)
         for repair in repairs:
             if repair.kind is RepairKind.UNREGISTERED_COPY:
                 if self.registry.models.get(repair.model_id) is None:
@@ -426,3 +429,8 @@ class FirstLoads:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+def _parts(ids: list[str]) -> Iterator[list[str]]:
+    for start in range(0, len(ids), RECONCILE_CHUNK):
+        yield ids[start : start + RECONCILE_CHUNK]
