@@ -53,6 +53,7 @@ def build_backend(settings: AdapterSettings) -> Backend:
             workers=settings.limit_per_model_concurrency,
             batch_size=settings.request_batch_size,
             max_batch_delay_ms=settings.max_batch_delay_ms,
+            metric_interval_s=settings.torchserve_metric_interval_s,
         )
         data_port = _endpoint_port(settings.runtime_data_endpoint)
         torchserve.write_config(

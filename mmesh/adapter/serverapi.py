@@ -9,7 +9,8 @@ calls `POST /v1/config/reload` (201 reloaded, 200 nothing to do; any other code 
 
 TorchServe (REST management API): `POST /models?url=<archive in the model store>&model_name=...
 &initial_workers=N&synchronous=true`, `DELETE /models/{name}`, `GET /models` (paged with
-`limit` / `next_page_token`), `GET /models/{name}` (workers with `memoryUsage`). Errors are
+`limit` / `next_page_token`), `GET /models/{name}` (workers with `memoryUsage`, 0 until
+TorchServe's next metrics pass). Errors are
 `{"code": <http status>, "type": "<Java exception>", "message": "..."}`.
 
 `METHOD_INFOS` is what each server's adapter reports in runtimeStatus: the data-plane methods
@@ -115,12 +116,16 @@ class TorchServePorts:
     metrics: int = 8082
 
 
-def render_torchserve_config(model_store: str, ports: TorchServePorts) -> str:
+def render_torchserve_config(
+    model_store: str, ports: TorchServePorts, *, metric_interval_s: int
+) -> str:
     """`config.properties` for a TorchServe the adapter drives (TS_CONFIG_FILE).
 
     Everything binds to loopback; TS_* environment variables still override
     (`enable_envvars_config`). TorchServe's gRPC management port is moved next to the gRPC
     inference port so that its default (7071) is free for the REST management API.
+    TorchServe measures its workers' memory (what a model's size is read from) once every
+    `metric_time_interval` seconds, 60 by default; the reference adapter sets 10.
     """
     lines = [
         f"model_store={model_store}",
@@ -129,6 +134,7 @@ def render_torchserve_config(model_store: str, ports: TorchServePorts) -> str:
         f"metrics_address=http://127.0.0.1:{ports.metrics}",
         f"grpc_inference_port={ports.grpc_inference}",
         f"grpc_management_port={ports.grpc_inference + 2}",
+        f"metric_time_interval={metric_interval_s}",
         "enable_envvars_config=true",
         "enable_model_api=true",
         "disable_token_authorization=true",

@@ -74,6 +74,9 @@ class AdapterSettings(BaseSettings):
     """TorchServe: `batch_size` of each registration (0 = TorchServe's default)."""
     max_batch_delay_ms: int = Field(0, ge=0, alias="MAX_BATCH_DELAY_MS")
     """TorchServe: `max_batch_delay` of each registration (0 = TorchServe's default)."""
+    torchserve_metric_interval_s: int = Field(10, ge=1, alias="TORCHSERVE_METRIC_INTERVAL_SECS")
+    """TorchServe: its `metric_time_interval`, how often it measures worker memory; a load
+    waits up to one interval for the model's memory before sizing it from disk instead."""
     log_level: str = Field("INFO", alias="LOG_LEVEL")
     log_json: bool = Field(False, alias="LOG_JSON")
 

@@ -16,6 +16,11 @@ As the container of a custom ServingRuntime it binds `--host` (default: env STUB
 disk (what the storage helper hands it); each load's path, key and bytes found there are
 reported under `received` in the stats.
 
+`--method-info SERVICE/METHOD=1.1` (repeatable) makes it report one more data-plane method
+with that model-id injection path in runtimeStatus, as the OVMS and TorchServe adapters do
+(`tensorflow.serving.PredictionService/Predict=1.1`); it answers that method by echoing the
+request bytes, NOT_FOUND unless the model named at that path is loaded.
+
 It uses the synchronous gRPC server on purpose: the stub should cost as little CPU per
 request as a fast native runtime would, and the sync server is the cheaper one here.
 """
@@ -42,6 +47,7 @@ from mmesh.core.proto import grpc_predict_v2_pb2 as v2
 from mmesh.core.proto import grpc_predict_v2_pb2_grpc as v2_grpc
 from mmesh.core.proto import model_runtime_pb2 as rt
 from mmesh.core.proto import model_runtime_pb2_grpc as rt_grpc
+from mmesh.router.wire import read_string_field
 
 logger = logging.getLogger("mmesh.stub_runtime")
 
@@ -56,6 +62,8 @@ class StubConfig:
     load_timeout_ms: int = 30_000
     fail_pattern: str | None = None
     require_local_files: bool = False
+    method_infos: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    """Extra data-plane methods (`service/method`) -> model-id injection path."""
 
 
 @dataclass
@@ -118,6 +126,8 @@ class StubRuntime(rt_grpc.ModelRuntimeServicer):
         )
         for method in ("ModelInfer", "ModelMetadata"):
             resp.methodInfos[f"inference.GRPCInferenceService/{method}"].idInjectionPath.append(1)
+        for method, path in self.config.method_infos.items():
+            resp.methodInfos[method].idInjectionPath.extend(path)
         return resp
 
     def loadModel(
@@ -273,6 +283,41 @@ class StubInference(v2_grpc.GRPCInferenceServiceServicer):
         return resp
 
 
+def _echo_handlers(
+    method_infos: dict[str, tuple[int, ...]], state: StubState
+) -> list[grpc.GenericRpcHandler[bytes, bytes]]:
+    """Each extra method echoes its request, once the model named at its path is loaded."""
+
+    def echo(path: tuple[int, ...]) -> Any:
+        def answer(request: bytes, context: grpc.ServicerContext) -> bytes:
+            name = read_string_field(request, path) or ""
+            with state.lock:
+                loaded = name in state.loaded
+                if loaded:
+                    state.infers[name] += 1
+            if not loaded:
+                context.abort(grpc.StatusCode.NOT_FOUND, f"model {name} is not loaded")
+            return request
+
+        return grpc.unary_unary_rpc_method_handler(answer)
+
+    services: dict[str, dict[str, grpc.RpcMethodHandler[bytes, bytes]]] = {}
+    for full, path in method_infos.items():
+        service, _, method = full.rpartition("/")
+        services.setdefault(service, {})[method] = echo(path)
+    return [grpc.method_handlers_generic_handler(n, ms) for n, ms in services.items()]
+
+
+def _method_info(text: str) -> tuple[str, tuple[int, ...]]:
+    method, sep, path = text.partition("=")
+    if not sep or "/" not in method:
+        raise argparse.ArgumentTypeError(f"expected SERVICE/METHOD=1.2, got {text!r}")
+    try:
+        return method, tuple(int(n) for n in path.split("."))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"bad field path in {text!r}") from exc
+
+
 def _stats_server(state: StubState, host: str, port: int) -> ThreadingHTTPServer:
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
@@ -310,6 +355,7 @@ def serve(
     )
     rt_grpc.add_ModelRuntimeServicer_to_server(StubRuntime(config, state), server)
     v2_grpc.add_GRPCInferenceServiceServicer_to_server(StubInference(state), server)
+    server.add_generic_rpc_handlers(_echo_handlers(config.method_infos, state))
     server.add_insecure_port(f"{host}:{port}")
     if socket_path:
         server.add_insecure_port(f"unix:{socket_path}")
@@ -345,6 +391,13 @@ def main() -> None:
         help="a load fails unless modelPath names files on local disk",
     )
     parser.add_argument("--socket", default=None, help="also listen on this unix socket path")
+    parser.add_argument(
+        "--method-info",
+        type=_method_info,
+        action="append",
+        default=[],
+        help="SERVICE/METHOD=1.1: one more data-plane method and its model-id path",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO)
     config = StubConfig(
@@ -356,6 +409,7 @@ def main() -> None:
         args.load_timeout_ms,
         args.fail_pattern,
         args.require_local_files,
+        dict(args.method_info),
     )
     serve(
         config,

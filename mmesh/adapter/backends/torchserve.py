@@ -7,8 +7,10 @@ with `DELETE /models/<id>`. At start the adapter writes the store's `mmconfig.pr
 which the runtime container waits for and starts TorchServe with (TS_CONFIG_FILE): loopback
 addresses, REST management on RUNTIME_PORT, gRPC inference on the data endpoint's port.
 
-A model's size is its workers' memory as TorchServe reports it (plus 10 %), or, while no
-worker reports any, the disk-size estimate.
+A model's size is its workers' memory as TorchServe reports it (plus 10 %). TorchServe
+measures that memory once per `metric_time_interval` (written into its config), so a load
+waits for the next measurement, at most one interval and a margin (and never more than half
+the load timeout); a model whose workers report none by then is sized from its disk size.
 """
 
 from __future__ import annotations
@@ -46,8 +48,9 @@ STORE_DIR_NAME = "_torchserve_models"
 CONFIG_FILE_NAME = "mmconfig.properties"
 STATUS_TIMEOUT_S = 5.0
 PAGE_SIZE = 500
-MEMORY_PROBES = 3
 MEMORY_PROBE_INTERVAL_S = 0.5
+MEMORY_WAIT_MARGIN_S = 2.0
+"""Beyond one metrics interval: TorchServe's measuring pass itself takes a moment."""
 MEMORY_HEADROOM = 1.1
 
 
@@ -61,6 +64,7 @@ class TorchServeBackend:
         workers: int = 1,
         batch_size: int = 0,
         max_batch_delay_ms: int = 0,
+        metric_interval_s: int = 10,
     ) -> None:
         self._url = base_url.rstrip("/")
         self.store_dir = root_model_dir / STORE_DIR_NAME
@@ -68,12 +72,16 @@ class TorchServeBackend:
         self._workers = max(1, workers)
         self._batch_size = batch_size
         self._max_batch_delay_ms = max_batch_delay_ms
+        self._metric_interval_s = metric_interval_s
         self._session: aiohttp.ClientSession | None = None
 
     def write_config(self, ports: TorchServePorts) -> Path:
         """The config TorchServe starts with; written before it starts (it waits for it)."""
         path = self.store_dir / CONFIG_FILE_NAME
-        write_text_atomic(path, render_torchserve_config(str(self.store_dir), ports))
+        text = render_torchserve_config(
+            str(self.store_dir), ports, metric_interval_s=self._metric_interval_s
+        )
+        write_text_atomic(path, text)
         return path
 
     def _http(self) -> aiohttp.ClientSession:
@@ -180,7 +188,10 @@ class TorchServeBackend:
                 return names
 
     async def _worker_memory(self, model_id: str) -> int:
-        for attempt in range(MEMORY_PROBES):
+        """The workers' memory once TorchServe has measured it; 0 if it does not in time."""
+        wait_s = min(self._metric_interval_s + MEMORY_WAIT_MARGIN_S, self._load_timeout_s / 2)
+        probes = 1 + int(wait_s / MEMORY_PROBE_INTERVAL_S)
+        for attempt in range(probes):
             if attempt:
                 await asyncio.sleep(MEMORY_PROBE_INTERVAL_S)
             status, body = await self._request(
@@ -189,7 +200,11 @@ class TorchServeBackend:
             memory = torchserve_worker_memory(_json(body)) if status == 200 else 0
             if memory:
                 return memory
-        logger.info("torchserve reports no worker memory for %s; sizing from disk", model_id)
+        logger.info(
+            "torchserve reported no worker memory for %s within %.1f s; sizing from disk",
+            model_id,
+            wait_s,
+        )
         return 0
 
     async def _request(

@@ -1,6 +1,7 @@
 """The adapter's OVMS backend (a real adapter process) against a fake OVMS REST API that
-holds it to OVMS's documented contract (tests/fixtures/fake_ovms.py): the multi-model config
-file, `POST /v1/config/reload`, `GET /v1/config`, numeric version directories, error bodies.
+holds it to OVMS's documented contract and 2022.2's reload rules (tests/fixtures/fake_ovms.py):
+the multi-model config file, `POST /v1/config/reload`, `GET /v1/config`, numeric version
+directories, a reload failing as a whole when one model fails, error bodies.
 No OVMS image runs here."""
 
 from __future__ import annotations
@@ -115,7 +116,8 @@ def test_ovms_failures_reach_the_router_with_ovms_words(
             load(stub, "broken", "openvino_ir", "broken")
         assert err.value.code() == grpc.StatusCode.INTERNAL
         assert err.value.details() == (
-            "OVMS did not load model broken: version 1 is LOADING (error_code 'UNKNOWN': 'UNKNOWN')"
+            "OVMS did not load model broken: version 1 is LOADING (error_code 'UNKNOWN': "
+            f"'UNKNOWN') (config reload answered HTTP 500: {RELOAD_FAILED})"
         )
         assert "broken" not in config_names(fake_ovms)  # taken back out of the config
         assert not (fake_ovms.models_root / "broken").exists()  # pulled files removed
@@ -160,3 +162,34 @@ def test_ovms_loads_arriving_together_share_one_config_reload(
         assert sizes == [10000] * 3
         assert fake_ovms.ovms.reloads - before == 1
         assert fake_ovms.ovms.available() == {"m0", "m1", "m2"}
+
+
+def test_one_failing_model_fails_the_shared_reload_but_not_the_others(
+    start_adapter: StartAdapter, fake_ovms: RunningOvms, pvc: Path, tmp_path: Path
+) -> None:
+    """OVMS answers a reload with one error for the whole config when any model fails; the
+    loads batched into that reload are settled from each model's own status."""
+    env = {**adapter_env(fake_ovms, pvc, tmp_path), "BATCH_WAIT_TIME_MIN_MS": "500"}
+    with start_adapter(env) as proc, grpc.insecure_channel(proc.target) as channel:
+        runtime_status(proc.target)
+        stub = rt_grpc.ModelRuntimeStub(channel)
+        before = fake_ovms.ovms.reloads
+
+        def attempt(model: tuple[str, str, str]) -> str:
+            try:
+                load(stub, *model)
+            except grpc.RpcError as exc:
+                return str(exc.details())
+            return "loaded"
+
+        batch = [("good", "onnx", "onnx/mnist.onnx"), ("broken", "openvino_ir", "broken")]
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            good, broken = pool.map(attempt, batch)
+        assert good == "loaded"
+        assert broken.startswith("OVMS did not load model broken: version 1 is LOADING")
+        assert broken.endswith(f"(config reload answered HTTP 500: {RELOAD_FAILED})")
+        # one shared reload, then one more that takes the failed model out of the config
+        assert fake_ovms.ovms.reloads - before == 2
+        assert fake_ovms.ovms.available() == {"good"}
+        assert config_names(fake_ovms) == ["good"]
+        assert load(stub, "after", "onnx", "onnx/mnist.onnx") == 10000  # reloads work again

@@ -1,11 +1,13 @@
 """The adapter's TorchServe backend (a real adapter process) against a fake TorchServe
 management API that holds it to TorchServe's REST contract (tests/fixtures/fake_torchserve.py):
-archives in the model store, register / unregister / list / describe, error bodies.
+started from the config the adapter writes, archives in the model store, register /
+unregister / list / describe, worker memory only after a metrics pass, error bodies.
 No TorchServe image runs here."""
 
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from collections.abc import Callable
 from contextlib import AbstractContextManager
@@ -48,6 +50,7 @@ def adapter_env(ts: RunningTorchServe, pvc: Path, tmp_path: Path) -> dict[str, s
         "ROOT_MODEL_DIR": str(ts.models_root),
         "STORAGE_CONFIG_DIR": str(tmp_path / "storage"),
         "PVC_MOUNTS_DIR": str(pvc),
+        "TORCHSERVE_METRIC_INTERVAL_SECS": "1",  # worker memory measured every second
     }
 
 
@@ -72,13 +75,15 @@ def test_torchserve_register_unregister_and_sizing(
         config = (ts.store / "mmconfig.properties").read_text()  # written before TorchServe starts
         assert f"management_address=http://127.0.0.1:{fake_torchserve.port}" in config
         assert "grpc_inference_port=7070" in config
+        assert "metric_time_interval=1" in config
 
         status = runtime_status(proc.target)
         assert status.status == rt.RuntimeStatusResponse.READY
         assert list(status.methodInfos[PREDICTIONS].idInjectionPath) == [1]
         stub = rt_grpc.ModelRuntimeStub(channel)
 
-        # size = the worker's memory as TorchServe reports it, plus 10 %
+        # size = the worker's memory as TorchServe reports it after its next metrics pass,
+        # plus 10 %
         assert load(stub, "mnist__isvc-0123456789", "mnist.mar") == int(WORKER_MEMORY * 1.1)
         link = ts.store / "mnist__isvc-0123456789.mar"
         assert link.resolve() == pvc / "models-pvc" / "mnist.mar"
@@ -100,6 +105,28 @@ def test_torchserve_register_unregister_and_sizing(
         assert not (fake_torchserve.models_root / "mnist__isvc-0123456789").exists()
         # unknown to TorchServe (404 ModelNotFoundException) is not an unload failure
         stub.unloadModel(rt.UnloadModelRequest(modelId="never-registered"), timeout=30)
+
+
+def test_a_model_torchserve_has_not_measured_in_time_is_sized_from_disk(
+    start_adapter: StartAdapter, fake_torchserve: RunningTorchServe, pvc: Path, tmp_path: Path
+) -> None:
+    """TorchServe's default metrics interval (60 s) is longer than a load may wait (half the
+    load timeout): the size is the archive's bytes x MODELSIZE_MULTIPLIER."""
+    env = {
+        **adapter_env(fake_torchserve, pvc, tmp_path),
+        "TORCHSERVE_METRIC_INTERVAL_SECS": "60",
+        "LOADTIME_TIMEOUT": "3000",
+    }
+    with (
+        start_adapter(env) as proc,
+        grpc.insecure_channel(proc.target) as channel,
+    ):
+        runtime_status(proc.target)
+        stub = rt_grpc.ModelRuntimeStub(channel)
+        on_disk = (pvc / "models-pvc" / "mnist.mar").stat().st_size
+        assert load(stub, "mnist", "mnist.mar") == math.ceil(on_disk * 1.25)
+        assert "mnist" in fake_torchserve.ts.models
+    assert "reported no worker memory for mnist within 1.5 s" in proc.log.read_text()
 
 
 def test_torchserve_failure_bodies_reach_the_router(

@@ -16,6 +16,7 @@ import pytest
 from mmesh.core.proto import grpc_predict_v2_pb2 as v2
 from mmesh.core.proto import grpc_predict_v2_pb2_grpc as v2_grpc
 from mmesh.core.proto import model_mesh_pb2 as mm
+from mmesh.router.wire import read_string_field
 from tests.fixtures.etcd import EtcdServer
 from tests.fixtures.router import RouterClients, RouterProc, clients
 from tests.fixtures.runtimes import StubRuntimeProc
@@ -402,3 +403,53 @@ def test_target_set_directly_in_etcd_is_loaded_and_promoted(mesh, etcd_server) -
         assert vm.activeModelId == "op-isvc__v2" and vm.status == mm.VModelStatusInfo.DEFINED
         assert vm.activeModelStatus.status == mm.ModelStatusInfo.LOADED
         assert stub.stats()["loads"].get("op-isvc__v2") == 1
+
+
+TFS_PREDICT = "tensorflow.serving.PredictionService/Predict"
+TS_PREDICTIONS = "org.pytorch.serve.grpc.inference.InferenceAPIsService/Predictions"
+
+
+def _field(number: int, payload: bytes) -> bytes:
+    """A length-delimited protobuf field (payloads under 128 bytes)."""
+    return bytes([number << 3 | 2, len(payload)]) + payload
+
+
+def test_runtime_data_plane_methods_get_the_concrete_id_where_the_runtime_says(
+    start_router: StartRouter, start_stub_runtime: StartStub, etcd_server: EtcdServer
+) -> None:
+    """The OVMS adapter reports TF Serving's Predict with the model id at model_spec.name
+    (1.1), the TorchServe adapter its Predictions at model_name (1), as the reference's do:
+    the router writes the concrete id there and forwards the rest of the bytes untouched.
+    A method the runtime does not report is not forwarded."""
+    with (
+        start_stub_runtime(
+            "--method-info", f"{TFS_PREDICT}=1.1", "--method-info", f"{TS_PREDICTIONS}=1"
+        ) as stub,
+        start_router(etcd_endpoint=etcd_server.endpoint, runtime_port=stub.port) as router,
+        clients(router) as c,
+        grpc.insecure_channel(router.target) as channel,
+    ):  # fmt: skip
+        register(c, "ov__isvc-0123456789")
+        c.mesh.setVModel(
+            mm.SetVModelRequest(vModelId="ov", targetModelId="ov__isvc-0123456789"), timeout=10
+        )
+        # PredictRequest{model_spec{name, signature_name (3)}, inputs (2)}
+        spec = _field(1, b"ov") + _field(3, b"serving_default")
+        inputs = _field(2, _field(1, b"x"))
+        predict = channel.unary_unary(f"/{TFS_PREDICT}")
+        echoed = predict(_field(1, spec) + inputs, metadata=(("mm-vmodel-id", "ov"),), timeout=30)
+        assert read_string_field(echoed, (1, 1)) == "ov__isvc-0123456789"
+        assert read_string_field(echoed, (1, 3)) == "serving_default"
+        assert echoed.endswith(inputs)
+
+        register(c, "ts-model")
+        predictions = channel.unary_unary(f"/{TS_PREDICTIONS}")
+        request = _field(1, b"whatever") + _field(3, b"{}")
+        echoed = predictions(request, metadata=(("mm-model-id", "ts-model"),), timeout=30)
+        assert echoed == _field(1, b"ts-model") + _field(3, b"{}")
+        assert stub.stats()["infers"] == {"ov__isvc-0123456789": 1, "ts-model": 1}
+
+        classify = channel.unary_unary("/tensorflow.serving.PredictionService/Classify")
+        with pytest.raises(grpc.RpcError) as err:
+            classify(_field(1, spec), metadata=(("mm-vmodel-id", "ov"),), timeout=10)
+        assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED

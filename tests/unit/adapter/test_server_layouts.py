@@ -124,13 +124,17 @@ def test_torchserve_layout_refuses_what_torchserve_cannot_register() -> None:
 
 
 def test_torchserve_config_frees_7071_for_rest_management() -> None:
-    text = render_torchserve_config("/models/_torchserve_models", TorchServePorts(7071, 7070))
+    text = render_torchserve_config(
+        "/models/_torchserve_models", TorchServePorts(7071, 7070), metric_interval_s=10
+    )
     lines = dict(line.split("=", 1) for line in text.splitlines())
     assert lines["management_address"] == "http://127.0.0.1:7071"
     assert lines["grpc_inference_port"] == "7070"
     assert lines["grpc_management_port"] == "7072"
     assert lines["inference_address"] == "http://127.0.0.1:8083"  # 8080 is the router's
     assert lines["model_store"] == "/models/_torchserve_models"
+    assert lines["metric_time_interval"] == "10"  # worker memory measured every 10 s, not 60
+    assert (lines["enable_model_api"], lines["disable_token_authorization"]) == ("true", "true")
 
 
 def test_torchserve_error_bodies() -> None:
