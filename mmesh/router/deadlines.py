@@ -4,8 +4,9 @@ within that time.
 The limit is the shortest of the client's own gRPC deadline, the request's `mm-timeout-ms`
 header and the router's default (MM_INFERENCE_TIMEOUT_MS). It covers the whole request on
 this router: routing, a cache-miss load it waits for, the forward to a peer or the runtime.
-The limit travels with the forwarded call as its gRPC deadline, and the call is cancelled
-when the limit passes here, so peers and the runtime stop when the client stops waiting.
+What is left of the limit travels with the forwarded call as its gRPC deadline, and the call
+is cancelled when the limit passes here, so peers and the runtime stop when the client stops
+waiting.
 A request past its limit ends with DEADLINE_EXCEEDED (REST: 504) naming the limit and where
 it came from; the model, its load (shared loads are shielded from the waiters) and the
 requests behind it carry on.

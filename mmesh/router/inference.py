@@ -89,6 +89,9 @@ PEER_CHECK_S = 0.25
 """How often a call waiting on a peer checks that the peer is still there (memory only)."""
 DEADLINE_MARGIN_S = 0.5
 """A call stops waiting this long before its deadline, to answer with the real cause."""
+MIN_CALL_TIMEOUT_S = 0.001
+"""A call made with its deadline all but spent still goes out with a positive limit (gRPC
+takes 0 as no limit), and ends DEADLINE_EXCEEDED there."""
 
 
 def unpublished_loads(placed: list[tuple[float, int]], now: float) -> int:
@@ -233,7 +236,8 @@ class InferenceRouter:
             raise Unimplemented(f"method {method} is not served by this runtime")
         if path is not None:
             payload = wire.replace_string_field(payload, path, model_id)
-        call = _Call(method, model_id, payload, headers, timeout_s)
+        expires_at = None if timeout_s is None else time.monotonic() + timeout_s
+        call = _Call(method, model_id, payload, headers, expires_at)
         if peers.hop_count(headers):
             return await self._serve_forwarded(call)
         if self.inflight.bounded:
@@ -542,7 +546,15 @@ class _Call:
     model_id: str
     payload: bytes
     headers: Mapping[str, str | bytes]
-    timeout_s: float | None
+    expires_at: float | None
+    """time.monotonic() when the request's deadline passes; None: no deadline."""
+
+    @property
+    def timeout_s(self) -> float | None:
+        """What is left of the deadline: the limit a call to a peer or the runtime gets."""
+        if self.expires_at is None:
+            return None
+        return max(MIN_CALL_TIMEOUT_S, self.expires_at - time.monotonic())
 
 
 class _Attempt(RouterError):
