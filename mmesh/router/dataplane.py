@@ -130,11 +130,13 @@ class DataPlane:
                     Payload(payload_id, model_id, vmodel_id, method, "request", payload,
                             metadata=payload_metadata(headers))
                 )  # fmt: skip
+            if deadline is None:
+                response = await self.router.invoke(method, payload, headers)
+                return response
             name = model_id or self.requested_name(method, payload, headers)
-            timeout_s = deadline.seconds if deadline is not None else None
             response = await within(
                 deadline,
-                self.router.invoke(method, payload, headers, timeout_s),
+                self.router.invoke(method, payload, headers, deadline.seconds),
                 f"inference on model {name}",
             )
             return response

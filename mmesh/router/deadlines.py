@@ -71,7 +71,8 @@ async def within(deadline: Deadline | None, work: Awaitable[T], what: str) -> T:
     if deadline is None:
         return await work
     try:
-        return await asyncio.wait_for(work, timeout=deadline.seconds)
+        async with asyncio.timeout(deadline.seconds):  # no task per request, as wait_for makes
+            return await work
     except TimeoutError:
         raise timed_out(deadline, what) from None
     except RouterError as exc:

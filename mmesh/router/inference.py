@@ -61,6 +61,7 @@ from mmesh.router.routing import (
     ServeHere,
     View,
     decide,
+    decide_forwarded,
     place,
     stale_self_claim,
     with_placements,
@@ -267,10 +268,11 @@ class InferenceRouter:
         does not hold is refused as "not held", after dropping its own stale claim."""
         hops = _hops(call.headers)
         record = self._record(call.model_id)
-        decision = decide(call.model_id, record, self._view(call.model_id), hops)
+        local = self.local.copy_state(call.model_id)
+        decision = decide_forwarded(call.model_id, self.local.instance_id, local, hops)
         if isinstance(decision, Refuse):
             if decision.kind is RefuseKind.NOT_HELD and stale_self_claim(
-                record, self.local.instance_id, self.local.copy_state(call.model_id)
+                record, self.local.instance_id, local
             ):
                 await self.healer.drop_own_stale_claim(call.model_id)
             raise _refusal(decision)
@@ -365,16 +367,18 @@ class InferenceRouter:
 
     def _view(self, model_id: str) -> View:
         me = self.local.instance_id
-        live = {
-            iid: with_placements(
-                rec,
-                self._recent_placements(iid),
-                queued=unpublished_loads(self._placed.get(iid, []), time.monotonic()),
-            )
-            if iid != me
-            else rec
-            for iid, rec in self.live_peers().items()
-        }
+        live = self.live_peers()
+        if self._placed:  # copies this router placed lately, not yet in their pods' records
+            live = {
+                iid: with_placements(
+                    rec,
+                    self._recent_placements(iid),
+                    queued=unpublished_loads(self._placed.get(iid, []), time.monotonic()),
+                )
+                if iid != me
+                else rec
+                for iid, rec in live.items()
+            }
         return View(
             me=me,
             instances=live,

@@ -16,7 +16,7 @@ import functools
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Collection, Coroutine, Iterable, Iterator
+from collections.abc import Callable, Collection, Coroutine, Iterable
 from dataclasses import replace
 from typing import Any
 
@@ -163,18 +163,16 @@ class LocalModels:
         """A request for the model went to a peer: its frequency counts here too."""
         self.cache.note_use(ModelId(model_id), now_ms())
 
-    @contextlib.contextmanager
-    def in_use(self, model_id: str) -> Iterator[None]:
+    def in_use(self, model_id: str) -> _Serving:
         """Counts a request the local runtime is serving, so a retiring copy drains first."""
-        self._serving[model_id] += 1
-        try:
-            yield
-        finally:
-            self._serving[model_id] -= 1
-            if not self._serving[model_id]:
-                del self._serving[model_id]
-                if model_id in self._drained:
-                    self._drained[model_id].set()
+        return _Serving(self, model_id)
+
+    def _serving_ended(self, model_id: str) -> None:
+        self._serving[model_id] -= 1
+        if not self._serving[model_id]:
+            del self._serving[model_id]
+            if model_id in self._drained:
+                self._drained[model_id].set()
 
     # --- loading ---------------------------------------------------------------------
 
@@ -583,3 +581,18 @@ def _without_copy(
         last_used_ms=max(rec.last_used_ms, last_used_ms),
         last_unload_ms=stamp,
     )
+
+
+class _Serving:
+    """`LocalModels.in_use` (a class, not a generator: it runs on every warm request)."""
+
+    __slots__ = ("_local", "_model_id")
+
+    def __init__(self, local: LocalModels, model_id: str) -> None:
+        self._local, self._model_id = local, model_id
+
+    def __enter__(self) -> None:
+        self._local._serving[self._model_id] += 1
+
+    def __exit__(self, *exc: object) -> None:
+        self._local._serving_ended(self._model_id)

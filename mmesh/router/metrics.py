@@ -9,6 +9,7 @@ reference Grafana dashboard's queries answer unchanged.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import Metric, UnknownMetricFamily
@@ -29,6 +30,8 @@ class RouterMetrics:
         self.registry = CollectorRegistry()
         r = self.registry
         per_model = MODEL_LABELS if self.config.per_model else ()
+        self._request_children: dict[tuple[str, ...], list[Any]] = {}
+        self._invoke_children: dict[tuple[str, ...], Any] = {}
         self.api_request_ms = Histogram(
             "modelmesh_api_request_milliseconds",
             "External request time",
@@ -164,6 +167,10 @@ class RouterMetrics:
 
         r.register(_ReferenceCounterNames(self))
 
+    def _key(self, method: str, code: str, model_id: str, vmodel_id: str) -> tuple[str, ...]:
+        """The cache key of a labelled child (`labels()` costs more than the observation)."""
+        return (method, code, model_id, vmodel_id) if self.config.per_model else (method, code)
+
     def _model(self, model_id: str, vmodel_id: str) -> tuple[str, ...]:
         return (model_id, vmodel_id) if self.config.per_model else ()
 
@@ -179,18 +186,30 @@ class RouterMetrics:
         vmodel_id: str = "",
     ) -> None:
         """One external request, as the reference's logRequestMetrics(external=true)."""
-        labels = (self.config.method_label(method), code, *self._model(model_id, vmodel_id))
-        self.api_request_ms.labels(*labels).observe(elapsed_ms)
-        self.request_size.labels(*labels).observe(request_bytes)
+        key = self._key(method, code, model_id, vmodel_id)
+        children = self._request_children.get(key)
+        if children is None:
+            labels = (self.config.method_label(method), code, *self._model(model_id, vmodel_id))
+            children = [self.api_request_ms.labels(*labels), self.request_size.labels(*labels)]
+            self._request_children[key] = children
+        children[0].observe(elapsed_ms)
+        children[1].observe(request_bytes)
         if response_bytes is not None:
-            self.response_size.labels(*labels).observe(response_bytes)
+            if len(children) < 3:  # no sample until a response had a size
+                labels = (self.config.method_label(method), code, *self._model(model_id, vmodel_id))
+                children.append(self.response_size.labels(*labels))
+            children[2].observe(response_bytes)
 
     def observe_invoke(
         self, method: str, code: str, elapsed_ms: float, *, model_id: str = "", vmodel_id: str = ""
     ) -> None:
         """One call to the local model server."""
-        labels = (self.config.method_label(method), code, *self._model(model_id, vmodel_id))
-        self.invoke_model_ms.labels(*labels).observe(elapsed_ms)
+        key = self._key(method, code, model_id, vmodel_id)
+        child = self._invoke_children.get(key)
+        if child is None:
+            labels = (self.config.method_label(method), code, *self._model(model_id, vmodel_id))
+            child = self._invoke_children[key] = self.invoke_model_ms.labels(*labels)
+        child.observe(elapsed_ms)
 
     def observe_queue_delay(
         self, delay_ms: float, *, model_id: str = "", vmodel_id: str = ""

@@ -128,7 +128,7 @@ def stale_self_claim(record: ModelRecord, me: str, local: LocalCopy) -> bool:
 def decide(model_id: str, record: ModelRecord, view: View, hops: Hops) -> Decision:
     """Where the request for `model_id` goes next; see the module docstring."""
     if hops.forwarded:
-        return _decide_forwarded(model_id, view, hops)
+        return decide_forwarded(model_id, view.me, view.local, hops)
     me, local, exclude = view.me, view.local, hops.exclude
     if me not in exclude and (
         local is LocalCopy.LOADED or (hops.balanced and local is LocalCopy.LOADING)
@@ -153,12 +153,13 @@ def decide(model_id: str, record: ModelRecord, view: View, hops: Hops) -> Decisi
     return place(model_id, record, view, exclude)
 
 
-def _decide_forwarded(model_id: str, view: View, hops: Hops) -> Decision:
-    if hops.dest and hops.dest != view.me:
-        return Refuse(RefuseKind.NOT_HERE, f"request for {hops.dest} reached {view.me}")
-    if view.local in (LocalCopy.LOADED, LocalCopy.LOADING) or hops.load:
+def decide_forwarded(model_id: str, me: str, local: LocalCopy, hops: Hops) -> Decision:
+    """A request a peer sent here: it needs only this pod's copy, never the mesh's view."""
+    if hops.dest and hops.dest != me:
+        return Refuse(RefuseKind.NOT_HERE, f"request for {hops.dest} reached {me}")
+    if local in (LocalCopy.LOADED, LocalCopy.LOADING) or hops.load:
         return ServeHere()
-    return Refuse(RefuseKind.NOT_HELD, f"model {model_id} is not loaded on {view.me}")
+    return Refuse(RefuseKind.NOT_HELD, f"model {model_id} is not loaded on {me}")
 
 
 def place(
