@@ -1,10 +1,14 @@
-"""Load client of the over-commit benchmark: a fixed Zipf trace, closed loop, several routers.
+"""Load client of the over-commit benchmark: a fixed Zipf trace, several routers, closed or
+open loop.
 
 Run by bench/overcommit.py as its own process. The trace is `meshload.zipf_sequence` over
 `--models-file` (seeded, so every mode of one run replays the same requests in the same
-order). `-c` workers take the next request of the trace as soon as their last one answered;
-worker i always talks to target i mod len(targets), as clients behind a Service would.
-Every request has a 60 s deadline; latency is the call's own time. Prints one JSON line.
+order). Closed loop (default): `-c` workers take the next request of the trace as soon as
+their last one answered; worker i always talks to target i mod len(targets), as clients
+behind a Service would; latency is the call's own time. Open loop (`--rate R`): request n is
+due at n / R seconds and sent then, to target n mod len(targets), whatever is still in
+flight; its latency counts from when it was due, so a client that falls behind is not hidden
+(no coordinated omission). Every request has a 60 s deadline. Prints one JSON line.
 """
 
 from __future__ import annotations
@@ -25,38 +29,63 @@ DEADLINE_S = 60.0
 MAX_SAMPLES = 5
 
 
+class Client:
+    """The trace's requests, the routers' call objects and what came back."""
+
+    def __init__(self, a: argparse.Namespace, models: list[str]) -> None:
+        self.trace = zipf_sequence(len(models), a.alpha, a.requests, a.seed)
+        self.payloads = {i: request_bytes("small", models[i]) for i in set(self.trace)}
+        targets = a.targets.split(",")
+        self.channels = [grpc.aio.insecure_channel(t, options=OPTIONS) for t in targets]
+        self.calls = [
+            ch.unary_unary(METHOD, request_serializer=None, response_deserializer=None)
+            for ch in self.channels
+        ]
+        self.lat: list[float] = []
+        self.errors: Counter[str] = Counter()
+        self.samples: list[str] = []
+
+    async def send(self, n: int, index: int, since: float) -> None:
+        """Request `index` of the trace to target n mod targets; latency counts from `since`."""
+        try:
+            await self.calls[n % len(self.calls)](self.payloads[index], timeout=DEADLINE_S)
+        except grpc.aio.AioRpcError as exc:
+            self.errors[exc.code().name] += 1
+            if len(self.samples) < MAX_SAMPLES:
+                self.samples.append(f"{exc.code().name}: {exc.details()}")
+            return
+        self.lat.append(time.perf_counter() - since)
+
+    async def closed_loop(self, concurrency: int) -> None:
+        todo = iter(self.trace)
+
+        async def worker(n: int) -> None:
+            for index in todo:
+                await self.send(n, index, time.perf_counter())
+
+        await asyncio.gather(*(worker(n) for n in range(concurrency)))
+
+    async def open_loop(self, rate: float) -> None:
+        start, sent = time.perf_counter(), []
+        for n, index in enumerate(self.trace):
+            due = start + n / rate
+            if due > time.perf_counter():
+                await asyncio.sleep(due - time.perf_counter())
+            sent.append(asyncio.create_task(self.send(n, index, due)))
+        await asyncio.gather(*sent)
+
+
 async def drive(a: argparse.Namespace, models: list[str]) -> dict[str, Any]:
-    trace = zipf_sequence(len(models), a.alpha, a.requests, a.seed)
-    payloads = {i: request_bytes("small", models[i]) for i in set(trace)}
-    targets = a.targets.split(",")
-    channels = [grpc.aio.insecure_channel(t, options=OPTIONS) for t in targets]
-    calls = [
-        ch.unary_unary(METHOD, request_serializer=None, response_deserializer=None)
-        for ch in channels
-    ]
-    todo = iter(trace)
-    lat: list[float] = []
-    errors: Counter[str] = Counter()
-    samples: list[str] = []
-
-    async def worker(n: int) -> None:
-        call = calls[n % len(calls)]
-        for index in todo:
-            t0 = time.perf_counter()
-            try:
-                await call(payloads[index], timeout=DEADLINE_S)
-            except grpc.aio.AioRpcError as exc:
-                errors[exc.code().name] += 1
-                if len(samples) < MAX_SAMPLES:
-                    samples.append(f"{exc.code().name}: {exc.details()}")
-                continue
-            lat.append(time.perf_counter() - t0)
-
+    client = Client(a, models)
     t0 = time.perf_counter()
-    await asyncio.gather(*(worker(n) for n in range(a.concurrency)))
+    if a.rate > 0:
+        await client.open_loop(a.rate)
+    else:
+        await client.closed_loop(a.concurrency)
     wall = time.perf_counter() - t0
-    for ch in channels:
+    for ch in client.channels:
         await ch.close()
+    trace, lat, errors, samples = client.trace, client.lat, client.errors, client.samples
     lat.sort()
     return {
         "requests": len(trace),
@@ -81,6 +110,7 @@ def main() -> None:
     ap.add_argument("--alpha", type=float, default=1.0)
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("-c", "--concurrency", type=int, default=8)
+    ap.add_argument("--rate", type=float, default=0.0, help="open loop, requests/s (0: closed)")
     a = ap.parse_args()
     models = [m for m in a.models_file.read_text().split() if m]
     print(json.dumps(asyncio.run(drive(a, models))), flush=True)
