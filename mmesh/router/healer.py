@@ -57,9 +57,10 @@ NO_CAPACITY_RETRY_S = 15.0
 NO_CAPACITY_RETRY_MAX_S = 600.0
 """A first load refused for room (or for want of a pod) is tried again after 15 s, then
 after twice as long each time, up to 10 minutes."""
-RECONCILE_CHUNK = 1000
-"""Registry records judged between two turns of the event loop: a registry of 20,000 models
-is planned in many short steps, never in one stall of the requests in flight."""
+RECONCILE_CHUNK = 250
+"""Registry records judged between two turns of the event loop, as in the janitor's survey: a
+registry of 20,000 models is planned in many short steps, never in one stall of the requests
+in flight."""
 
 
 def _or_unchanged(record: ModelRecord | None) -> ModelRecord | Unchanged:

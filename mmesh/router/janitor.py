@@ -303,10 +303,11 @@ class Janitor:
         now, expiry = now_ms(), self.policy.failure_expiry_ms
         result = Survey(live=live)
         cutoff = now - PROACTIVE_RECENT_MS
-        for n, (model_id, rec) in enumerate(records(self.registry.models)):
+        held = list(self.registry.models.items.items())  # a snapshot: its entries are frozen
+        for n, (model_id, entry) in enumerate(held):
             if n % SURVEY_CHUNK == SURVEY_CHUNK - 1:
                 await asyncio.sleep(0)
-            result.note(model_id, rec, now_ms=now, expiry_ms=expiry, cutoff_ms=cutoff)
+            result.note(model_id, entry.record, now_ms=now, expiry_ms=expiry, cutoff_ms=cutoff)
         return result
 
     async def elect(self) -> None:

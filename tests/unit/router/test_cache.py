@@ -541,3 +541,27 @@ def test_growing_to_the_real_size_skips_protected_entries() -> None:
     assert admit(cache, "c", at=3).admitted
     victims = cache.loaded(M("c"), 2, 3)  # bigger than predicted: b goes, a stays
     assert [v.model_id for v in victims] == ["b"]
+
+
+# ---------------------------------------------------------------- scans of a full cache
+
+
+def test_newest_walks_from_the_young_end_and_stops_at_the_limit() -> None:
+    cache = LocalCache(10)
+    for t, name in enumerate("ABCD", start=1):
+        load(cache, name, at=t)
+    admit(cache, "E", at=5)  # loading, not loaded
+    cache.touch(M("A"), 6)
+    assert cache.newest(EntryState.LOADED, 2) == ["A", "D"]
+    assert cache.newest(EntryState.LOADED) == ["A", "D", "C", "B"]
+    assert cache.newest(EntryState.LOADING) == ["E"]
+
+
+def test_states_and_state_of_agree_with_the_snapshots() -> None:
+    cache = LocalCache(10)
+    load(cache, "A", at=1)
+    admit(cache, "B", at=2)
+    assert cache.states() == {e.model_id: e.state for e in cache.entries()}
+    assert cache.state_of(M("A")) is EntryState.LOADED
+    assert cache.state_of(M("B")) is EntryState.LOADING
+    assert cache.state_of(M("Z")) is None

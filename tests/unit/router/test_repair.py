@@ -10,8 +10,10 @@ from mmesh.router.repair import (
     Repair,
     RepairKind,
     apply_repair,
+    claim_repairs,
     drop_peer_claim,
     plan_repairs,
+    unregistered_copies,
     wants_first_load,
 )
 from mmesh.router.routing import LocalCopy
@@ -85,6 +87,23 @@ def test_a_loaded_copy_of_an_unregistered_model_is_planned_for_removal() -> None
     local = {"gone": LocalCopy.LOADED, "going": LocalCopy.UNLOADING}
     repairs = plan_repairs(ME, [], local, now_ms=NOW, failure_expiry_ms=EXPIRY)
     assert repairs == [Repair("gone", RepairKind.UNREGISTERED_COPY)]
+
+
+def test_planning_in_parts_finds_what_one_pass_finds() -> None:
+    """The healer plans a large registry in parts: claims per part, then unregistered copies."""
+    records = [(f"m{i}", rec(loaded=(ME,) if i % 3 else (), loading=(B,))) for i in range(10)]
+    local = {f"m{i}": LocalCopy.LOADED for i in range(0, 12, 2)}  # m10: not registered
+    whole = plan_repairs(ME, records, local, now_ms=NOW, failure_expiry_ms=EXPIRY)
+    parts = [records[:4], records[4:7], records[7:]]
+    planned = [
+        r
+        for part in parts
+        for r in claim_repairs(ME, part, local, now_ms=NOW, failure_expiry_ms=EXPIRY)
+    ]
+    planned += unregistered_copies(local, {model_id for model_id, _ in records})
+    assert sorted(planned, key=str) == sorted(whole, key=str)
+    assert Repair("m10", RepairKind.UNREGISTERED_COPY) in whole
+    assert {r.kind for r in whole} >= {RepairKind.STALE_CLAIM, RepairKind.MISSING_CLAIM}
 
 
 def _apply(kind: RepairKind, record: ModelRecord | None, local: LocalCopy) -> ModelRecord | None:
