@@ -133,11 +133,10 @@ class DataPlane:
             if deadline is None:
                 response = await self.router.invoke(method, payload, headers)
                 return response
-            name = model_id or self.requested_name(method, payload, headers)
             response = await within(
                 deadline,
                 self.router.invoke(method, payload, headers, deadline.seconds),
-                f"inference on model {name}",
+                lambda: f"inference on model {self.requested_name(method, payload, headers)}",
             )
             return response
         except Exception as exc:

@@ -15,7 +15,7 @@ requests behind it carry on.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -65,17 +65,22 @@ def timed_out(deadline: Deadline, what: str) -> RequestTimeout:
     return RequestTimeout(f"{what} did not finish within its limit of {deadline.describe()}")
 
 
-async def within(deadline: Deadline | None, work: Awaitable[T], what: str) -> T:
+async def within(deadline: Deadline | None, work: Awaitable[T], what: str | Callable[[], str]) -> T:
     """`work`, cut off at the deadline. A DEADLINE_EXCEEDED from further down (a peer, the
-    runtime) is reported the same way, naming this request's limit."""
+    runtime) is reported the same way, naming this request's limit. `what` names the work
+    in the message (a callable: worked out only when the deadline passes)."""
     if deadline is None:
         return await work
     try:
         async with asyncio.timeout(deadline.seconds):  # no task per request, as wait_for makes
             return await work
     except TimeoutError:
-        raise timed_out(deadline, what) from None
+        raise timed_out(deadline, _named(what)) from None
     except RouterError as exc:
         if exc.grpc_code == "DEADLINE_EXCEEDED":
-            raise timed_out(deadline, what) from exc
+            raise timed_out(deadline, _named(what)) from exc
         raise
+
+
+def _named(what: str | Callable[[], str]) -> str:
+    return what if isinstance(what, str) else what()

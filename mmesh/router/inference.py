@@ -107,6 +107,12 @@ ID_EXTRACTION: Mapping[str, tuple[int, ...]] = {
 }
 
 
+def _named_in(method: str, payload: bytes) -> str | None:
+    """The model name the request's payload gives (None for methods that give none)."""
+    path = ID_EXTRACTION.get(method)
+    return wire.read_string_field(payload, path) if path else None
+
+
 def _header(headers: Mapping[str, str | bytes], name: str) -> str | None:
     value = headers.get(name)
     if value is None:
@@ -157,12 +163,17 @@ class InferenceRouter:
         self, method: str, payload: bytes, headers: Mapping[str, str | bytes]
     ) -> tuple[str, ModelRecord]:
         """The concrete model id a call is for, and its record."""
+        return self._resolve_named(method, _named_in(method, payload), headers)
+
+    def _resolve_named(
+        self, method: str, name: str | None, headers: Mapping[str, str | bytes]
+    ) -> tuple[str, ModelRecord]:
+        """`resolve` with the name the payload gives (`_named_in`) already read."""
         model_header = _header(headers, MODEL_ID_HEADER) or _header(headers, LEGACY_MODEL_ID_HEADER)
         vmodel_header = _header(headers, VMODEL_ID_HEADER)
         if model_header and vmodel_header:
             raise InvalidRequest("only one of mm-model-id and mm-vmodel-id may be set")
         path = ID_EXTRACTION.get(method)
-        name = wire.read_string_field(payload, path) if path else None
         if name:
             return self._by_name(name)
         if vmodel_header:
@@ -199,9 +210,10 @@ class InferenceRouter:
         headers: Mapping[str, str | bytes],
         timeout_s: float | None = None,
     ) -> bytes:
-        model_id, _ = self.resolve(method, payload, headers)
+        name = _named_in(method, payload)  # read once: resolving and injecting both need it
+        model_id, _ = self._resolve_named(method, name, headers)
         try:
-            return await self._invoke_model(method, model_id, payload, headers, timeout_s)
+            return await self._invoke_model(method, model_id, payload, headers, timeout_s, name)
         except RouterError:
             moved_to = self._moved_on(method, payload, headers, model_id)
             if moved_to is None:
@@ -224,26 +236,30 @@ class InferenceRouter:
             return None
         return now_id if now_id != model_id else None
 
-    async def _invoke_model(
+    def _invoke_model(
         self,
         method: str,
         model_id: str,
         payload: bytes,
         headers: Mapping[str, str | bytes],
         timeout_s: float | None,
-    ) -> bytes:
+        named: str | None = None,
+    ) -> Awaitable[bytes]:
+        """The routing of one call, to be awaited (returned, not awaited here: one frame
+        less to resume on every request). `named`: the name the payload gives, when already
+        read (then an injection into that same field is needed only if it differs)."""
         path = self._injection.get(method)
         if path is None and not self._allow_any and method not in ID_EXTRACTION:
             raise Unimplemented(f"method {method} is not served by this runtime")
-        if path is not None:
+        if path is not None and not (named == model_id and path == ID_EXTRACTION.get(method)):
             payload = wire.replace_string_field(payload, path, model_id)
         expires_at = None if timeout_s is None else time.monotonic() + timeout_s
         call = _Call(method, model_id, payload, headers, expires_at)
         if peers.hop_count(headers):
-            return await self._serve_forwarded(call)
+            return self._serve_forwarded(call)
         if self.inflight.bounded:
-            return await self._route_admitted(call)
-        return await self._route(call)
+            return self._route_admitted(call)
+        return self._route(call)
 
     async def _route_admitted(self, call: _Call) -> bytes:
         """`_route` for a request the model's in-flight bound has room for."""
