@@ -4,7 +4,8 @@ The registry says which instance holds which copy; a router's cache says what it
 really holds. They drift apart when a router restarts under the same instance id (the
 registry still claims its old copies), when the runtime restarts and loses its models, or
 when a write was lost while etcd was away. Each router repairs its own entries:
-`plan_repairs` compares the two in both directions and names each repair; the change
+`claim_repairs` (registry against cache, any part of the registry at a time) and
+`unregistered_copies` (cache against registry) name each repair; the change
 functions below apply one repair to the current record inside a compare-and-swap, checking
 again that it is still needed. `wants_first_load` is the leader's rule for loading a new
 InferenceService's model before any request arrives (the reference's `loadNow`).
@@ -62,20 +63,6 @@ _DROPS = frozenset(
         RepairKind.STARTUP_CLAIM,
     }
 )
-
-
-def plan_repairs(
-    me: str,
-    records: Iterable[tuple[str, ModelRecord]],
-    local: Mapping[str, LocalCopy],
-    *,
-    now_ms: int,
-    failure_expiry_ms: int,
-) -> list[Repair]:
-    """Every repair this instance's entries need, registry against cache."""
-    pairs = list(records)
-    repairs = claim_repairs(me, pairs, local, now_ms=now_ms, failure_expiry_ms=failure_expiry_ms)
-    return repairs + unregistered_copies(local, {model_id for model_id, _ in pairs})
 
 
 def claim_repairs(

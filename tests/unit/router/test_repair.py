@@ -12,7 +12,6 @@ from mmesh.router.repair import (
     apply_repair,
     claim_repairs,
     drop_peer_claim,
-    plan_repairs,
     unregistered_copies,
     wants_first_load,
 )
@@ -74,26 +73,35 @@ PLANS = [
 ]
 
 
+def plan_repairs(
+    records: list[tuple[str, ModelRecord]], local: dict[str, LocalCopy]
+) -> list[Repair]:
+    """Both directions in one pass, as a small registry is planned."""
+    repairs = claim_repairs(ME, records, local, now_ms=NOW, failure_expiry_ms=EXPIRY)
+    return repairs + unregistered_copies(local, {model_id for model_id, _ in records})
+
+
 @pytest.mark.parametrize(
     ("record", "local", "kinds"), [p[1:] for p in PLANS], ids=[p[0] for p in PLANS]
 )
 def test_plan_repairs(record: ModelRecord, local: LocalCopy, kinds: list[RepairKind]) -> None:
     locals_ = {"m": local} if local is not LocalCopy.NONE else {}
-    repairs = plan_repairs(ME, [("m", record)], locals_, now_ms=NOW, failure_expiry_ms=EXPIRY)
+    repairs = plan_repairs([("m", record)], locals_)
     assert repairs == [Repair("m", k) for k in kinds]
 
 
 def test_a_loaded_copy_of_an_unregistered_model_is_planned_for_removal() -> None:
     local = {"gone": LocalCopy.LOADED, "going": LocalCopy.UNLOADING}
-    repairs = plan_repairs(ME, [], local, now_ms=NOW, failure_expiry_ms=EXPIRY)
+    repairs = plan_repairs([], local)
     assert repairs == [Repair("gone", RepairKind.UNREGISTERED_COPY)]
 
 
 def test_planning_in_parts_finds_what_one_pass_finds() -> None:
-    """The healer plans a large registry in parts: claims per part, then unregistered copies."""
+    """The healer plans a large registry in parts: claims per part, then unregistered
+    copies; the parts find what one pass over all of it finds."""
     records = [(f"m{i}", rec(loaded=(ME,) if i % 3 else (), loading=(B,))) for i in range(10)]
     local = {f"m{i}": LocalCopy.LOADED for i in range(0, 12, 2)}  # m10: not registered
-    whole = plan_repairs(ME, records, local, now_ms=NOW, failure_expiry_ms=EXPIRY)
+    whole = plan_repairs(records, local)
     parts = [records[:4], records[4:7], records[7:]]
     planned = [
         r
