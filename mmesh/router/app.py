@@ -45,7 +45,7 @@ from mmesh.router.metrics import RouterMetrics
 from mmesh.router.nodezone import api_base, lookup_zone
 from mmesh.router.payloads import parse_processors
 from mmesh.router.payloadsink import PayloadSinks
-from mmesh.router.peers import PeerPool
+from mmesh.router.peers import Departures, PeerPool
 from mmesh.router.registry import Registry
 from mmesh.router.rest import build_rest_app
 from mmesh.router.runtime_client import RuntimeClient, RuntimeInfo, check_runtime_info
@@ -403,6 +403,8 @@ async def build_pod(settings: RouterSettings, life: Lifecycle) -> Pod:
         interval_s=settings.reconcile_interval_s,
         probe_interval_s=settings.runtime_check_interval_s,
     )
+    departures = Departures(functools.partial(_start_time_ms, registry))
+    registry.on_change(departures.peer_changed)
     router = InferenceRouter(
         registry=registry,
         cluster=cluster,
@@ -414,6 +416,7 @@ async def build_pod(settings: RouterSettings, life: Lifecycle) -> Pod:
         pool=pool,
         self_record=own_record,
         inflight=InflightLimiter(settings.max_inflight_per_model),
+        departures=departures,
     )
     first_loads, management, janitor = cluster_duties(
         settings,
@@ -549,6 +552,11 @@ async def serve(settings: RouterSettings) -> None:
     )
     await life.stop.wait()
     await shutdown(pod)
+
+
+def _start_time_ms(registry: Registry, instance_id: str) -> int | None:
+    record = registry.instances.get(instance_id)
+    return None if record is None else record.start_time_ms
 
 
 def _drop_unregistered(registry: Registry, local: LocalModels, table: Table, ident: str) -> None:

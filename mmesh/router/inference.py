@@ -86,8 +86,6 @@ until the peer's instance record (published at most every 0.5 s) shows it."""
 PLACEMENT_PAUSE_S = 0.2
 MAX_PLACEMENT_PAUSE_S = 1.0
 """How long a call that found nowhere to load waits before it decides again (doubling)."""
-PEER_CHECK_S = 0.25
-"""How often a call waiting on a peer checks that the peer is still there (memory only)."""
 DEADLINE_MARGIN_S = 0.5
 """A call stops waiting this long before its deadline, to answer with the real cause."""
 MIN_CALL_TIMEOUT_S = 0.001
@@ -141,8 +139,11 @@ class InferenceRouter:
         pool: PeerPool,
         self_record: Callable[[], InstanceRecord],
         inflight: InflightLimiter,
+        departures: peers.Departures,
     ) -> None:
         self.healer = healer
+        self.departures = departures
+        """Ends calls to a peer that went away (a registry listener, wired by the app)."""
         self.usage = usage
         self.registry = registry
         self.cluster = cluster
@@ -434,34 +435,10 @@ class InferenceRouter:
         )
         metadata += _forwarded_metadata(call.headers, None)
         self.local.note_forwarded(call.model_id)
-        forward = asyncio.ensure_future(
-            self.pool.call(
-                target, endpoint.endpoint, call.method, call.payload, metadata, call.timeout_s
-            )
+        forward = self.pool.call(
+            target, endpoint.endpoint, call.method, call.payload, metadata, call.timeout_s
         )
-        return await self._unless_gone(forward, target, endpoint.start_time_ms)
-
-    async def _unless_gone(
-        self, forward: asyncio.Future[bytes], target: str, started: int
-    ) -> bytes:
-        """The peer's answer, or RuntimeUnavailable as soon as the peer is gone: its instance
-        record vanished (its lease expired: it died or hangs) or it restarted under the same
-        id (a new start time), so a call to it never waits out the client's deadline."""
-        while True:
-            try:
-                done, _ = await asyncio.wait({forward}, timeout=PEER_CHECK_S)
-            except asyncio.CancelledError:
-                forward.cancel()  # the caller gave up (its deadline): so does the call
-                raise
-            if done:
-                return forward.result()
-            now = self.registry.instances.get(target)
-            if now is None or now.start_time_ms != started:
-                forward.cancel()
-                with contextlib.suppress(asyncio.CancelledError, RouterError):
-                    await forward
-                why = "its instance record is gone" if now is None else "it restarted"
-                raise RuntimeUnavailable(f"peer {target} went away during the call: {why}")
+        return await self.departures.watched(target, endpoint.start_time_ms, forward)
 
     async def _serve_local(self, call: _Call, unreachable: Collection[str] = ()) -> bytes:
         record = self.registry.models.get(call.model_id)
@@ -542,10 +519,8 @@ class InferenceRouter:
             model_id=model_id, hops=0, dest=target, load=True, exclude=(), extra=extra
         )
         request = mm.EnsureLoadedRequest(modelId=model_id, sync=True).SerializeToString()
-        load = asyncio.ensure_future(
-            self.pool.get(endpoint).call(ENSURE_LOADED, request, metadata, None)
-        )
-        await self._unless_gone(load, target, live[target].start_time_ms)
+        load = self.pool.get(endpoint).call(ENSURE_LOADED, request, metadata, None)
+        await self.departures.watched(target, live[target].start_time_ms, load)
 
     def live_peers(self) -> dict[str, InstanceRecord]:
         """Instances with a live record (their lease holds), this one from its own state."""

@@ -1,13 +1,18 @@
-"""Pooled channels to peer routers (mutual TLS when TLS is on), and the headers a forwarded
-request carries."""
+"""Pooled channels to peer routers (mutual TLS when TLS is on), the headers a forwarded
+request carries, and calls that end when their peer goes away."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Collection, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping
+from typing import Any, TypeVar
 
+from mmesh.core.records import Table
 from mmesh.router.certs import PeerCredentials
+from mmesh.router.errors import RuntimeUnavailable
 from mmesh.router.forwarding import Forwarder, Metadata
+
+T = TypeVar("T")
 
 HOP_HEADER = "mm-hop"
 """How many routers the request has passed through already."""
@@ -174,3 +179,51 @@ class PeerPool:
             await peer.close()
         self._peers.clear()
         self._retired.clear()
+
+
+class Departures:
+    """Calls to peer routers that end as soon as their peer goes away.
+
+    A peer that died or hangs keeps its connections, so a call to it would wait out the
+    client's deadline. The registry mirror says when a peer's instance record goes (its lease
+    expired) or its start time changes (it restarted under the same id): `peer_changed`, a
+    registry listener, cancels every call in flight to that peer, and `watched` turns the
+    cancellation into RuntimeUnavailable naming why, so the caller tries another copy. Per
+    call this costs two dict updates: no task, no timer, no polling.
+    """
+
+    def __init__(self, start_time_ms: Callable[[str], int | None]) -> None:
+        self._start_time_ms = start_time_ms
+        """A peer's start time from its live record; None when it has none."""
+        self._calls: dict[str, dict[asyncio.Task[Any], int]] = {}
+        self._why: dict[asyncio.Task[Any], str] = {}
+
+    def peer_changed(self, table: Table, ident: str) -> None:
+        if table is not Table.INSTANCES or ident not in self._calls:
+            return
+        now = self._start_time_ms(ident)
+        for task, started in list(self._calls[ident].items()):
+            if now != started and task not in self._why:
+                self._why[task] = "its instance record is gone" if now is None else "it restarted"
+                task.cancel()
+
+    async def watched(self, target: str, started_ms: int, work: Awaitable[T]) -> T:
+        """`work`, a call to peer `target` whose record showed start time `started_ms`."""
+        task = asyncio.current_task()
+        if task is None:
+            return await work
+        calls = self._calls.setdefault(target, {})
+        calls[task] = started_ms
+        try:
+            return await work
+        except asyncio.CancelledError:
+            why = self._why.get(task)
+            if why is None:
+                raise  # the caller gave up (its deadline): so does the call
+            task.uncancel()
+            raise RuntimeUnavailable(f"peer {target} went away during the call: {why}") from None
+        finally:
+            self._why.pop(task, None)
+            calls.pop(task, None)
+            if not calls and self._calls.get(target) is calls:
+                del self._calls[target]
