@@ -209,11 +209,6 @@ class LocalCache:
         """Every entry, least recently used first."""
         return tuple(slot.snapshot() for slot in self._slots.values())
 
-    def states(self) -> dict[ModelId, EntryState]:
-        """Every entry's state: a scan of a full cache (tens of thousands of models) that
-        builds no snapshot per entry."""
-        return {model_id: slot.state for model_id, slot in self._slots.items()}
-
     def newest(self, state: EntryState, limit: int | None = None) -> list[ModelId]:
         """Up to `limit` models in `state`, most recently used first; a small `limit`
         stops after the newest entries instead of reading the whole cache."""

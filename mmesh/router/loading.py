@@ -130,9 +130,7 @@ class LocalModels:
 
     def copy_state(self, model_id: str) -> LocalCopy:
         """This pod's copy of the model, as routing and repairs see it."""
-        return self._copy_state(model_id, self.cache.state_of(ModelId(model_id)))
-
-    def _copy_state(self, model_id: str, state: EntryState | None) -> LocalCopy:
+        state = self.cache.state_of(ModelId(model_id))
         if state is EntryState.LOADED:
             return LocalCopy.LOADED
         if model_id in self._loads or state is EntryState.LOADING:
@@ -140,16 +138,6 @@ class LocalModels:
         if model_id in self._unloads or state is EntryState.UNLOADING:
             return LocalCopy.UNLOADING
         return LocalCopy.NONE
-
-    def copy_states(self) -> dict[str, LocalCopy]:
-        """Every model this pod holds, loads or unloads, with its state."""
-        states: dict[str, LocalCopy] = {
-            m: self._copy_state(m, state) for m, state in self.cache.states().items()
-        }
-        for model_id in (*self._loads, *self._unloads):
-            if model_id not in states:
-                states[model_id] = self._copy_state(model_id, None)
-        return {m: s for m, s in states.items() if s is not LocalCopy.NONE}
 
     def newest_loaded(self, limit: int | None = None) -> list[str]:
         """Loaded models, most recently used first (up to `limit`)."""
@@ -166,6 +154,9 @@ class LocalModels:
     def in_use(self, model_id: str) -> _Serving:
         """Counts a request the local runtime is serving, so a retiring copy drains first."""
         return _Serving(self, model_id)
+
+    def _serving_started(self, model_id: str) -> None:
+        self._serving[model_id] += 1
 
     def _serving_ended(self, model_id: str) -> None:
         self._serving[model_id] -= 1
@@ -592,7 +583,7 @@ class _Serving:
         self._local, self._model_id = local, model_id
 
     def __enter__(self) -> None:
-        self._local._serving[self._model_id] += 1
+        self._local._serving_started(self._model_id)
 
     def __exit__(self, *exc: object) -> None:
         self._local._serving_ended(self._model_id)
