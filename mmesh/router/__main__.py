@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import sys
 
+import uvloop
 from pydantic import ValidationError
 
 from mmesh.core.logs import setup_logging
@@ -22,7 +23,10 @@ def main() -> None:
     except ValueError as exc:
         sys.exit(f"mmesh router: bad configuration:\n{exc}")
     setup_logging(settings.log_level, json_format=settings.log_json)
-    asyncio.run(serve(settings))
+    if settings.event_loop == "uvloop":
+        uvloop.run(serve(settings))
+    else:
+        asyncio.run(serve(settings))
 
 
 if __name__ == "__main__":

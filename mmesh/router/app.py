@@ -544,11 +544,12 @@ async def serve(settings: RouterSettings) -> None:
     pod.local.changed()
     life.ready = True
     logger.info(
-        "router %s serving gRPC on %s:%d%s",
+        "router %s serving gRPC on %s:%d%s (event loop: %s)",
         pod.local.instance_id,
         settings.host,
         settings.grpc_port,
         " (TLS)" if pod.tls is not None else "",
+        type(loop).__module__.split(".")[0],
     )
     await life.stop.wait()
     await shutdown(pod)
