@@ -16,6 +16,7 @@ import time
 from collections.abc import Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from mmesh.core.clock import now_ms
 from mmesh.core.failures import failed_instances
@@ -32,8 +33,7 @@ VMODEL_HEADER = "mm-vmodel-id"
 MODEL_HEADER = "mm-model-id"
 
 
-@dataclass(frozen=True, slots=True)
-class CallInfo:
+class CallInfo(NamedTuple):  # a tuple: built on every request
     model_id: str
     vmodel_id: str
     arrived: float
@@ -132,6 +132,9 @@ class DataPlane:
                 )  # fmt: skip
             if deadline is None:
                 response = await self.router.invoke(method, payload, headers)
+                return response
+            if deadline.is_clients_own:  # what is left of it still goes with each call out
+                response = await self.router.invoke(method, payload, headers, deadline.seconds)
                 return response
             response = await within(
                 deadline,

@@ -22,6 +22,7 @@ from typing import TypeVar
 from mmesh.router.errors import InvalidRequest, RequestTimeout, RouterError
 
 TIMEOUT_HEADER = "mm-timeout-ms"
+CLIENT_DEADLINE = "the client's deadline"
 
 T = TypeVar("T")
 
@@ -34,6 +35,12 @@ class Deadline:
 
     def describe(self) -> str:
         return f"{self.seconds * 1000:.0f} ms ({self.source})"
+
+    @property
+    def is_clients_own(self) -> bool:
+        """Set by the client's gRPC deadline: gRPC ends the call then by itself (and cancels
+        its handler), so the router need not watch the time as well."""
+        return self.source == CLIENT_DEADLINE
 
 
 def _text(value: str | bytes) -> str:
@@ -57,7 +64,7 @@ def request_deadline(
     elif default_ms > 0:
         candidates.append(Deadline(default_ms / 1000, f"MM_INFERENCE_TIMEOUT_MS={default_ms}"))
     if client_remaining_s is not None:
-        candidates.append(Deadline(max(0.0, client_remaining_s), "the client's deadline"))
+        candidates.append(Deadline(max(0.0, client_remaining_s), CLIENT_DEADLINE))
     return min(candidates, key=lambda d: d.seconds) if candidates else None
 
 

@@ -9,12 +9,12 @@ reference Grafana dashboard's queries answer unchanged.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import Metric, UnknownMetricFamily
 from prometheus_client.registry import Collector
 
+from mmesh.router.loophist import LoopHistogram, LoopHistogramChild
 from mmesh.router.metricsconfig import MetricsConfig
 
 MS_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 30000, 60000, 120000)
@@ -30,37 +30,37 @@ class RouterMetrics:
         self.registry = CollectorRegistry()
         r = self.registry
         per_model = MODEL_LABELS if self.config.per_model else ()
-        self._request_children: dict[tuple[str, ...], list[Any]] = {}
-        self._invoke_children: dict[tuple[str, ...], Any] = {}
-        self.api_request_ms = Histogram(
+        self._request_children: dict[tuple[str, ...], list[LoopHistogramChild]] = {}
+        self._invoke_children: dict[tuple[str, ...], LoopHistogramChild] = {}
+        self.api_request_ms = LoopHistogram(
             "modelmesh_api_request_milliseconds",
             "External request time",
             ["method", "code", *per_model],
             buckets=MS_BUCKETS,
             registry=r,
         )
-        self.invoke_model_ms = Histogram(
+        self.invoke_model_ms = LoopHistogram(
             "modelmesh_invoke_model_milliseconds",
             "Runtime call time",
             ["method", "code", *per_model],
             buckets=MS_BUCKETS,
             registry=r,
         )
-        self.request_size = Histogram(
+        self.request_size = LoopHistogram(
             "modelmesh_request_size_bytes",
             "Request payload size",
             ["method", "code", *per_model],
             buckets=SIZE_BUCKETS,
             registry=r,
         )
-        self.response_size = Histogram(
+        self.response_size = LoopHistogram(
             "modelmesh_response_size_bytes",
             "Response payload size",
             ["method", "code", *per_model],
             buckets=SIZE_BUCKETS,
             registry=r,
         )
-        self.req_queue_delay_ms = Histogram(
+        self.req_queue_delay_ms = LoopHistogram(
             "modelmesh_req_queue_delay_milliseconds",
             "Time a request waited on this router before its model server call started",
             list(per_model),
@@ -214,10 +214,7 @@ class RouterMetrics:
     def observe_queue_delay(
         self, delay_ms: float, *, model_id: str = "", vmodel_id: str = ""
     ) -> None:
-        model = self._model(model_id, vmodel_id)
-        (self.req_queue_delay_ms.labels(*model) if model else self.req_queue_delay_ms).observe(
-            delay_ms
-        )
+        self.req_queue_delay_ms.labels(*self._model(model_id, vmodel_id)).observe(delay_ms)
 
 
 class _ReferenceCounterNames(Collector):

@@ -157,6 +157,37 @@ def runtime_calls_ended(router: RouterProc, codes: tuple[str, ...]) -> tuple[int
     return int(count), total
 
 
+def test_the_clients_own_deadline_ends_the_work_done_for_it(
+    start_router: StartRouter, start_stub_runtime: StartStub, etcd_server: EtcdServer
+) -> None:
+    """No header, no default: the client's gRPC deadline alone limits the request. The
+    runtime call made for it ends with it, and its in-flight place is free again."""
+    env = {"MM_MAX_INFLIGHT_PER_MODEL": "1"}
+    with (
+        start_stub_runtime() as stub,
+        start_router(etcd_endpoint=etcd_server.endpoint, runtime_port=stub.port, env=env) as router,
+        clients(router) as c,
+    ):
+        info = mm.ModelInfo(
+            type="stub", path="models/slow", key=json.dumps({"stub": {"infer_delay_ms": 4000}})
+        )
+        c.mesh.registerModel(
+            mm.RegisterModelRequest(modelId="slow", modelInfo=info, loadNow=True, sync=True),
+            timeout=30,
+        )
+        with pytest.raises(grpc.RpcError) as err:
+            c.infer.ModelInfer(infer_request("slow"), timeout=0.8)
+        assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        stopped = ("CANCELLED", "DEADLINE_EXCEEDED")
+        wait_for(lambda: runtime_calls_ended(router, stopped)[0] == 1, timeout_s=1.5)
+        assert runtime_calls_ended(router, stopped)[1] < 2000
+        # The model's one in-flight place was given back when the client gave up: the next
+        # request gets in (and runs out of its own time), it is not refused as too many.
+        with pytest.raises(grpc.RpcError) as err:
+            c.infer.ModelInfer(infer_request("slow"), timeout=0.5)
+        assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+
+
 def test_the_deadline_travels_to_the_peer_holding_the_model_and_its_runtime(
     start_router: StartRouter, start_stub_runtime: StartStub, etcd_server: EtcdServer
 ) -> None:
