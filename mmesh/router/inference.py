@@ -450,14 +450,19 @@ class InferenceRouter:
         self.usage.count(call.model_id)
         try:
             with self.local.in_use(call.model_id):  # a retiring copy unloads after this
-                return await self.forwarder.call(
+                response = await self.forwarder.call(
                     call.method, call.payload, metadata, call.timeout_s
                 )
         except ModelNotHere:
             # The runtime lost a copy this router holds: it may have lost them all.
             await self.healer.runtime_lost(call.model_id)
             await self._ensure_local(call.model_id, record, unreachable)
-            return await self.forwarder.call(call.method, call.payload, metadata, call.timeout_s)
+            response = await self.forwarder.call(
+                call.method, call.payload, metadata, call.timeout_s
+            )
+        if self.local.recording:  # a copy loaded just now: answer once it is recorded
+            await self.local.recorded(call.model_id)
+        return response
 
     async def _ensure_local(
         self, model_id: str, record: ModelRecord, unreachable: Collection[str]
@@ -465,7 +470,9 @@ class InferenceRouter:
         if self.local.is_loaded(model_id):
             return
         started = time.monotonic()
-        await self.local.ensure_loaded(model_id, record, unreachable=unreachable)
+        await self.local.ensure_loaded(
+            model_id, record, unreachable=unreachable, until_recorded=False
+        )
         self.metrics.cache_miss_ms.observe((time.monotonic() - started) * 1000)
 
     async def ensure_copy(

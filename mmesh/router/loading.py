@@ -89,6 +89,8 @@ class LocalModels:
         self._unloads: dict[str, asyncio.Task[None]] = {}
         self._serving: Counter[str] = Counter()
         self._drained: dict[str, asyncio.Event] = {}
+        self.recording: dict[str, asyncio.Task[None]] = {}
+        """Copies just loaded whose record (Loaded) is being written; see `recorded`."""
 
     def changed(self) -> None:
         """The cache or the loads in progress changed: refresh the gauges, then tell the
@@ -174,14 +176,19 @@ class LocalModels:
         *,
         extra: bool = False,
         unreachable: Collection[str] = (),
+        until_recorded: bool = True,
     ) -> None:
         """Return once the model can serve here; loads it (once) if it is not loaded.
 
         A first copy is refused (ModelNotHere) when another live instance already holds or
         loads one, so two routers that both miss never load the same model twice; `extra`
         asks for an additional copy on purpose (scale-up, migration, minimum copies).
-        Copies on `unreachable` instances (a request failed there) do not count."""
+        Copies on `unreachable` instances (a request failed there) do not count.
+        Without `until_recorded` it returns before the registry shows the new copy as
+        loaded: the caller serves meanwhile and awaits `recorded` before it answers."""
         if self.is_loaded(model_id):
+            if until_recorded and self.recording:
+                await self.recorded(model_id)
             return
         future = self._loads.get(model_id)
         if future is None:
@@ -194,6 +201,15 @@ class LocalModels:
             self._spawn(self._load(model_id, record, future, extra=extra, unreachable=skip))
             self.changed()  # peers place by loads in progress: publish the new one
         await asyncio.shield(future)
+        if until_recorded:
+            await self.recorded(model_id)
+
+    async def recorded(self, model_id: str) -> None:
+        """Return once a copy loaded just now is in the registry (at once when none is
+        being recorded): any router asked after an answer from the new copy reports it."""
+        recording = self.recording.get(model_id)
+        if recording is not None:
+            await asyncio.shield(recording)
 
     def _raise_recent_failure(self, model_id: str) -> None:
         failed = self._failures.get(model_id)
@@ -247,11 +263,18 @@ class LocalModels:
     async def _load_steps(
         self, model_id: str, record: ModelRecord, *, extra: bool, unreachable: frozenset[str]
     ) -> None:
-        units = bytes_to_units(await self._predicted_size(model_id, record))
-        unloading = self._unloads.get(model_id)
-        if unloading is not None:
-            await asyncio.shield(unloading)
-        await self._claim(model_id, extra=extra, unreachable=unreachable)
+        # The runtime sizes the model while the claim is written: a cold request waits for
+        # the slower of the two, not both.
+        sizing = asyncio.ensure_future(self._predicted_size(model_id, record))
+        try:
+            unloading = self._unloads.get(model_id)
+            if unloading is not None:
+                await asyncio.shield(unloading)
+            await self._claim(model_id, extra=extra, unreachable=unreachable)
+        except BaseException:
+            sizing.cancel()
+            raise
+        units = bytes_to_units(await sizing)
         queued = time.monotonic()
         async with self._slots:
             self.metrics.loading_queue_ms.observe((time.monotonic() - queued) * 1000)
@@ -270,9 +293,16 @@ class LocalModels:
         )
         self.metrics.loaded_size.observe(size)
         self._failures.pop(model_id, None)
-        # Recorded before the waiting requests go ahead, so that any router asked right after
-        # the first answer already reports the copy as loaded.
-        await self._record_loaded(model_id)
+        # The waiting requests go ahead while the copy is recorded; each awaits the record
+        # before it answers (`recorded`), so the first request pays for the slower of its
+        # runtime call and the etcd write, not both.
+        recording = self._spawn(self._record_loaded(model_id))
+        self.recording[model_id] = recording
+        recording.add_done_callback(functools.partial(self._recorded, model_id))
+
+    def _recorded(self, model_id: str, recording: asyncio.Task[None]) -> None:
+        if self.recording.get(model_id) is recording:
+            del self.recording[model_id]
 
     async def _admit(self, model_id: str, units: int) -> Admission:
         """Make room for the model; while only models too young to evict (or unloads under
@@ -303,6 +333,9 @@ class LocalModels:
             recorded = await self._mark_loaded(model_id)
         except StoreUnavailable as exc:
             logger.warning("could not record the copy of %s as loaded: %s", model_id, exc)
+            return
+        except Exception:  # a background task: nobody else would see it
+            logger.exception("could not record the copy of %s as loaded", model_id)
             return
         if recorded is None:
             logger.info("model %s was unregistered while it loaded; unloading", model_id)
@@ -549,10 +582,11 @@ class LocalModels:
         while self._background:
             await asyncio.gather(*list(self._background), return_exceptions=True)
 
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         task = asyncio.ensure_future(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+        return task
 
     # --- reporting -------------------------------------------------------------------
 
