@@ -108,27 +108,44 @@ def copy_policy(settings: RouterSettings) -> CopyPolicy:
     )
 
 
-def instance_snapshot(
-    local: LocalModels, settings: RouterSettings, started_ms: int, life: Lifecycle, usage: Usage
-) -> InstanceRecord:
-    """This router's instance record as it stands now (what `Membership` publishes)."""
-    cache = local.cache
-    return InstanceRecord(
-        lru_time_ms=cache.victim_time_ms(),
-        model_count=cache.count,
-        capacity_units=cache.capacity_units,
-        used_units=cache.used_units,
-        loading_threads=local.info.loading_concurrency,
-        loads_in_progress=local.loading_count(),
-        shutting_down=life.shutting_down,
-        start_time_ms=started_ms,
-        version=VERSION,
-        location=settings.location,
-        zone=settings.zone,
-        labels=settings.label_list,
-        endpoint=settings.endpoint,
-        rpm=usage.rpm,
-    )
+class OwnRecord:
+    """This router's instance record as it stands now: what `Membership` publishes, and
+    what routing reads for this instance on every request it does not serve from a local
+    copy (so the settings-derived fields are worked out once, not per call)."""
+
+    def __init__(
+        self,
+        local: LocalModels,
+        settings: RouterSettings,
+        started_ms: int,
+        life: Lifecycle,
+        usage: Usage,
+    ) -> None:
+        self.local, self.life, self.usage = local, life, usage
+        self.started_ms = started_ms
+        self.location, self.zone = settings.location, settings.zone
+        self.labels = settings.label_list
+        self.endpoint = settings.endpoint
+
+    def __call__(self) -> InstanceRecord:
+        local = self.local
+        cache = local.cache
+        return InstanceRecord(
+            lru_time_ms=cache.victim_time_ms(),
+            model_count=cache.count,
+            capacity_units=cache.capacity_units,
+            used_units=cache.used_units,
+            loading_threads=local.info.loading_concurrency,
+            loads_in_progress=local.loading_count(),
+            shutting_down=self.life.shutting_down,
+            start_time_ms=self.started_ms,
+            version=VERSION,
+            location=self.location,
+            zone=self.zone,
+            labels=self.labels,
+            endpoint=self.endpoint,
+            rpm=self.usage.rpm,
+        )
 
 
 def http_app(is_ready: Callable[[], bool], metrics: RouterMetrics | None) -> web.Application:
@@ -385,7 +402,7 @@ async def build_pod(settings: RouterSettings, life: Lifecycle) -> Pod:
         on_change=record_changed.set,
     )
     usage = Usage()
-    own_record = functools.partial(instance_snapshot, local, settings, now_ms(), life, usage)
+    own_record = OwnRecord(local, settings, now_ms(), life, usage)
     membership = Membership(
         kv,
         registry.layout.instance_key(InstanceId(local.instance_id)),
