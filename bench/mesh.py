@@ -142,6 +142,7 @@ class Router:
     started_wall: float
     """time.time() just before the process was spawned."""
     ready_wall: float = 0.0
+    metrics_port: int = 0
 
     @property
     def pid(self) -> int:
@@ -338,6 +339,7 @@ class Mesh:
         probe = f"http://127.0.0.1:{ports[4]}/ready"
         self.procs.wait_ready(proc, lambda: http_ok(probe), timeout_s=timeout_s)
         router.ready_wall = time.time()
+        router.metrics_port = ports[3]
         for hook in hooks:
             self.procs.wait_ready(proc, functools.partial(port_open, hook_ports[hook]), timeout_s=5)
         self.pids[f"router-{name}"] = proc.pid
@@ -1022,6 +1024,38 @@ def g9(mesh: Mesh, cfg: Config, prefix: str) -> tuple[list[dict[str, Any]], Any]
 
 # --------------------------------------------------------------------------- G10
 
+INSIDE = {
+    "handler": "modelmesh_api_request_milliseconds",
+    "runtime call": "modelmesh_invoke_model_milliseconds",
+}
+"""The router's own request histograms: time in its handler, and in its call to the stub."""
+
+
+def router_histograms(router: Router) -> dict[str, dict[float, float]]:
+    """Cumulative bucket counts (summed over labels) of the INSIDE histograms."""
+    text = http_text(f"http://127.0.0.1:{router.metrics_port}/metrics")
+    out: dict[str, dict[float, float]] = {key: {} for key in INSIDE}
+    for line in text.splitlines():
+        for key, name in INSIDE.items():
+            if line.startswith(f"{name}_bucket{{"):
+                le = float(line.split('le="', 1)[1].split('"', 1)[0])
+                out[key][le] = out[key].get(le, 0.0) + float(line.rsplit(" ", 1)[1])
+    return out
+
+
+def inside_quantiles(
+    before: dict[str, dict[float, float]], after: dict[str, dict[float, float]]
+) -> dict[str, str]:
+    """Per INSIDE histogram, the bucket bound under which 99 % of the window's samples fall
+    (the buckets are coarse: an upper bound, enough to tell the router's time from the rest)."""
+    out = {}
+    for key in INSIDE:
+        counts = {le: n - before[key].get(le, 0.0) for le, n in after[key].items()}
+        total = counts.get(float("inf"), 0.0)
+        bound = next((le for le in sorted(counts) if total and counts[le] >= 0.99 * total), None)
+        out[f"{key} p99 <="] = "none" if bound is None else f"{bound:g} ms"
+    return out
+
 
 def g10(mesh: Mesh, cfg: Config, prefix: str, ids: list[str]) -> tuple[list[dict[str, Any]], Any]:
     stub = mesh.start_stub("g10", capacity_bytes=1024 * MIB, loading=8)
@@ -1035,6 +1069,7 @@ def g10(mesh: Mesh, cfg: Config, prefix: str, ids: list[str]) -> tuple[list[dict
     for name, port in (("router", router.grpc_port), ("proxy", proxy_port)):
         idle = quiet(cfg)
         gc0, since = router.gc_pauses(), time.time()
+        inside0 = router_histograms(router)
         res = client_run(
             f"127.0.0.1:{port}",
             files,
@@ -1049,6 +1084,8 @@ def g10(mesh: Mesh, cfg: Config, prefix: str, ids: list[str]) -> tuple[list[dict
         res["idle_before"] = round(idle, 3)
         res["router_gc"] = pause_window(gc0, router.gc_pauses(), since)
         res["router_stalls"] = stall_window(router.stalls(), since)
+        if name == "router":
+            res["inside_router"] = inside_quantiles(inside0, router_histograms(router))
         results[name] = res
         log(
             f"  {name:6} open loop {cfg.g10_rate:.0f}/s: {res['rps']:.0f} answered/s, p50 "
@@ -1078,6 +1115,7 @@ def g10(mesh: Mesh, cfg: Config, prefix: str, ids: list[str]) -> tuple[list[dict
             router_loop_stalls_over_10ms=r["router_stalls"]["over_10ms"],
             router_loop_stall_max_ms=r["router_stalls"]["max_ms"],
             router_loop_stall_frames=r["router_stalls"]["frames"],
+            inside_router=r["inside_router"],
         ),
         goal(
             "G10 errors through the router",

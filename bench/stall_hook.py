@@ -72,18 +72,30 @@ def _install() -> None:
     port = int(os.environ.get("MMBENCH_STALL_PORT", "0"))
     if not port:
         return
-    run_forever = asyncio.BaseEventLoop.run_forever
     watched: list[bool] = []
+    loop_classes: list[Any] = [asyncio.BaseEventLoop]
+    try:  # the router runs on uvloop unless MM_EVENT_LOOP=asyncio
+        import uvloop
 
-    def watching_run_forever(self: asyncio.BaseEventLoop) -> None:
+        loop_classes.append(uvloop.Loop)
+    except ImportError:
+        pass
+    for cls in loop_classes:
+        cls.run_forever = _watching(cls.run_forever, watched)
+    serve_json(port, _snapshot, "mmbench-stalls")
+
+
+def _watching(run_forever: Any, watched: list[bool]) -> Any:
+    """`run_forever` that first starts the watchdog (once per process)."""
+
+    def watching_run_forever(self: asyncio.AbstractEventLoop) -> None:
         if not watched:
             watched.append(True)
             args = (self, threading.get_ident())
             threading.Thread(target=_watch, args=args, name="mmbench-stalls", daemon=True).start()
         run_forever(self)
 
-    asyncio.BaseEventLoop.run_forever = watching_run_forever  # type: ignore[method-assign]
-    serve_json(port, _snapshot, "mmbench-stalls")
+    return watching_run_forever
 
 
 _install()
