@@ -61,10 +61,6 @@ class LoopHistogram(Collector):
             child = self._children[values] = LoopHistogramChild(self._bounds)
         return child
 
-    def observe(self, value: float) -> None:
-        """For a histogram without labels."""
-        self.labels().observe(value)
-
     def describe(self) -> Iterator[Metric]:
         yield HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)
 
