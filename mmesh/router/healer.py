@@ -34,6 +34,7 @@ from mmesh.router.errors import ModelNotHere, NoCapacity, Passthrough, RouterErr
 from mmesh.router.forwarding import Forwarder
 from mmesh.router.loading import LocalModels
 from mmesh.router.metrics import RouterMetrics
+from mmesh.router.pacing import Pacer
 from mmesh.router.registry import UNCHANGED, Registry, Unchanged
 from mmesh.router.repair import (
     Repair,
@@ -57,10 +58,9 @@ NO_CAPACITY_RETRY_S = 15.0
 NO_CAPACITY_RETRY_MAX_S = 600.0
 """A first load refused for room (or for want of a pod) is tried again after 15 s, then
 after twice as long each time, up to 10 minutes."""
-RECONCILE_CHUNK = 250
-"""Registry records judged between two turns of the event loop, as in the janitor's survey: a
-registry of 20,000 models is planned in many short steps, never in one stall of the requests
-in flight."""
+RECONCILE_CHUNK = 64
+"""Registry records judged in one piece of the paced pass (mmesh.router.pacing): a registry of
+20,000 models is planned in many short steps, never in one stall of the requests in flight."""
 
 
 def _or_unchanged(record: ModelRecord | None) -> ModelRecord | Unchanged:
@@ -163,16 +163,17 @@ class Healer:
         """One round of the registry against the cache, both ways."""
         stamp, table = now_ms(), self.registry.models.items
         repairs: list[Repair] = []
+        pacer = Pacer()
         for part in _parts(list(table)):
             pairs = [(m, held.record) for m in part if (held := table.get(m)) is not None]
             local = {m: self.local.copy_state(m) for m in part}
             repairs += claim_repairs(
                 self.me, pairs, local, now_ms=stamp, failure_expiry_ms=self.failure_expiry_ms
             )
-            await asyncio.sleep(0)  # requests go on between the parts of a large registry
+            await pacer.step()
         for part in _parts(self.local.newest_loaded()):
             repairs += unregistered_copies(dict.fromkeys(part, LocalCopy.LOADED), table)
-            await asyncio.sleep(0)
+            await pacer.step()
         for repair in repairs:
             if repair.kind is RepairKind.UNREGISTERED_COPY:
                 if self.registry.models.get(repair.model_id) is None:

@@ -32,6 +32,7 @@ from mmesh.router.cluster import records, serving
 from mmesh.router.errors import RouterError
 from mmesh.router.loading import LocalModels
 from mmesh.router.metrics import RouterMetrics
+from mmesh.router.pacing import Pacer
 from mmesh.router.registry import UNCHANGED, Registry, Unchanged
 from mmesh.router.usage import Usage
 
@@ -48,8 +49,6 @@ or registrations must not leave 10^5 objects in the collector's oldest generatio
 GC_UNFREEZE_EVERY = 720
 """Freezes between two full collections that also reclaim cycles among frozen objects
 (hourly)."""
-SURVEY_CHUNK = 250
-"""Records examined between two yields to the event loop (about a millisecond)."""
 
 
 def drop_instances(rec: ModelRecord | None, dead: frozenset[str]) -> ModelRecord | Unchanged:
@@ -297,17 +296,17 @@ class Janitor:
             duty()
 
     async def survey(self) -> Survey:
-        """One pass over every record, yielding to requests every SURVEY_CHUNK records: a
-        registry of 100K models must never stall the event loop."""
+        """One pass over every record, paced: a registry of 100K models must never hold
+        the event loop (mmesh.router.pacing)."""
         live = self.router.live_peers()
         now, expiry = now_ms(), self.policy.failure_expiry_ms
         result = Survey(live=live)
         cutoff = now - PROACTIVE_RECENT_MS
         held = list(self.registry.models.items.items())  # a snapshot: its entries are frozen
-        for n, (model_id, entry) in enumerate(held):
-            if n % SURVEY_CHUNK == SURVEY_CHUNK - 1:
-                await asyncio.sleep(0)
+        pacer = Pacer()
+        for model_id, entry in held:
             result.note(model_id, entry.record, now_ms=now, expiry_ms=expiry, cutoff_ms=cutoff)
+            await pacer.step()
         return result
 
     async def elect(self) -> None:
@@ -328,9 +327,12 @@ class Janitor:
         dead = self._dead_instances(survey.mentioned - set(survey.live) - {self.instance_id})
         if not dead:
             return
+        pacer = Pacer()
         for model_id, rec in records(self.registry.models):
             if (set(rec.instance_ids) | set(rec.failed_in)) & dead:
                 await self.registry.update_model(model_id, lambda r: drop_instances(r, dead))
+                pacer.resume()
+            await pacer.step()
         logger.info("dropped the copies of departed instances %s", sorted(dead))
 
     def _dead_instances(self, missing: set[str]) -> frozenset[str]:
