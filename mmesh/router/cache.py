@@ -209,6 +209,11 @@ class LocalCache:
         """Every entry, least recently used first."""
         return tuple(slot.snapshot() for slot in self._slots.values())
 
+    def ids(self) -> list[ModelId]:
+        """Every model in the cache, least recently used first: a copy made at C speed, for
+        passes that look at each entry in paced steps (`newest` reads every entry at once)."""
+        return list(self._slots)
+
     def newest(self, state: EntryState, limit: int | None = None) -> list[ModelId]:
         """Up to `limit` models in `state`, most recently used first; a small `limit`
         stops after the newest entries instead of reading the whole cache."""

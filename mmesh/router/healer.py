@@ -23,7 +23,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 
 from mmesh.core.clock import now_ms
 from mmesh.core.errors import StoreUnavailable
@@ -45,7 +45,6 @@ from mmesh.router.repair import (
     unregistered_copies,
     wants_first_load,
 )
-from mmesh.router.routing import LocalCopy
 
 logger = logging.getLogger(__name__)
 
@@ -171,8 +170,8 @@ class Healer:
                 self.me, pairs, local, now_ms=stamp, failure_expiry_ms=self.failure_expiry_ms
             )
             await pacer.step()
-        for part in _parts(self.local.newest_loaded()):
-            repairs += unregistered_copies(dict.fromkeys(part, LocalCopy.LOADED), table)
+        for part in _parts(self.local.cache.ids()):
+            repairs += unregistered_copies({m: self.local.copy_state(m) for m in part}, table)
             await pacer.step()
         for repair in repairs:
             if repair.kind is RepairKind.UNREGISTERED_COPY:
@@ -433,6 +432,6 @@ class FirstLoads:
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
 
-def _parts(ids: list[str]) -> Iterator[list[str]]:
+def _parts(ids: Sequence[str]) -> Iterator[Sequence[str]]:
     for start in range(0, len(ids), RECONCILE_CHUNK):
         yield ids[start : start + RECONCILE_CHUNK]
