@@ -12,10 +12,9 @@ from contextlib import AbstractContextManager
 import pytest
 
 from mmesh.core.proto import grpc_predict_v2_pb2 as v2
-from mmesh.core.proto import model_mesh_pb2 as mm
 from tests.fixtures.etcd import EtcdServer
 from tests.fixtures.procs import VENV_PY
-from tests.fixtures.router import RouterProc, clients
+from tests.fixtures.router import RouterProc, echo_router
 from tests.fixtures.runtimes import StubRuntimeProc
 
 StartRouter = Callable[..., AbstractContextManager[RouterProc]]
@@ -31,14 +30,7 @@ def test_the_router_serves_on_the_loop_it_is_given(
     runs_on: str,
 ) -> None:
     env = {"MM_EVENT_LOOP": setting} if setting else {}
-    with (
-        start_stub_runtime() as stub,
-        start_router(etcd_endpoint=etcd_server.endpoint, runtime_port=stub.port, env=env) as router,
-        clients(router) as c,
-    ):
-        c.mesh.registerModel(
-            mm.RegisterModelRequest(modelId="echo", modelInfo=mm.ModelInfo(type="stub"))
-        )
+    with echo_router(start_router, start_stub_runtime, etcd_server.endpoint, env) as (router, c):
         answer = c.infer.ModelInfer(v2.ModelInferRequest(model_name="echo", id="a"), timeout=10)
         assert answer.model_name == "echo"
         assert f"(event loop: {runs_on})" in router.log.read_text()

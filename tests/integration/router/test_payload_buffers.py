@@ -9,9 +9,8 @@ from contextlib import AbstractContextManager
 import pytest
 
 from mmesh.core.proto import grpc_predict_v2_pb2 as v2
-from mmesh.core.proto import model_mesh_pb2 as mm
 from tests.fixtures.etcd import EtcdServer
-from tests.fixtures.router import RouterProc, clients
+from tests.fixtures.router import RouterProc, echo_router
 from tests.fixtures.runtimes import StubRuntimeProc
 
 StartRouter = Callable[..., AbstractContextManager[RouterProc]]
@@ -34,14 +33,7 @@ def test_large_requests_are_served_whether_buffers_are_kept_or_not(
         shape=[1],
         contents=v2.InferTensorContents(bytes_contents=[b"\x07" * (2 << 20)]),
     )
-    with (
-        start_stub_runtime() as stub,
-        start_router(etcd_endpoint=etcd_server.endpoint, runtime_port=stub.port, env=env) as router,
-        clients(router) as c,
-    ):
-        c.mesh.registerModel(
-            mm.RegisterModelRequest(modelId="echo", modelInfo=mm.ModelInfo(type="stub"))
-        )
+    with echo_router(start_router, start_stub_runtime, etcd_server.endpoint, env) as (router, c):
         for n in range(5):
             request = v2.ModelInferRequest(model_name="echo", id=f"r{n}", inputs=[tensor])
             answer = c.infer.ModelInfer(request, timeout=10)

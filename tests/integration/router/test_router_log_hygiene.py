@@ -16,10 +16,9 @@ import grpc
 import pytest
 
 from mmesh.core.proto import grpc_predict_v2_pb2 as v2
-from mmesh.core.proto import model_mesh_pb2 as mm
 from tests.fixtures.etcd import EtcdServer
 from tests.fixtures.procs import VENV_PY
-from tests.fixtures.router import RouterProc, clients
+from tests.fixtures.router import RouterProc, echo_router
 from tests.fixtures.runtimes import StubRuntimeProc
 
 StartRouter = Callable[..., AbstractContextManager[RouterProc]]
@@ -60,14 +59,7 @@ def test_payloads_and_headers_stay_out_of_the_log_with_every_invoke_logged(
     start_router: StartRouter, start_stub_runtime: StartStub, etcd_server: EtcdServer
 ) -> None:
     env = {"MM_LOG_EACH_INVOKE": "true", "MM_LOG_LEVEL": "DEBUG"}
-    with (
-        start_stub_runtime() as stub,
-        start_router(etcd_endpoint=etcd_server.endpoint, runtime_port=stub.port, env=env) as router,
-        clients(router) as c,
-    ):
-        c.mesh.registerModel(
-            mm.RegisterModelRequest(modelId="echo", modelInfo=mm.ModelInfo(type="stub"))
-        )
+    with echo_router(start_router, start_stub_runtime, etcd_server.endpoint, env) as (router, c):
         metadata = [("authorization", f"Bearer {HEADER_MARKER}")]
         answer = c.infer.ModelInfer(marked_request("echo"), metadata=metadata, timeout=10)
         assert answer.outputs[0].contents.bytes_contents == [PAYLOAD_MARKER.encode()]
