@@ -5,7 +5,8 @@ are 40-80 ms of Python. Yielding with `sleep(0)` between chunks is not enough: t
 takes about half of the loop while it runs, and a router that is already busy with requests
 falls behind for the pass's whole length (G10 measured 150 ms answers every 15 s). A `Pacer`
 lets the pass work for a short slice, then rests long enough that the pass uses at most
-`share` of the loop's time. The pass takes longer; requests never notice it.
+`share` of the loop's time. The pass takes about ten times longer; a request waits at most
+one slice behind it.
 """
 
 from __future__ import annotations
