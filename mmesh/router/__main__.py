@@ -13,7 +13,7 @@ from mmesh.core.logs import setup_logging
 from mmesh.core.redaction import settings_error_text
 from mmesh.router.app import serve
 from mmesh.router.heap import MMAP_THRESHOLD_BYTES, keep_payload_buffers
-from mmesh.router.settings import RouterSettings
+from mmesh.router.settings import MIB, RouterSettings
 
 
 def main() -> None:
@@ -39,7 +39,7 @@ def tune_heap() -> None:
     if why_not is None:
         logger.info(
             "payload buffers up to %d MiB reuse freed heap memory (MM_KEEP_PAYLOAD_BUFFERS)",
-            MMAP_THRESHOLD_BYTES // (1024 * 1024),
+            MMAP_THRESHOLD_BYTES // MIB,
         )
     else:
         logger.warning("payload buffers come from fresh pages: %s", why_not)

@@ -15,7 +15,8 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 
-MIB = 1024 * 1024
+from mmesh.router.settings import MIB
+
 MMAP_THRESHOLD_BYTES = 32 * MIB
 """Buffers below this come from the heap (glibc's own ceiling for the threshold it moves)."""
 TRIM_THRESHOLD_BYTES = 64 * MIB
