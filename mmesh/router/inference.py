@@ -62,6 +62,8 @@ from mmesh.router.routing import (
     View,
     decide,
     decide_forwarded,
+    load_failed,
+    load_failures,
     place,
     stale_self_claim,
     with_placements,
@@ -321,6 +323,9 @@ class InferenceRouter:
             hops = Hops(balanced=peers.is_balanced(call.headers), exclude=frozenset(exclude))
             view = self._view(call.model_id)
             decision = decide(call.model_id, record, view, hops)
+            if isinstance(decision, Refuse) and decision.kind is RefuseKind.LOAD_FAILED:
+                seen = {iid: str(e) for iid, e in tried.items() if isinstance(e, LoadFailed)}
+                decision = load_failed(call.model_id, load_failures(record, view, seen))
             if (
                 isinstance(decision, Refuse)
                 and decision.kind is RefuseKind.NO_CAPACITY

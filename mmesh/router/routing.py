@@ -177,17 +177,32 @@ def place(
     )
     if isinstance(choice, str):
         return PlaceAt(choice)
-    failed = failed_instances(record, now_ms=view.now_ms, expiry_ms=view.failure_expiry_ms)
-    if failed:
-        messages = "; ".join(
-            f"{iid}: {record.failures.get(InstanceId(iid), 'load failed')}"
-            for iid in sorted(failed)
-        )
-        return Refuse(RefuseKind.LOAD_FAILED, f"model {model_id} failed to load: {messages}")
+    failures = load_failures(record, view)
+    if failures:
+        return load_failed(model_id, failures)
     return Refuse(
         RefuseKind.NO_CAPACITY,
         f"cannot load model {model_id}: {choice.reason} ({_census(record, view, exclude)})",
     )
+
+
+def load_failures(
+    record: ModelRecord, view: View, seen: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """Why the model failed to load, by instance: the record's failures that have not
+    expired, and those a request saw itself (`seen`), which the mirrored record may not
+    show yet."""
+    failed = failed_instances(record, now_ms=view.now_ms, expiry_ms=view.failure_expiry_ms)
+    failures = dict(seen or {})
+    for iid in failed:
+        failures[iid] = record.failures.get(InstanceId(iid), "load failed")
+    return failures
+
+
+def load_failed(model_id: str, failures: Mapping[str, str]) -> Refuse:
+    """The refusal that names every instance where the model failed to load, and why."""
+    messages = "; ".join(f"{iid}: {failures[iid]}" for iid in sorted(failures))
+    return Refuse(RefuseKind.LOAD_FAILED, f"model {model_id} failed to load: {messages}")
 
 
 def worth_waiting(record: ModelRecord, view: View, ruled_out: Collection[str]) -> bool:

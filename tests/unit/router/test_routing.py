@@ -21,6 +21,8 @@ from mmesh.router.routing import (
     View,
     WaitForLoad,
     decide,
+    load_failed,
+    load_failures,
     stale_self_claim,
     with_placements,
     worth_waiting,
@@ -210,6 +212,16 @@ def test_failed_everywhere_refuses_with_each_failure_message() -> None:
     decision = decide("m", rec(failed={ME: NOW - 10, B: NOW - 20}), _view(), Hops())
     assert decision == Refuse(
         RefuseKind.LOAD_FAILED, "model m failed to load: a: boom on a; b: boom on b"
+    )
+
+
+def test_load_failures_add_what_the_request_saw_that_the_record_does_not_show() -> None:
+    record = rec(failed={ME: NOW - 10, B: NOW - EXPIRY - 1})
+    seen = {C: "boom seen on c", ME: "older words for a"}
+    failures = load_failures(record, _view(), seen)
+    assert failures == {ME: "boom on a", C: "boom seen on c"}  # b's failure has expired
+    assert load_failed("m", failures) == Refuse(
+        RefuseKind.LOAD_FAILED, "model m failed to load: a: boom on a; c: boom seen on c"
     )
 
 
