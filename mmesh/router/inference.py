@@ -51,6 +51,7 @@ from mmesh.router.inflight import InflightLimiter
 from mmesh.router.loading import LocalModels
 from mmesh.router.metrics import RouterMetrics
 from mmesh.router.peers import PeerPool
+from mmesh.router.placed import Placement, Placements
 from mmesh.router.registry import Registry
 from mmesh.router.routing import (
     Decision,
@@ -66,7 +67,6 @@ from mmesh.router.routing import (
     load_failures,
     place,
     stale_self_claim,
-    with_placements,
     worth_waiting,
 )
 from mmesh.router.usage import Usage
@@ -78,13 +78,6 @@ VMODEL_ID_HEADER = "mm-vmodel-id"
 LEGACY_MODEL_ID_HEADER = "tas-model-id"
 
 ENSURE_LOADED = "/mmesh.ModelMesh/ensureLoaded"
-PLACED_MEMORY_S = 2.0
-"""How long this router counts a copy it placed on a peer against that peer's free space."""
-PLACED_LOAD_S = 0.75
-"""How long this router counts a copy it placed on a peer as a load queued there: about
-until the peer's instance record (published at most every 0.5 s) shows it."""
-
-
 PLACEMENT_PAUSE_S = 0.2
 MAX_PLACEMENT_PAUSE_S = 1.0
 """How long a call that found nowhere to load waits before it decides again (doubling)."""
@@ -93,11 +86,6 @@ DEADLINE_MARGIN_S = 0.5
 MIN_CALL_TIMEOUT_S = 0.001
 """A call made with its deadline all but spent still goes out with a positive limit (gRPC
 takes 0 as no limit), and ends DEADLINE_EXCEEDED there."""
-
-
-def unpublished_loads(placed: list[tuple[float, int]], now: float) -> int:
-    """Loads this router sent to a peer that the peer's record may not show yet."""
-    return sum(1 for at, _ in placed if now - at < PLACED_LOAD_S)
 
 
 # Methods whose request names the model in a field: (field path, read as vmodel id first).
@@ -156,7 +144,7 @@ class InferenceRouter:
         self.self_record = self_record
         """This instance's record from its current state (the published one may lag)."""
         self.inflight = inflight
-        self._placed: dict[str, list[tuple[float, int]]] = {}
+        self._placed = Placements()
         info = local.info
         self._default_units = bytes_to_units(info.default_model_size_bytes)
         self._injection = {f"/{m}": path for m, path in info.id_injection.items()}
@@ -377,9 +365,13 @@ class InferenceRouter:
             return await self._attempt(me, self._serve_local(call, exclude))
         target = decision.instance_id
         load = isinstance(decision, PlaceAt)
-        if load:
-            self._note_placement(target)
-        return await self._attempt(target, self._forward(call, target, exclude, load=load))
+        if not load:
+            return await self._attempt(target, self._forward(call, target, exclude, load=False))
+        placement = self._placed.note(target, self._default_units, time.monotonic())
+        try:
+            return await self._attempt(target, self._forward(call, target, exclude, load=True))
+        finally:
+            self._answered(placement)
 
     def _record(self, model_id: str) -> ModelRecord:
         record = self.registry.models.get(model_id)
@@ -391,14 +383,9 @@ class InferenceRouter:
         me = self.local.instance_id
         live = self.live_peers()
         if self._placed:  # copies this router placed lately, not yet in their pods' records
+            now = time.monotonic()
             live = {
-                iid: with_placements(
-                    rec,
-                    self._recent_placements(iid),
-                    queued=unpublished_loads(self._placed.get(iid, []), time.monotonic()),
-                )
-                if iid != me
-                else rec
+                iid: rec if iid == me else self._placed.adjusted(iid, rec, self._revision(iid), now)
                 for iid, rec in live.items()
             }
         return View(
@@ -411,17 +398,13 @@ class InferenceRouter:
             inflight=self.pool.inflight,
         )
 
-    def _note_placement(self, iid: str) -> None:
-        self._placed.setdefault(iid, []).append((time.monotonic(), self._default_units))
+    def _revision(self, iid: str) -> int | None:
+        """The mod revision of the peer's instance record in the mirror."""
+        held = self.registry.instances.items.get(iid)
+        return held.mod_revision if held is not None else None
 
-    def _recent_placements(self, iid: str) -> list[int]:
-        """Units of the copies this router placed on `iid` in the last PLACED_MEMORY_S."""
-        recent = [p for p in self._placed.get(iid, ()) if time.monotonic() - p[0] < PLACED_MEMORY_S]
-        if recent:
-            self._placed[iid] = recent
-        else:
-            self._placed.pop(iid, None)
-        return [units for _, units in recent]
+    def _answered(self, placement: Placement) -> None:
+        Placements.answered(placement, time.monotonic(), self._revision(placement.instance_id))
 
     async def _attempt(self, instance_id: str, work: Awaitable[bytes]) -> bytes:
         """Run one routing attempt; failures that another instance could avoid say where."""
@@ -503,14 +486,18 @@ class InferenceRouter:
             if isinstance(choice, Refuse):
                 raise _refusal(choice)
             target = choice.instance_id
+            placement = None
             if target != self.local.instance_id:
-                self._note_placement(target)
+                placement = self._placed.note(target, self._default_units, time.monotonic())
             try:
                 await self._load_on(target, model_id, record, live, extra=extra)
                 return target
             except (ModelNotHere, RuntimeUnavailable, LoadFailed, NoCapacity) as exc:
                 excluded.add(target)
                 last_error = exc
+            finally:
+                if placement is not None:
+                    self._answered(placement)
             record = self.registry.models.get(model_id) or record
         raise LoadFailed(f"could not place a copy of {model_id}: {last_error}")
 

@@ -15,7 +15,6 @@ no claim of an instance that cannot answer for it ever blocks placement.
 
 from __future__ import annotations
 
-import dataclasses
 import enum
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
@@ -230,19 +229,3 @@ def _census(record: ModelRecord, view: View, exclude: Collection[str]) -> str:
         if ids:
             parts.append(f"{label}: {', '.join(ids)}")
     return "; ".join(parts)
-
-
-def with_placements(
-    record: InstanceRecord, placed: Collection[int], *, queued: int = 0
-) -> InstanceRecord:
-    """A peer's record plus copies this router just sent it (units each), `queued` of them
-    loads its record may not show yet: its own record lags by up to a publish interval, and
-    without this every miss in a burst would pick the same "emptiest" peer."""
-    if not placed:
-        return record
-    return dataclasses.replace(
-        record,
-        used_units=record.used_units + sum(placed),
-        model_count=record.model_count + len(placed),
-        loads_in_progress=record.loads_in_progress + queued,
-    )

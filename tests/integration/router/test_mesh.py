@@ -278,11 +278,6 @@ def copies(c: RouterClients, model_id: str) -> dict[str, int]:
     return {ci.location: ci.copyStatus for ci in status.modelCopyInfos}
 
 
-@pytest.mark.xfail(
-    reason="known open bug (issue 11/14 merge): after the rate falls, fillers placed where a "
-    "load starts soonest may all land on one pod and the other pod's idle 'busy' copy stays",
-    strict=False,
-)
 def test_high_request_rate_adds_a_copy_on_another_pod(
     start_router: StartRouter, start_stub_runtime: StartStub, etcd_server: EtcdServer
 ) -> None:

@@ -24,7 +24,6 @@ from mmesh.router.routing import (
     load_failed,
     load_failures,
     stale_self_claim,
-    with_placements,
     worth_waiting,
 )
 
@@ -327,11 +326,3 @@ def test_decide_forwarded(local: LocalCopy, hops: Hops, want: Decision) -> None:
 def test_stale_self_claim(local: LocalCopy, claimed: bool, stale: bool) -> None:
     record = rec(loaded=(ME,) if claimed else (B,))
     assert stale_self_claim(record, ME, local) is stale
-
-
-def test_recent_placements_count_against_a_peer() -> None:
-    peer = InstanceRecord(capacity_units=100, used_units=10, model_count=1)
-    assert with_placements(peer, [5, 7]) == InstanceRecord(
-        capacity_units=100, used_units=22, model_count=3
-    )
-    assert with_placements(peer, []) is peer
