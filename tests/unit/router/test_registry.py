@@ -473,3 +473,91 @@ async def test_resync_after_the_watch_breaks_catches_up_on_missed_changes(
     finally:
         await reg.stop()
         await kv.close()
+
+
+class GatedKV(LosableKV):
+    """LosableKV whose next range read, once `hold()` is called, waits after taking its
+    snapshot until `release()`: what the test does meanwhile happens during the resync."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.taken = asyncio.Event()
+        self.gate = asyncio.Event()
+        self._holding = False
+
+    def hold(self) -> None:
+        self._holding = True
+
+    def release(self) -> None:
+        self.gate.set()
+
+    async def range_prefix(self, prefix: str, *, page_size: int = 1000):  # type: ignore[no-untyped-def]
+        found = await super().range_prefix(prefix, page_size=page_size)
+        if self._holding:
+            self._holding = False
+            self.taken.set()
+            await self.gate.wait()
+        return found
+
+
+@pytest.mark.usefixtures("fast_resync")
+async def test_resync_never_puts_back_what_this_router_wrote_while_it_ran():
+    kv = GatedKV()
+    reg = Registry(kv, LAYOUT)
+    loaded = model().with_copy_loaded(A, T0)
+    seen_m1: list[ModelRecord | None] = []
+    reg.on_change(lambda table, ident: ident == "m1" and seen_m1.append(reg.models.get("m1")))
+    try:
+        await kv.put(model_key("m1"), model().to_json())
+        await kv.put(model_key("m2"), model().to_json())
+        await reg.start()
+        await caught_up(kv, reg)
+
+        kv.hold()
+        kv.set_available(False)
+        kv.set_available(True)
+        await kv.put(model_key("x"), model().to_json())  # the watch breaks at this event
+        await asyncio.wait_for(kv.taken.wait(), 2)  # the resync's snapshot is taken: it waits
+        await reg.update_model("m1", lambda rec: loaded)  # this router, after the snapshot
+        await reg.update_model("m2", lambda rec: None)
+        seen_m1.clear()
+        kv.release()
+
+        await caught_up(kv, reg)
+        assert reg.models.get("m1") == loaded
+        assert reg.models.get("m2") is None
+        assert all(rec == loaded for rec in seen_m1), seen_m1  # never the older snapshot
+        assert await stored_model(kv, "m1") == loaded
+    finally:
+        await reg.stop()
+        await kv.close()
+
+
+@pytest.mark.usefixtures("fast_resync")
+async def test_a_resync_while_serving_is_paced_and_the_start_is_not(
+    monkeypatch: pytest.MonkeyPatch,
+):
+    steps: list[int] = []
+
+    class CountingPacer(registry_module.Pacer):
+        async def step(self) -> None:
+            steps.append(1)
+            await super().step()
+
+    monkeypatch.setattr(registry_module, "Pacer", CountingPacer)
+    kv = LosableKV()
+    reg = Registry(kv, LAYOUT)
+    try:
+        for i in range(50):
+            await kv.put(model_key(f"m{i}"), model().to_json())
+        await reg.start()
+        assert steps == []
+        await caught_up(kv, reg)
+        kv.set_available(False)
+        kv.set_available(True)
+        await kv.put(model_key("late"), model().to_json())
+        await eventually(reg, lambda: reg.models.get("late") is not None, "the mirror resynced")
+        assert len(steps) >= 51  # one per record of the snapshot
+    finally:
+        await reg.stop()
+        await kv.close()
