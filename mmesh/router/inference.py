@@ -404,7 +404,7 @@ class InferenceRouter:
         return held.mod_revision if held is not None else None
 
     def _answered(self, placement: Placement) -> None:
-        Placements.answered(placement, time.monotonic(), self._revision(placement.instance_id))
+        placement.answered(time.monotonic(), self._revision(placement.instance_id))
 
     async def _attempt(self, instance_id: str, work: Awaitable[bytes]) -> bytes:
         """Run one routing attempt; failures that another instance could avoid say where."""

@@ -39,6 +39,12 @@ class Placement:
     revision_at_answer: int | None = None
     """The peer's record revision when the call answered (None: no record then)."""
 
+    def answered(self, now: float, revision: int | None) -> None:
+        """The call that asked the peer to load has answered (a copy, or an error);
+        `revision`: the peer's instance record revision in the mirror at that moment."""
+        self.answered_at = now
+        self.revision_at_answer = revision
+
 
 class Placements:
     """This router's recent placements on peers, by peer."""
@@ -54,13 +60,6 @@ class Placements:
         placement = Placement(instance_id, units, now)
         self._by_peer.setdefault(instance_id, []).append(placement)
         return placement
-
-    @staticmethod
-    def answered(placement: Placement, now: float, revision: int | None) -> None:
-        """The call that asked the peer to load has answered (a copy, or an error);
-        `revision`: the peer's instance record revision in the mirror at that moment."""
-        placement.answered_at = now
-        placement.revision_at_answer = revision
 
     def adjusted(
         self, instance_id: str, record: InstanceRecord, revision: int | None, now: float
