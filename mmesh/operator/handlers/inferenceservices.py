@@ -15,8 +15,11 @@ retry in the reporters. Events: Registered, the InvalidSpec reason, Loaded, Fail
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import time
 from collections.abc import Mapping
+from datetime import datetime
 from typing import Any
 
 import kopf
@@ -28,7 +31,14 @@ from mmesh.core.mappings import deep_merge
 from mmesh.operator import status as st
 from mmesh.operator.errors import FailureReason, InvalidSpec, KubeUnavailable
 from mmesh.operator.handlers import events
-from mmesh.operator.handlers.lifecycle import Context, context, leading, managed
+from mmesh.operator.handlers.lifecycle import (
+    LAST_HANDLED_ANNOTATION,
+    LEADER_ANNOTATION,
+    Context,
+    context,
+    leading,
+    managed,
+)
 from mmesh.operator.handlers.runtimes import RETRY_S, Indexes, namespace_sync
 from mmesh.operator.naming import ISVC_SOURCE
 from mmesh.operator.resources import (
@@ -55,6 +65,13 @@ API_RETRY_S = 1.0
 """How soon a status reporter patches again after the Kubernetes API did not take it."""
 ETCD_RETRY_S = 2.0
 """How soon a handler or status reporter tries again while etcd is unreachable."""
+FOLLOWER_DELETE_RECHECK_S = 0.5
+FOLLOWER_DELETE_WAIT_S = 30.0
+"""How often, and how long at a time, a follower looks whether the leader has removed a
+deleted InferenceService's records before it lets the object go."""
+UNHANDLED_NUDGE_S = 3.0
+"""How long the leader lets an InferenceService wait for its first reconcile before it
+touches it (and then again at this interval) so that kopf looks at it again."""
 
 
 def _translate(body: Mapping[str, Any]) -> Registration:
@@ -110,7 +127,30 @@ async def unregister_isvc(name: str, namespace: str | None, memo: Any, **kwargs:
     logger.info("InferenceService %s/%s unregistered", namespace, name)
 
 
-@kopf.daemon(*ISVC, annotations=MODELMESH, when=managed, cancellation_backoff=2.0, backoff=5.0)
+async def _hold_for_the_leader(ctx: Context, namespace: str, name: str) -> None:
+    """A follower's reporter, stopped because its InferenceService is being deleted, returns
+    once the leader has removed the records (or this replica leads, or the wait is up).
+
+    kopf keeps the shared finalizer while any daemon of the object still runs, and removes
+    it once none of its handlers needs it: without this wait the follower took it off at
+    once, and the object could be gone before the leader saw it being deleted, its records
+    left behind."""
+    deadline = time.monotonic() + FOLLOWER_DELETE_WAIT_S
+    while not ctx.leads and time.monotonic() < deadline:
+        with contextlib.suppress(StoreUnavailable):  # etcd away: look again
+            vmodel, _ = await ctx.registrations.observe(namespace, VModelId(name), ctx.service_name)
+            if vmodel is None or vmodel.owner not in ("", ISVC_SOURCE):
+                return
+        await asyncio.sleep(FOLLOWER_DELETE_RECHECK_S)
+
+
+@kopf.daemon(
+    *ISVC,
+    annotations=MODELMESH,
+    when=managed,
+    cancellation_backoff=FOLLOWER_DELETE_WAIT_S + 5.0,
+    backoff=5.0,
+)
 async def report_status(
     body: kopf.Body, name: str, namespace: str | None, memo: Any, stopped: Any, **kwargs: Any
 ) -> None:
@@ -118,6 +158,7 @@ async def report_status(
     wake, stop = ctx.wakeups.register(namespace, name), asyncio.ensure_future(stopped.wait())
     sent: dict[str, Any] = {}
     shown = _active_state(body.get("status") or {})
+    next_nudge = 0.0
     try:
         while not stopped:
             wake.clear()
@@ -131,6 +172,11 @@ async def report_status(
             if not ctx.leads:  # a follower only watches
                 await _wait(wake, stop, IDLE_RECHECK_S)
                 continue
+            if unhandled_for(body, time.time()) >= UNHANDLED_NUDGE_S:
+                if time.monotonic() >= next_nudge:
+                    next_nudge = time.monotonic() + UNHANDLED_NUDGE_S
+                    await _nudge(ctx, namespace, name)
+                recheck_s = min(recheck_s, UNHANDLED_NUDGE_S)
             # `body` may not show our last patch yet (a status going A -> B -> A would look
             # unchanged next to it): once we have patched, what we sent is what the API holds.
             if desired != (sent or previous):
@@ -148,9 +194,46 @@ async def report_status(
                 sent = desired
             shown = _announce(body, desired, shown)
             await _wait(wake, stop, recheck_s)
+        if stopped.reason and stopped.reason & kopf.DaemonStoppingReason.RESOURCE_DELETED:
+            await _hold_for_the_leader(ctx, namespace, name)
     finally:
         stop.cancel()
         ctx.wakeups.unregister(namespace, name)
+
+
+def unhandled_for(body: Mapping[str, Any], now_s: float) -> float:
+    """Seconds since the InferenceService was created while kopf has never finished its
+    handlers (no last-handled annotation); 0 once it has, or while it is being deleted.
+
+    Two replicas add the finalizer to a new object at once; when both patches lose to a
+    third write, kopf keeps the failed one for its next cycle, runs no handler in that
+    cycle and sends nothing, so the object waits for some other event (seen with two
+    replicas under load: the create was never reconciled)."""
+    meta = body.get("metadata") or {}
+    if LAST_HANDLED_ANNOTATION in (meta.get("annotations") or {}):
+        return 0.0
+    created = meta.get("creationTimestamp")
+    if meta.get("deletionTimestamp") or not created:
+        return 0.0
+    try:
+        created_s = datetime.fromisoformat(str(created)).timestamp()
+    except ValueError:
+        return 0.0
+    return max(0.0, now_s - created_s)
+
+
+async def _nudge(ctx: Context, namespace: str, name: str) -> None:
+    """Touch the InferenceService so kopf handles it again."""
+    logger.warning(
+        "InferenceService %s/%s has not been reconciled since its creation; touching it",
+        namespace,
+        name,
+    )
+    stamp = f"{ctx.leadership.identity}@{time.time():.0f}"
+    try:
+        await asyncio.to_thread(ctx.kube.annotate_isvc, namespace, name, LEADER_ANNOTATION, stamp)
+    except Exception:  # the next nudge tries again
+        logger.exception("touching InferenceService %s/%s failed", namespace, name)
 
 
 # ---------------------------------------------------------------- status helpers

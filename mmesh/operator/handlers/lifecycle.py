@@ -36,6 +36,9 @@ ANNOTATIONS_PREFIX = "mmesh.serving.kserve.io"
 ENABLED_LABEL = "modelmesh-enabled"
 LEADER_ANNOTATION = "serving.kserve.io/mmesh-leader"
 """Set by a new leader on every InferenceService: the update makes kopf handle it again."""
+DIFFBASE_KEY = "last-handled-configuration"
+LAST_HANDLED_ANNOTATION = f"{ANNOTATIONS_PREFIX}/{DIFFBASE_KEY}"
+"""Written by kopf once the create (or update) handlers of an object have all succeeded."""
 
 
 class Wakeups:
@@ -147,7 +150,7 @@ def _tune(kopf_settings: kopf.OperatorSettings, settings: OperatorSettings) -> N
         prefix=ANNOTATIONS_PREFIX
     )
     kopf_settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix=ANNOTATIONS_PREFIX
+        prefix=ANNOTATIONS_PREFIX, key=DIFFBASE_KEY
     )
     kopf_settings.posting.enabled = settings.post_events
     kopf_settings.posting.level = logging.WARNING
