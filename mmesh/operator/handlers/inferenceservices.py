@@ -32,6 +32,7 @@ from mmesh.operator import status as st
 from mmesh.operator.errors import FailureReason, InvalidSpec, KubeUnavailable
 from mmesh.operator.handlers import events
 from mmesh.operator.handlers.lifecycle import (
+    ANNOTATIONS_PREFIX,
     LAST_HANDLED_ANNOTATION,
     LEADER_ANNOTATION,
     Context,
@@ -203,15 +204,17 @@ async def report_status(
 
 def unhandled_for(body: Mapping[str, Any], now_s: float) -> float:
     """Seconds since the InferenceService was created while kopf has never finished its
-    handlers (no last-handled annotation); 0 once it has, or while it is being deleted.
+    handlers (no last-handled annotation) nor started the reconcile; 0 once it has, or
+    while it is being deleted.
 
     Two replicas add the finalizer to a new object at once; when both patches lose to a
     third write, kopf keeps the failed one for its next cycle, runs no handler in that
     cycle and sends nothing, so the object waits for some other event (seen with two
     replicas under load: the create was never reconciled)."""
     meta = body.get("metadata") or {}
-    if LAST_HANDLED_ANNOTATION in (meta.get("annotations") or {}):
-        return 0.0
+    annotations = meta.get("annotations") or {}
+    if LAST_HANDLED_ANNOTATION in annotations or RECONCILE_PROGRESS_ANNOTATION in annotations:
+        return 0.0  # handled, or kopf is running (or retrying) the reconcile
     created = meta.get("creationTimestamp")
     if meta.get("deletionTimestamp") or not created:
         return 0.0
@@ -220,6 +223,10 @@ def unhandled_for(body: Mapping[str, Any], now_s: float) -> float:
     except ValueError:
         return 0.0
     return max(0.0, now_s - created_s)
+
+
+RECONCILE_PROGRESS_ANNOTATION = f"{ANNOTATIONS_PREFIX}/reconcile_isvc"
+"""kopf's record of the reconcile handler while it runs or waits to be retried."""
 
 
 async def _nudge(ctx: Context, namespace: str, name: str) -> None:
