@@ -365,13 +365,12 @@ class InferenceRouter:
             return await self._attempt(me, self._serve_local(call, exclude))
         target = decision.instance_id
         load = isinstance(decision, PlaceAt)
-        if not load:
-            return await self._attempt(target, self._forward(call, target, exclude, load=False))
-        placement = self._placed.note(target, self._default_units, time.monotonic())
+        placement = self._note_placement(target) if load else None
         try:
-            return await self._attempt(target, self._forward(call, target, exclude, load=True))
+            return await self._attempt(target, self._forward(call, target, exclude, load=load))
         finally:
-            self._answered(placement)
+            if placement is not None:
+                self._answered(placement)
 
     def _record(self, model_id: str) -> ModelRecord:
         record = self.registry.models.get(model_id)
@@ -403,8 +402,12 @@ class InferenceRouter:
         held = self.registry.instances.items.get(iid)
         return held.mod_revision if held is not None else None
 
+    def _note_placement(self, iid: str) -> Placement:
+        """A copy this router is about to ask peer `iid` to load."""
+        return self._placed.note(iid, self._default_units, time.monotonic())
+
     def _answered(self, placement: Placement) -> None:
-        placement.answered(time.monotonic(), self._revision(placement.instance_id))
+        placement.answered(self._revision(placement.instance_id))
 
     async def _attempt(self, instance_id: str, work: Awaitable[bytes]) -> bytes:
         """Run one routing attempt; failures that another instance could avoid say where."""
@@ -488,7 +491,7 @@ class InferenceRouter:
             target = choice.instance_id
             placement = None
             if target != self.local.instance_id:
-                placement = self._placed.note(target, self._default_units, time.monotonic())
+                placement = self._note_placement(target)
             try:
                 await self._load_on(target, model_id, record, live, extra=extra)
                 return target

@@ -35,14 +35,14 @@ class Placement:
     instance_id: str
     units: int
     at: float
-    answered_at: float | None = None
+    has_answered: bool = False
     revision_at_answer: int | None = None
     """The peer's record revision when the call answered (None: no record then)."""
 
-    def answered(self, now: float, revision: int | None) -> None:
+    def answered(self, revision: int | None) -> None:
         """The call that asked the peer to load has answered (a copy, or an error);
         `revision`: the peer's instance record revision in the mirror at that moment."""
-        self.answered_at = now
+        self.has_answered = True
         self.revision_at_answer = revision
 
 
@@ -69,7 +69,7 @@ class Placements:
         pending = self._pending(instance_id, revision, now)
         if not pending:
             return record
-        queued = sum(1 for p in pending if p.answered_at is None and now - p.at < self.load_s)
+        queued = sum(1 for p in pending if not p.has_answered and now - p.at < self.load_s)
         return dataclasses.replace(
             record,
             used_units=record.used_units + sum(p.units for p in pending),
@@ -93,6 +93,6 @@ class Placements:
         matter)."""
         if now - p.at >= self.memory_s:
             return True
-        if p.answered_at is None or revision is None:
+        if not p.has_answered or revision is None:
             return False
         return p.revision_at_answer is None or revision > p.revision_at_answer

@@ -136,7 +136,7 @@ class Registry:
 
     async def _sync(self, pacer: Pacer | None) -> None:
         """Make the mirror the store's snapshot. With a `pacer` (a resync while serving:
-        20K records are 100-200 ms of decoding) the pass rests between slices, and this
+        20K records are about 250 ms of decoding) the pass rests between slices, and this
         router's own writes in the meantime are kept out of it: their keys are read again
         at the end instead (the snapshot may be older than the write, or newer)."""
         touched: set[tuple[Table, str]] = set()

@@ -34,11 +34,11 @@ from mmesh.operator.handlers import events
 from mmesh.operator.handlers.lifecycle import (
     ANNOTATIONS_PREFIX,
     LAST_HANDLED_ANNOTATION,
-    LEADER_ANNOTATION,
     Context,
     context,
     leading,
     managed,
+    touch_isvc,
 )
 from mmesh.operator.handlers.runtimes import RETRY_S, Indexes, namespace_sync
 from mmesh.operator.naming import ISVC_SOURCE
@@ -236,9 +236,8 @@ async def _nudge(ctx: Context, namespace: str, name: str) -> None:
         namespace,
         name,
     )
-    stamp = f"{ctx.leadership.identity}@{time.time():.0f}"
     try:
-        await asyncio.to_thread(ctx.kube.annotate_isvc, namespace, name, LEADER_ANNOTATION, stamp)
+        await touch_isvc(ctx, namespace, name)
     except Exception:  # the next nudge tries again
         logger.exception("touching InferenceService %s/%s failed", namespace, name)
 

@@ -194,16 +194,21 @@ async def _took_over(ctx: Context) -> None:
 async def touch_isvcs(ctx: Context, namespace: str | None = None) -> None:
     """Annotate the InferenceServices (of `namespace`, or all managed ones) so that kopf
     hands them to the handlers again: their filters skipped them until now."""
-    stamp = f"{ctx.leadership.identity}@{time.time():.0f}"
     try:
         found = await asyncio.to_thread(ctx.kube.list_isvcs)
         for isvc in found:
             meta = isvc.get("metadata", {})
             ns, name = str(meta.get("namespace", "")), str(meta.get("name", ""))
             if namespace in (None, ns) and ctx.manages(ns):
-                await asyncio.to_thread(ctx.kube.annotate_isvc, ns, name, LEADER_ANNOTATION, stamp)
+                await touch_isvc(ctx, ns, name)
     except Exception:  # the next event of each object catches up anyway
         logger.exception("touching the InferenceServices failed")
+
+
+async def touch_isvc(ctx: Context, namespace: str, name: str) -> None:
+    """Stamp this leader on one InferenceService: the update makes kopf handle it again."""
+    stamp = f"{ctx.leadership.identity}@{time.time():.0f}"
+    await asyncio.to_thread(ctx.kube.annotate_isvc, namespace, name, LEADER_ANNOTATION, stamp)
 
 
 def _watch_ended(task: asyncio.Task[None]) -> None:

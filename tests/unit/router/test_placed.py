@@ -20,7 +20,7 @@ def test_a_placement_counts_as_a_copy_and_a_queued_load_until_its_call_answers()
 def test_an_answered_placement_is_no_load_queued_any_more() -> None:
     ledger = Placements()
     placement = ledger.note("b", 5, now=10.0)
-    placement.answered(now=10.05, revision=40)
+    placement.answered(revision=40)
     seen = ledger.adjusted("b", PEER, revision=40, now=10.1)
     assert seen.loads_in_progress == 0  # the peer's loader is free: it answered
     assert (seen.used_units, seen.model_count) == (15, 2)  # its record does not show it yet
@@ -29,7 +29,7 @@ def test_an_answered_placement_is_no_load_queued_any_more() -> None:
 def test_the_peers_next_record_after_the_answer_shows_the_copy() -> None:
     ledger = Placements()
     placement = ledger.note("b", 5, now=10.0)
-    placement.answered(now=10.05, revision=40)
+    placement.answered(revision=40)
     assert ledger.adjusted("b", PEER, revision=41, now=10.3) is PEER
     assert not ledger  # forgotten
 
@@ -38,7 +38,7 @@ def test_a_record_published_before_the_answer_does_not_clear_it() -> None:
     ledger = Placements()
     placement = ledger.note("b", 5, now=10.0)
     assert ledger.adjusted("b", PEER, revision=41, now=10.02).model_count == 2  # unanswered
-    placement.answered(now=10.05, revision=41)
+    placement.answered(revision=41)
     assert ledger.adjusted("b", PEER, revision=41, now=10.1).model_count == 2
 
 
@@ -54,6 +54,6 @@ def test_limits_hold_when_no_answer_or_record_comes() -> None:
 def test_a_peer_that_had_no_record_at_the_answer_shows_it_in_its_first() -> None:
     ledger = Placements()
     placement = ledger.note("b", 5, now=10.0)
-    placement.answered(now=10.05, revision=None)
+    placement.answered(revision=None)
     assert ledger.adjusted("b", PEER, revision=None, now=10.1).model_count == 2
     assert ledger.adjusted("b", PEER, revision=3, now=10.2) is PEER
