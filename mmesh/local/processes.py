@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -19,11 +20,48 @@ import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
+_EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+_LISTEN_PORTS_LOW = 10000
+_handed_out: set[int] = set()
+
 
 def free_port(host: str = "127.0.0.1") -> int:
+    """A port nothing is bound to, outside the kernel's ephemeral range.
+
+    A port from bind(0) comes from the ephemeral range, which every outgoing connection also
+    draws from: between this call and the server's bind, some client socket can take it (CI
+    saw "address already in use" that way). Below the range only listeners bind, and each one
+    this process hands out is never handed out again.
+    """
+    low, high = listen_port_range()
+    for _ in range(500):
+        port = random.randint(low, high)
+        if port not in _handed_out and _bindable(host, port):
+            _handed_out.add(port)
+            return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
+
+
+def listen_port_range() -> tuple[int, int]:
+    """Ports outside the ephemeral range: below it where there is room, else above it."""
+    try:
+        ephemeral_low, ephemeral_high = map(int, _EPHEMERAL_RANGE.read_text().split())
+    except (OSError, ValueError):
+        ephemeral_low, ephemeral_high = 32768, 60999
+    if ephemeral_low - _LISTEN_PORTS_LOW >= 2000:
+        return _LISTEN_PORTS_LOW, ephemeral_low - 1
+    return ephemeral_high + 1, 65535
+
+
+def _bindable(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+        return True
 
 
 def port_open(port: int, host: str = "127.0.0.1") -> bool:
