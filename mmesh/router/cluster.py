@@ -28,6 +28,11 @@ class Table(Protocol[R_co]):
     @property
     def items(self) -> Mapping[str, Held[R_co]]: ...
 
+    @property
+    def version(self) -> int:
+        """Changes whenever `items` does."""
+        ...
+
 
 class Mirror(Protocol):
     """The registry mirror (the router's `Registry`), as far as the view reads it."""
@@ -55,10 +60,21 @@ class ClusterView:
     def __init__(self, mirror: Mirror, me: str) -> None:
         self.mirror = mirror
         self.me = me
+        self._others: Mapping[str, InstanceRecord] = {}
+        self._others_version = -1
 
     def registered(self) -> dict[str, InstanceRecord]:
         """Instances with a live record in the mirror (this one's may lag its own state)."""
         return dict(records(self.mirror.instances))
+
+    def others(self) -> Mapping[str, InstanceRecord]:
+        """The other live instances: one snapshot per change of the instance table, shared
+        by the requests routed meanwhile (read it, never change it)."""
+        table = self.mirror.instances
+        if table.version != self._others_version:
+            self._others = {iid: rec for iid, rec in records(table) if iid != self.me}
+            self._others_version = table.version
+        return self._others
 
     def live(self, own: InstanceRecord) -> dict[str, InstanceRecord]:
         """Every live instance, this one from its own current state `own`."""

@@ -83,15 +83,17 @@ class Forwarder:
             )
             self._calls[method] = callable_
         # The call is awaited here, not in a helper coroutine: one frame less to resume on
-        # every request.
+        # every request. gRPC takes a tuple only after a slow isinstance check against a
+        # typing generic (about 1 % of a forwarding router's CPU); a Metadata skips it.
+        md = grpc.aio.Metadata(*metadata)
         if self.observer is None:
             try:
-                return await callable_(payload, metadata=tuple(metadata), timeout=timeout_s)
+                return await callable_(payload, metadata=md, timeout=timeout_s)
             except grpc.aio.AioRpcError as exc:
                 raise _mapped(exc, self.target) from exc
         started, code = time.monotonic(), "OK"
         try:
-            return await callable_(payload, metadata=tuple(metadata), timeout=timeout_s)
+            return await callable_(payload, metadata=md, timeout=timeout_s)
         except grpc.aio.AioRpcError as exc:
             mapped = _mapped(exc, self.target)
             code = mapped.grpc_code

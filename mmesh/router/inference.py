@@ -274,10 +274,10 @@ class InferenceRouter:
         peer placed a new copy here; never forward again. A request for a copy this router
         does not hold is refused as "not held", after dropping its own stale claim."""
         hops = _hops(call.headers)
-        record = self._record(call.model_id)
         local = self.local.copy_state(call.model_id)
         decision = decide_forwarded(call.model_id, self.local.instance_id, local, hops)
         if isinstance(decision, Refuse):
+            record = self._record(call.model_id)
             if decision.kind is RefuseKind.NOT_HELD and stale_self_claim(
                 record, self.local.instance_id, local
             ):
@@ -379,17 +379,17 @@ class InferenceRouter:
         return record
 
     def _view(self, model_id: str) -> View:
-        me = self.local.instance_id
-        live = self.live_peers()
+        peers = self.cluster.others()
         if self._placed:  # copies this router placed lately, not yet in their pods' records
             now = time.monotonic()
-            live = {
-                iid: rec if iid == me else self._placed.adjusted(iid, rec, self._revision(iid), now)
-                for iid, rec in live.items()
+            peers = {
+                iid: self._placed.adjusted(iid, rec, self._revision(iid), now)
+                for iid, rec in peers.items()
             }
         return View(
-            me=me,
-            instances=live,
+            me=self.local.instance_id,
+            peers=peers,
+            own=self.self_record,
             local=self.local.copy_state(model_id),
             size_units=self._default_units,
             now_ms=now_ms(),

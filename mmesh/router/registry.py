@@ -60,6 +60,8 @@ class MirrorTable(Generic[R]):
     ) -> None:
         self.table = table
         self.items: dict[str, Versioned[R]] = {}
+        self.version = 0
+        """Counts the changes to `items`: a copy made at one version holds until the next."""
         self._decode = decode
         self.key_of = key_of
 
@@ -76,14 +78,19 @@ class MirrorTable(Generic[R]):
         except InvalidRecord as exc:
             logger.error("ignoring bad registry value: %s", exc)
             return False
-        self.items[ident] = Versioned(record, revision)
+        self.put(ident, Versioned(record, revision))
         return True
+
+    def put(self, ident: str, held: Versioned[R]) -> None:
+        self.items[ident] = held
+        self.version += 1
 
     def remove(self, ident: str, revision: int | None = None) -> bool:
         current = self.items.get(ident)
         if current is None or (revision is not None and current.mod_revision > revision):
             return False
         del self.items[ident]
+        self.version += 1
         return True
 
 
@@ -296,9 +303,7 @@ class Registry:
         old_revision = before.mod_revision if before else 0
         if now is not None and now.confirmed and now.mod_revision > old_revision:
             return  # the watch already delivered this write (or a newer one)
-        mirror.items[ident] = Versioned(
-            wanted, before.mod_revision if before else 0, confirmed=False
-        )
+        mirror.put(ident, Versioned(wanted, before.mod_revision if before else 0, confirmed=False))
         self._notify(mirror.table, ident)
 
     async def _write(self, key: str, current: Versioned[R] | None, wanted: R | None) -> bool:

@@ -16,7 +16,7 @@ no claim of an instance that cannot answer for it ever blocks placement.
 from __future__ import annotations
 
 import enum
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 
 from mmesh.core.failures import failed_instances
@@ -62,8 +62,11 @@ class View:
     """The mesh as this router sees it now."""
 
     me: str
-    instances: Mapping[str, InstanceRecord]
-    """Live instances (their lease holds), this one included."""
+    peers: Mapping[str, InstanceRecord]
+    """The other live instances (their lease holds)."""
+    own: Callable[[], InstanceRecord]
+    """This instance's record as it stands now. Asked only to place a copy or to explain a
+    refusal: a request forwarded to a peer's copy never builds it."""
     local: LocalCopy
     size_units: int
     """What a new copy is assumed to take before its real size is known."""
@@ -71,6 +74,10 @@ class View:
     failure_expiry_ms: int
     inflight: Mapping[str, int] = field(default_factory=dict)
     """Requests this router has in flight to each peer now."""
+
+    def instances(self) -> dict[str, InstanceRecord]:
+        """Every live instance, this one included."""
+        return {**self.peers, self.me: self.own()}
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,7 +142,7 @@ def decide(model_id: str, record: ModelRecord, view: View, hops: Hops) -> Decisi
         return ServeHere()
     if stale_self_claim(record, me, local):
         record = record.without_copy(InstanceId(me))
-    peers = {iid: rec for iid, rec in view.instances.items() if iid != me}
+    peers = view.peers
     target = choose_copy(record, peers, exclude=exclude, inflight=view.inflight)
     if target is not None:
         return ForwardTo(target)
@@ -165,7 +172,8 @@ def place(
     model_id: str, record: ModelRecord, view: View, exclude: Collection[str]
 ) -> PlaceAt | Refuse:
     """Where a new copy goes: the best live instance that may load it, or why none may."""
-    candidates = [Peer(iid, rec) for iid, rec in sorted(view.instances.items())]
+    instances = view.instances()
+    candidates = [Peer(iid, rec) for iid, rec in sorted(instances.items())]
     choice = choose_placement(
         record,
         candidates,
@@ -181,7 +189,7 @@ def place(
         return load_failed(model_id, failures)
     return Refuse(
         RefuseKind.NO_CAPACITY,
-        f"cannot load model {model_id}: {choice.reason} ({_census(record, view, exclude)})",
+        f"cannot load model {model_id}: {choice.reason} ({_census(record, instances, exclude)})",
     )
 
 
@@ -213,17 +221,19 @@ def worth_waiting(record: ModelRecord, view: View, ruled_out: Collection[str]) -
     failed = failed_instances(record, now_ms=view.now_ms, expiry_ms=view.failure_expiry_ms)
     return any(
         satisfies(rec.labels, required) and iid not in failed and iid not in ruled_out
-        for iid, rec in view.instances.items()
+        for iid, rec in view.instances().items()
     )
 
 
-def _census(record: ModelRecord, view: View, exclude: Collection[str]) -> str:
+def _census(
+    record: ModelRecord, instances: Mapping[str, InstanceRecord], exclude: Collection[str]
+) -> str:
     """The numbers behind a refusal: which live instances were ruled out and why."""
-    live = sorted(view.instances)
+    live = sorted(instances)
     parts = [f"{len(live)} live instances"]
     for label, ids in (
         ("excluded after failing this request", [i for i in live if i in exclude]),
-        ("shutting down", [i for i in live if view.instances[i].shutting_down]),
+        ("shutting down", [i for i in live if instances[i].shutting_down]),
         ("holding a copy", [i for i in live if i in record.instance_ids]),
     ):
         if ids:

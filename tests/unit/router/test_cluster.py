@@ -23,6 +23,7 @@ class _Held(Generic[T]):
 @dataclass
 class _Table(Generic[T]):
     items: dict[str, _Held[T]] = field(default_factory=dict)
+    version: int = 0
 
 
 @dataclass
@@ -87,3 +88,15 @@ def test_records_is_a_snapshot_that_survives_later_changes_to_the_table() -> Non
     snapshot = records(table)
     table.items["m2"] = _Held(ModelRecord(model_type="stub"))
     assert [m for m, _ in snapshot] == ["m1"]
+
+
+def test_others_is_one_snapshot_per_change_of_the_table_and_leaves_this_instance_out() -> None:
+    view = _view({ME: False, "b": False})
+    first = view.others()
+    assert list(first) == ["b"]
+    assert view.others() is first  # nothing changed: the same snapshot, no copy per request
+    view.mirror.instances.items["c"] = _Held(InstanceRecord(shutting_down=True))
+    assert view.others() is first  # the table's version says when it changed
+    view.mirror.instances.version += 1
+    assert sorted(view.others()) == ["b", "c"]
+    assert list(first) == ["b"]  # a request holding the old snapshot keeps it

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 from collections.abc import AsyncGenerator, Callable
 
 import pytest
@@ -225,6 +226,24 @@ async def test_updated_record_is_visible_at_once(kv: MemoryKV, registry: Registr
 
     assert A in (registry.models.get("m1") or model()).loaded_in
     assert A in ((await stored_model(kv, "m1")) or model()).loaded_in
+
+
+async def test_every_change_of_a_table_moves_its_version(kv: MemoryKV, registry: Registry):
+    """Snapshots keyed on the version (the router's peer list) are never stale."""
+    versions = [registry.models.version]
+    registry.on_change(
+        lambda table, ident: table is Table.REGISTRY and versions.append(registry.models.version)
+    )
+    await registry.update_model("m1", lambda rec: model())  # own write, before its event
+    await caught_up(kv, registry)  # the watch event replaces it
+    await kv.put(model_key("m2"), model().to_json())  # another router's write
+    await caught_up(kv, registry)
+    await registry.update_model("m1", lambda rec: None)  # own delete
+    await kv.delete(model_key("m2"))  # another router's delete
+    await caught_up(kv, registry)
+    assert registry.models.get("m1") is None and registry.models.get("m2") is None
+    assert len(versions) >= 5
+    assert all(a < b for a, b in itertools.pairwise(versions)), versions
 
 
 async def test_own_write_survives_its_watch_event(kv: MemoryKV, registry: Registry):

@@ -3,6 +3,7 @@ local copy and the hop headers in; serve here / forward / wait / place / refuse 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import pytest
@@ -184,27 +185,42 @@ CASES = [
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
 def test_decide(case: Case) -> None:
-    view = View(
-        me=ME,
-        instances=case.instances,
-        local=case.local,
-        size_units=100,
-        now_ms=NOW,
-        failure_expiry_ms=EXPIRY,
-        inflight=case.inflight,
-    )
+    view = _view_of(case.instances, case.local, case.inflight)
     assert decide("m", case.record, view, case.hops) == case.want
 
 
-def _view(local: LocalCopy = LocalCopy.NONE, **instances: InstanceRecord) -> View:
+def _view_of(
+    instances: Mapping[str, InstanceRecord],
+    local: LocalCopy = LocalCopy.NONE,
+    inflight: Mapping[str, int] | None = None,
+) -> View:
+    """The view of instance ME among `instances` (its own record included, if it is there)."""
+    own = instances.get(ME, InstanceRecord())
     return View(
         me=ME,
-        instances=instances or {ME: ROOMY, B: ROOMY},
+        peers={iid: rec for iid, rec in instances.items() if iid != ME},
+        own=lambda: own,
         local=local,
         size_units=100,
         now_ms=NOW,
         failure_expiry_ms=EXPIRY,
+        inflight=inflight or {},
     )
+
+
+def _view(local: LocalCopy = LocalCopy.NONE, **instances: InstanceRecord) -> View:
+    return _view_of(instances or {ME: ROOMY, B: ROOMY}, local)
+
+
+def test_forwarding_to_a_peer_copy_never_builds_this_instance_record() -> None:
+    def own() -> InstanceRecord:
+        raise AssertionError("own record built for a forward")
+
+    view = View(me=ME, peers={B: ROOMY}, own=own, local=LocalCopy.NONE, size_units=100,
+                now_ms=NOW, failure_expiry_ms=EXPIRY)  # fmt: skip
+    assert decide("m", rec(loaded=(B,)), view, Hops()) == ForwardTo(B)
+    with pytest.raises(AssertionError, match="own record"):
+        decide("m", rec(), view, Hops())  # placing a copy weighs this instance too
 
 
 def test_failed_everywhere_refuses_with_each_failure_message() -> None:
