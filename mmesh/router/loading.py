@@ -55,6 +55,8 @@ ROOM_POLL_S = 0.05
 """How often a load waiting for room tries again."""
 WAIT_FOR_ROOM = frozenset({Refusal.CHURN, Refusal.UNLOADING, Refusal.BUSY})
 """Refusals that time can lift (as opposed to a model bigger than the whole cache)."""
+RECORD_RETRY_S = 1.0
+"""While etcd is away: how often copies loaded meanwhile try again to get recorded."""
 
 
 class LocalModels:
@@ -91,6 +93,9 @@ class LocalModels:
         self._drained: dict[str, asyncio.Event] = {}
         self.recording: dict[str, asyncio.Task[None]] = {}
         """Copies just loaded whose record (Loaded) is being written; see `recorded`."""
+        self._unrecorded: set[str] = set()
+        """Copies loaded while etcd was away, not in the registry yet."""
+        self._recorder: asyncio.Task[None] | None = None
 
     def changed(self) -> None:
         """The cache or the loads in progress changed: refresh the gauges, then tell the
@@ -270,7 +275,7 @@ class LocalModels:
             unloading = self._unloads.get(model_id)
             if unloading is not None:
                 await asyncio.shield(unloading)
-            await self._claim(model_id, extra=extra, unreachable=unreachable)
+            claimed = await self._claim(model_id, extra=extra, unreachable=unreachable)
         except BaseException:
             sizing.cancel()
             raise
@@ -282,7 +287,8 @@ class LocalModels:
             # keep serving while it waits for a loading slot.
             admission = await self._admit(model_id, units)
             if admission.refusal is not None:
-                await self._unclaim(model_id)
+                if claimed:
+                    await self._unclaim(model_id)
                 raise NoCapacity(f"cannot load {model_id} here: {admission.detail}")
             self._unload_victims(admission.victims)
             load_started = time.monotonic()
@@ -332,7 +338,11 @@ class LocalModels:
         try:
             recorded = await self._mark_loaded(model_id)
         except StoreUnavailable as exc:
-            logger.warning("could not record the copy of %s as loaded: %s", model_id, exc)
+            logger.warning(
+                "could not record the copy of %s as loaded (trying again every %.0f s): %s",
+                model_id, RECORD_RETRY_S, exc,
+            )  # fmt: skip
+            self._record_later(model_id)
             return
         except Exception:  # a background task: nobody else would see it
             logger.exception("could not record the copy of %s as loaded", model_id)
@@ -340,6 +350,35 @@ class LocalModels:
         if recorded is None:
             logger.info("model %s was unregistered while it loaded; unloading", model_id)
             self.evict(model_id)
+
+    def _record_later(self, model_id: str) -> None:
+        """Keep trying to record a loaded copy until etcd answers (or the copy goes). Not
+        a background load task: shutdown's drain must not wait for etcd."""
+        self._unrecorded.add(model_id)
+        if self._recorder is None or self._recorder.done():
+            self._recorder = asyncio.ensure_future(self._record_unrecorded())
+
+    async def _record_unrecorded(self) -> None:
+        while self._unrecorded:
+            await asyncio.sleep(RECORD_RETRY_S)
+            for model_id in sorted(self._unrecorded):
+                if not self.is_loaded(model_id):
+                    self._unrecorded.discard(model_id)
+                    continue
+                try:
+                    recorded = await self._mark_loaded(model_id)
+                except StoreUnavailable:
+                    break  # still away: the next round tries them all again
+                except Exception:
+                    logger.exception("could not record the copy of %s as loaded", model_id)
+                    continue
+                self._unrecorded.discard(model_id)
+                if recorded is None:
+                    logger.info("model %s was unregistered while etcd was away; unloading",
+                                model_id)  # fmt: skip
+                    self.evict(model_id)
+                else:
+                    logger.info("recorded the copy of %s loaded while etcd was away", model_id)
 
     async def _predicted_size(self, model_id: str, record: ModelRecord) -> int:
         started = time.monotonic()
@@ -368,8 +407,14 @@ class LocalModels:
             size = await self.runtime.model_size(model_id) or self.info.default_model_size_bytes
         return size
 
-    async def _claim(self, model_id: str, *, extra: bool, unreachable: frozenset[str]) -> None:
-        """Record this copy as loading: the one etcd transaction that settles a race."""
+    async def _claim(self, model_id: str, *, extra: bool, unreachable: frozenset[str]) -> bool:
+        """Record this copy as loading: the one etcd transaction that settles a race.
+
+        True once recorded. False when etcd is away and the mirrored record allows the
+        claim: the load goes ahead unrecorded, since answering beats failing every cold
+        request for the length of the outage, and the copy is recorded once etcd answers
+        (`_record_later`). Two routers may both load the model meanwhile; scale-down
+        removes the copy that is not needed afterwards."""
         stamp, iid = now_ms(), self.instance_id
 
         def claim(rec: ModelRecord | None) -> ModelRecord | Unchanged:
@@ -382,7 +427,16 @@ class LocalModels:
                 raise ModelNotHere(f"model {model_id} already has a copy on {holders[0]}")
             return rec.without_failure(iid).with_copy_loading(iid, stamp)
 
-        await self.registry.update_model(model_id, claim)
+        try:
+            await self.registry.update_model(model_id, claim)
+        except StoreUnavailable as exc:
+            claim(self.registry.models.get(model_id))  # refuses as the write would have
+            logger.warning(
+                "etcd is unavailable (%s): loading %s without recording it; it is recorded "
+                "once etcd answers", exc, model_id,
+            )  # fmt: skip
+            return False
+        return True
 
     async def _abandon(self, model_id: str) -> None:
         """Undo a load the runtime never answered for: free its cache space, drop the claim."""
@@ -566,6 +620,9 @@ class LocalModels:
     async def unload_all(self) -> None:
         """Shutting down: every claim leaves the registry first, so peers stop sending
         requests here while the runtime (stopping beside this router) unloads."""
+        if self._recorder is not None:
+            self._recorder.cancel()
+        self._unrecorded.clear()
         entries = list(self.cache.entries())
         iid, stamp = self.instance_id, now_ms()
         for entry in entries:

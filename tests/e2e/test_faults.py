@@ -19,7 +19,7 @@ Loaded only for a model with a copy, and for the tutorial totalCopies equal to t
 copies. Copies a model server holds that no record claims are reported as orphans.
 It asserts that the model answers again within 15 s of the fault and no request
 fails after that, that the status is true again soon after, and that no registration is lost;
-with etcd down, warm requests never stop and loads fail only with UNAVAILABLE naming etcd.
+with etcd down, warm requests never stop and cold models still load, so no request fails.
 The table of figures is printed at the end and written to `$MMESH_FAULT_RESULTS` (a JSON file;
 the pytest temp folder without it).
 """
@@ -621,9 +621,11 @@ def test_etcd_restart_stops_no_warm_request(faults: Faults) -> None:
     tutorial, mix = rows["tutorial"], rows["mix"]
     assert tutorial["failed"] == 0, tutorial  # warm: no etcd call on the way
     assert tutorial["no_answer_s"] <= 3.0, tutorial
+    # Cold models load while etcd is down (recorded once it is back): none fails. Before,
+    # each failed UNAVAILABLE naming etcd and the mix went 10.7 s without an answer.
+    assert mix["failed"] == 0, mix
+    assert mix["no_answer_s"] <= 4.0, mix
     back = mix["fault_s"]
-    for error in mix["errors"]:  # loads while etcd is down wait or fail naming etcd
-        assert error.split(": ", 1)[1].startswith("UNAVAILABLE") and "etcd" in error, mix
     check_recovered(mix, from_s=back)
     check_recovered(tutorial, from_s=back)
     assert_registrations(faults.cluster)

@@ -26,7 +26,7 @@ from mmesh.core.ids import InstanceId, ModelId
 from mmesh.core.proto import grpc_predict_v2_pb2 as v2
 from mmesh.core.proto import model_mesh_pb2 as mm
 from mmesh.core.records import ModelRecord, VModelRecord
-from tests.fixtures.etcd import ETCDCTL_BIN, EtcdServer, RestartableEtcd
+from tests.fixtures.etcd import ETCDCTL_BIN, EtcdServer
 from tests.fixtures.router import RouterProc, clients, router_process
 from tests.fixtures.runtimes import StubRuntimeProc, stub_runtime_process
 
@@ -289,36 +289,6 @@ def test_a_new_inference_service_that_cannot_load_reports_why_with_no_request(
     time.sleep(1)
     failed = sum(mesh.stubs[p].stats()["failed_loads"].get("bad__v1", 0) for p in PODS)
     assert failed == 2
-
-
-def test_a_load_while_etcd_is_away_fails_unavailable_naming_etcd_and_is_not_held_against_the_model(
-    tmp_path: Path,
-) -> None:
-    """A cold request while etcd is down cannot claim its copy: UNAVAILABLE naming etcd,
-    and no load failure is remembered, so the model loads as soon as etcd is back."""
-    with RestartableEtcd(tmp_path) as restartable:
-        etcd = restartable.start()
-        with (
-            stub_runtime_process(tmp_path) as stub,
-            router_process(
-                tmp_path, etcd_endpoint=etcd.endpoint, runtime_port=stub.port, env=ENV
-            ) as router,
-        ):
-            register(router, "cold")
-            restartable.stop()
-
-            with pytest.raises(grpc.RpcError) as failed:
-                infer(router, "cold", timeout_s=30)
-            assert failed.value.code() == grpc.StatusCode.UNAVAILABLE
-            assert "etcd" in (failed.value.details() or "")
-            assert stub.stats()["loads"] == {}
-
-            restartable.start()
-            took = wait_for(
-                lambda: answers(router, "cold"), 15, "the model loads once etcd is back"
-            )
-            assert took < 15
-            assert model_status(router, "cold").status == mm.ModelStatusInfo.LOADED
 
 
 def test_the_periodic_reconcile_drops_claims_nobody_backs_and_expired_failures(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -91,6 +92,54 @@ def test_warm_requests_survive_an_etcd_restart_and_registrations_stay(
             assert c.infer.ModelInfer(request("after-restart"), timeout=10).model_name == (
                 "after-restart"
             )
+
+
+def test_cold_models_load_and_answer_while_etcd_is_away_and_are_recorded_when_it_returns(
+    tmp_path: Path, start_router: StartRouter, start_stub_runtime: StartStub
+) -> None:
+    """An etcd outage used to fail every request for a model not loaded yet ("cannot load:
+    the registry (etcd) is unavailable"), for as long as the outage lasted."""
+    cold = ("cold-1", "cold-2")
+    with RestartableEtcd(tmp_path) as restartable:
+        etcd = restartable.start()
+        with (
+            start_stub_runtime() as stub,
+            start_router(etcd_endpoint=etcd.endpoint, runtime_port=stub.port) as router,
+            clients(router) as c,
+        ):
+            for model_id in cold:
+                info = mm.ModelInfo(type="stub", path=f"/models/{model_id}")
+                c.mesh.registerModel(
+                    mm.RegisterModelRequest(modelId=model_id, modelInfo=info), timeout=10
+                )
+            assert not stub.stats()["loaded"]
+            base = f"{router.root_prefix}/mm/modelmesh-serving/registry/"
+
+            restartable.stop()  # etcd is gone
+            for model_id in cold:
+                started = time.monotonic()
+                assert c.infer.ModelInfer(request(model_id), timeout=10).model_name == model_id
+                assert time.monotonic() - started < 5
+            assert sorted(stub.stats()["loaded"]) == list(cold)
+            for model_id in cold:  # and warm from then on
+                assert c.infer.ModelInfer(request(model_id), timeout=10).model_name == model_id
+            log = router.log.read_text()
+            assert "etcd is unavailable" in log and "loading cold-1 without recording it" in log
+
+            etcd = restartable.start()
+            deadline = time.monotonic() + 20
+            while True:
+                with contextlib.suppress(subprocess.CalledProcessError):
+                    keys = etcd_keys(etcd.endpoint, base)
+                    holders = [keys.get(base + m, {}).get("loadedIn", {}) for m in cold]
+                    if all(router.instance_id in h for h in holders):
+                        break
+                assert time.monotonic() < deadline, f"copies never recorded: {holders}"
+                time.sleep(0.2)
+            for model_id in cold:
+                status = c.mesh.getModelStatus(mm.GetStatusRequest(modelId=model_id))
+                assert status.status == mm.ModelStatusInfo.LOADED
+            assert stub.stats()["loads"] == {m: 1 for m in cold}
 
 
 def test_sigterm_unloads_deregisters_and_exits(
