@@ -5,7 +5,6 @@ still refuses a second copy that another live instance already holds."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from typing import cast
 
 import pytest
@@ -22,7 +21,7 @@ from mmesh.router.metrics import RouterMetrics
 from mmesh.router.registry import Registry
 from mmesh.router.runtime_client import RuntimeClient, RuntimeInfo
 
-LAYOUT = KeyLayout("", "test-mesh")
+LAYOUT = KeyLayout("", "test-mesh")  # the shared `registry` fixture's
 HERE, PEER = InstanceId("here"), InstanceId("peer")
 SIZE = 64 * 1024
 
@@ -41,21 +40,6 @@ class FakeRuntime:
 
     async def unload(self, model_id: str, *, timeout_s: float) -> None:
         self.unloaded.append(model_id)
-
-
-@pytest.fixture
-async def kv() -> AsyncIterator[MemoryKV]:
-    store = MemoryKV()
-    yield store
-    await store.close()
-
-
-@pytest.fixture
-async def registry(kv: MemoryKV) -> AsyncIterator[Registry]:
-    reg = Registry(kv, LAYOUT)
-    await reg.start()
-    yield reg
-    await reg.stop()
 
 
 @pytest.fixture(autouse=True)
@@ -91,15 +75,20 @@ async def stored(kv: MemoryKV) -> ModelRecord:
     return ModelRecord.from_json(found.value)
 
 
-async def test_a_model_loads_while_etcd_is_away_and_is_recorded_once_it_answers(
-    kv: MemoryKV, registry: Registry
-) -> None:
+async def loaded_while_away(kv: MemoryKV, registry: Registry) -> tuple[LocalModels, FakeRuntime]:
+    """Model "m", registered with no copy, loaded here after etcd went away."""
     runtime = FakeRuntime()
     local = local_models(registry, runtime)
     record = await registered(registry)
     kv.set_available(False)
-
     await local.ensure_loaded("m", record)
+    return local, runtime
+
+
+async def test_a_model_loads_while_etcd_is_away_and_is_recorded_once_it_answers(
+    kv: MemoryKV, registry: Registry
+) -> None:
+    local, runtime = await loaded_while_away(kv, registry)
 
     assert local.is_loaded("m") and runtime.loaded == ["m"]
     recorded = asyncio.Event()
@@ -127,11 +116,7 @@ async def test_while_etcd_is_away_a_copy_on_a_live_peer_still_refuses_a_second_o
 async def test_a_copy_gone_before_etcd_returns_is_never_recorded(
     kv: MemoryKV, registry: Registry
 ) -> None:
-    runtime = FakeRuntime()
-    local = local_models(registry, runtime)
-    record = await registered(registry)
-    kv.set_available(False)
-    await local.ensure_loaded("m", record)
+    local, runtime = await loaded_while_away(kv, registry)
 
     local.evict("m")
     await asyncio.sleep(0.1)  # a few retry rounds, all refused
