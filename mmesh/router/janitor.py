@@ -122,6 +122,8 @@ class Janitor:
         self.policy = policy
         self._lease = lease
         self.leadership = leadership
+        self._leading_with: Lease | None = None
+        """The lease this instance held the leader key with at its last election."""
         self.extra_duties = tuple(duties)
         """Other leader-only work run with each survey (first loads, vmodel transitions)."""
         self.model_rpm: dict[str, int] = {}
@@ -310,8 +312,14 @@ class Janitor:
         return result
 
     async def elect(self) -> None:
-        """Take the leader key if nobody holds it; it goes with this instance's lease."""
+        """Take the leader key if nobody holds it; it goes with this instance's lease.
+
+        A leader whose lease is still the one it held the key with keeps leading without
+        reading the key again: the key lives exactly as long as that lease. So a lone
+        router makes no etcd read between its heartbeats."""
         lease = self._lease()
+        if lease is not None and self.leadership.held and lease is self._leading_with:
+            return
         key = self.registry.layout.leader_key
         current = await self.registry.kv.get(key)
         if current is None and lease is not None:
@@ -322,6 +330,7 @@ class Janitor:
                 logger.info("%s is now the leader", self.instance_id)
             current = await self.registry.kv.get(key)
         self.leadership.held = current is not None and current.value.decode() == self.instance_id
+        self._leading_with = lease if self.leadership.held else None
 
     async def reap(self, survey: Survey) -> None:
         dead = self._dead_instances(survey.mentioned - set(survey.live) - {self.instance_id})

@@ -211,6 +211,31 @@ async def test_the_first_instance_with_a_lease_becomes_leader_and_others_not(
     assert (first.is_leader, second.is_leader) == (True, False)
 
 
+async def test_a_leader_reads_the_key_again_only_once_its_lease_changed(
+    kv: MemoryKV, registry: Registry, router: FakeRouter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    leases = [await kv.grant_lease(30)]
+    janitor = make_janitor(registry, router, Usage())
+    janitor._lease = lambda: leases[-1]
+    await janitor.elect()
+    reads: list[str] = []
+    real_get = kv.get
+
+    async def counted_get(key: str) -> object:
+        reads.append(key)
+        return await real_get(key)
+
+    monkeypatch.setattr(kv, "get", counted_get)
+    for _ in range(3):
+        await janitor.elect()
+    assert janitor.is_leader and reads == []  # the key lives as long as this lease
+
+    await leases[0].revoke()  # the lease expired: the key went with it
+    leases.append(await kv.grant_lease(30))
+    await janitor.elect()
+    assert janitor.is_leader and reads  # elected again, under the new lease
+
+
 async def test_without_a_lease_nobody_leads(
     kv: MemoryKV, registry: Registry, router: FakeRouter
 ) -> None:
