@@ -336,18 +336,19 @@ class LocalModels:
 
     async def _record_loaded(self, model_id: str) -> None:
         try:
-            recorded = await self._mark_loaded(model_id)
+            await self._settle_record(model_id)
         except StoreUnavailable as exc:
             logger.warning(
                 "could not record the copy of %s as loaded (trying again every %.0f s): %s",
                 model_id, RECORD_RETRY_S, exc,
             )  # fmt: skip
             self._record_later(model_id)
-            return
         except Exception:  # a background task: nobody else would see it
             logger.exception("could not record the copy of %s as loaded", model_id)
-            return
-        if recorded is None:
+
+    async def _settle_record(self, model_id: str) -> None:
+        """Record the loaded copy; unload it if the model was unregistered meanwhile."""
+        if await self._mark_loaded(model_id) is None:
             logger.info("model %s was unregistered while it loaded; unloading", model_id)
             self.evict(model_id)
 
@@ -362,23 +363,16 @@ class LocalModels:
         while self._unrecorded:
             await asyncio.sleep(RECORD_RETRY_S)
             for model_id in sorted(self._unrecorded):
-                if not self.is_loaded(model_id):
-                    self._unrecorded.discard(model_id)
-                    continue
-                try:
-                    recorded = await self._mark_loaded(model_id)
-                except StoreUnavailable:
-                    break  # still away: the next round tries them all again
-                except Exception:
-                    logger.exception("could not record the copy of %s as loaded", model_id)
-                    continue
+                if self.is_loaded(model_id):
+                    try:
+                        await self._settle_record(model_id)
+                    except StoreUnavailable:
+                        break  # still away: the next round tries them all again
+                    except Exception:
+                        logger.exception("could not record the copy of %s as loaded", model_id)
+                        continue
+                    logger.info("etcd answers: the copy of %s is settled", model_id)
                 self._unrecorded.discard(model_id)
-                if recorded is None:
-                    logger.info("model %s was unregistered while etcd was away; unloading",
-                                model_id)  # fmt: skip
-                    self.evict(model_id)
-                else:
-                    logger.info("recorded the copy of %s loaded while etcd was away", model_id)
 
     async def _predicted_size(self, model_id: str, record: ModelRecord) -> int:
         started = time.monotonic()
