@@ -345,8 +345,14 @@ class ModelRecord:
         return states
 
     def instances_in(self, state: CopyState) -> frozenset[InstanceId]:
-        """The instances whose copy is in `state`."""
-        return frozenset(i for i, s in self.copy_states().items() if s is state)
+        """The instances whose copy is in `state` (as `copy_states` has it; asked on every
+        request forwarded to a peer, so without building that map)."""
+        copies, loaded = self.instance_ids, self.loaded_in
+        if state is CopyState.LOADED:
+            return frozenset(i for i in copies if i in loaded)
+        if state is CopyState.LOADING:
+            return frozenset(i for i in copies if i not in loaded)
+        return frozenset(i for i in self.failed_in if i not in copies)
 
     def with_copy_loading(self, iid: InstanceId, now_ms: int) -> ModelRecord:
         """A load starts on `iid`: LOADING since now; an old failure there is superseded."""

@@ -242,10 +242,12 @@ class InferenceRouter:
         path = self._injection.get(method)
         if path is None and not self._allow_any and method not in ID_EXTRACTION:
             raise Unimplemented(f"method {method} is not served by this runtime")
-        if path is not None and not (named == model_id and path == ID_EXTRACTION.get(method)):
+        extraction = ID_EXTRACTION.get(method)
+        if path is not None and not (named == model_id and path == extraction):
             payload = wire.replace_string_field(payload, path, model_id)
+        names_model = named == model_id or (path is not None and path == extraction)
         expires_at = None if timeout_s is None else time.monotonic() + timeout_s
-        call = _Call(method, model_id, payload, headers, expires_at)
+        call = _Call(method, model_id, payload, headers, expires_at, names_model)
         if peers.hop_count(headers):
             return self._serve_forwarded(call)
         if self.inflight.bounded:
@@ -302,13 +304,18 @@ class InferenceRouter:
         tried: dict[str, RouterError] = {}
         wait_until = time.monotonic() + self._wait_budget_s(call)
         pause = PLACEMENT_PAUSE_S
+        balanced = peers.is_balanced(call.headers)
         iterations = 0
         while iterations < peers.MAX_ITERATIONS:
             iterations += 1
             record = self._record(call.model_id)
             if stale_self_claim(record, me, self.local.copy_state(call.model_id)):
                 record = await self.healer.drop_own_stale_claim(call.model_id) or record
-            hops = Hops(balanced=peers.is_balanced(call.headers), exclude=frozenset(exclude))
+            hops = (
+                Hops(balanced=balanced, exclude=frozenset(exclude))
+                if balanced or exclude
+                else _CLIENT_HOPS
+            )
             view = self._view(call.model_id)
             decision = decide(call.model_id, record, view, hops)
             if isinstance(decision, Refuse) and decision.kind is RefuseKind.LOAD_FAILED:
@@ -422,7 +429,11 @@ class InferenceRouter:
         if endpoint is None or not endpoint.endpoint:
             raise ModelNotHere(f"instance {target} publishes no endpoint")
         metadata = peers.hop_metadata(
-            model_id=call.model_id, hops=0, dest=target, load=load, exclude=exclude
+            hops=0,
+            dest=target,
+            load=load,
+            exclude=exclude,
+            model_id=None if call.names_model else call.model_id,
         )
         metadata += _forwarded_metadata(call.headers, None)
         self.local.note_forwarded(call.model_id)
@@ -517,9 +528,7 @@ class InferenceRouter:
             await self.local.ensure_loaded(model_id, record, extra=extra)
             return
         endpoint = live[target].endpoint
-        metadata = peers.hop_metadata(
-            model_id=model_id, hops=0, dest=target, load=True, exclude=(), extra=extra
-        )
+        metadata = peers.hop_metadata(hops=0, dest=target, load=True, exclude=(), extra=extra)
         request = mm.EnsureLoadedRequest(modelId=model_id, sync=True).SerializeToString()
         load = self.pool.get(endpoint).call(ENSURE_LOADED, request, metadata, None)
         await self.departures.watched(target, live[target].start_time_ms, load)
@@ -544,6 +553,8 @@ class _Call(NamedTuple):  # a tuple: built on every request, cheaper than a data
     headers: Mapping[str, str | bytes]
     expires_at: float | None
     """time.monotonic() when the request's deadline passes; None: no deadline."""
+    names_model: bool
+    """The payload names `model_id` where the receiver reads it (a peer needs no header)."""
 
     @property
     def timeout_s(self) -> float | None:
@@ -562,6 +573,9 @@ class _Attempt(RouterError):
         self.error = error
 
 
+_CLIENT_HOPS = Hops()
+"""The hops of a client's own request on its first try (no exclusions, not balanced)."""
+
 _DROPPED_HEADERS = frozenset(
     {
         MODEL_ID_HEADER,
@@ -569,7 +583,9 @@ _DROPPED_HEADERS = frozenset(
         VMODEL_ID_HEADER,
         f"{VMODEL_ID_HEADER}-bin",
         LEGACY_MODEL_ID_HEADER,
-        "mm-balanced",
+        peers.HOP_HEADER,  # a peer's; the runtime has no use for them
+        peers.EXCLUDE_HEADER,
+        peers.BALANCED_HEADER,
         "user-agent",
         "content-type",
         "te",
@@ -584,7 +600,7 @@ def _forwarded_metadata(
     headers: Mapping[str, str | bytes], model_id: str | None
 ) -> list[tuple[str, str | bytes]]:
     """The client's headers that travel on, plus the model id header unless None (a peer
-    gets it from the hop headers)."""
+    gets it from the payload or the hop headers)."""
     metadata: list[tuple[str, str | bytes]] = [
         (k, v) for k, v in headers.items() if k not in _DROPPED_HEADERS and not k.startswith(":")
     ]
@@ -598,10 +614,11 @@ def _forwarded_metadata(
 
 
 def _hops(headers: Mapping[str, str | bytes]) -> Hops:
+    hop = peers.hop_of(headers)
     return Hops(
-        forwarded=peers.hop_count(headers) > 0,
-        dest=peers.destination(headers),
-        load=peers.wants_load(headers),
+        forwarded=hop.hops > 0,
+        dest=hop.dest,
+        load=hop.wants_load,
         balanced=peers.is_balanced(headers),
         exclude=frozenset(peers.excluded(headers)),
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Collection, Mapping
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from mmesh.core.records import Table
 from mmesh.router.certs import PeerCredentials
@@ -15,15 +15,16 @@ from mmesh.router.forwarding import Forwarder, Metadata
 T = TypeVar("T")
 
 HOP_HEADER = "mm-hop"
-"""How many routers the request has passed through already."""
+"""`<hops>;<load>;<dest>`, all a forwarded request needs in one header (each header costs
+both routers of a hop a few µs): how many routers it passed already; `true` when the
+receiver is to load the model if it has no copy (a cache miss placed there), `extra` when
+it is to load one although other instances hold copies (scale-up), `false` otherwise; and
+the instance the sender meant, which any other receiver answers "model not here". The
+destination comes last: it is the one field that may hold the separator."""
 EXCLUDE_HEADER = "mm-exclude"
 """Instances that failed this request already; comma-separated."""
-DEST_HEADER = "mm-dest"
-"""The instance the sender meant; any other receiver answers "model not here"."""
-LOAD_HEADER = "mm-load"
-"""`true`: the receiver loads the model if it has no copy (a cache miss placed there);
-`extra`: the receiver loads it even though other instances hold copies (scale-up)."""
 BALANCED_HEADER = "mm-balanced"
+LOADS = ("true", "extra")
 
 MAX_ITERATIONS = 8
 
@@ -36,25 +37,40 @@ def _text(headers: Mapping[str, str | bytes], name: str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def hop_count(headers: Mapping[str, str | bytes]) -> int:
+class Hop(NamedTuple):
+    """The hop header of a request (HOP_HEADER); all empty for a client's own request."""
+
+    hops: int
+    load: str
+    dest: str
+
+    @property
+    def wants_load(self) -> bool:
+        return self.load in LOADS
+
+    @property
+    def wants_extra(self) -> bool:
+        return self.load == "extra"
+
+
+NOT_FORWARDED = Hop(0, "", "")
+
+
+def hop_of(headers: Mapping[str, str | bytes]) -> Hop:
     raw = _text(headers, HOP_HEADER)
-    return int(raw) if raw.isdigit() else 0
+    if not raw:
+        return NOT_FORWARDED
+    count, _, rest = raw.partition(";")
+    load, _, dest = rest.partition(";")
+    return Hop(int(count) if count.isdigit() else 0, load, dest)
+
+
+def hop_count(headers: Mapping[str, str | bytes]) -> int:
+    return hop_of(headers).hops
 
 
 def excluded(headers: Mapping[str, str | bytes]) -> set[str]:
     return {x for x in _text(headers, EXCLUDE_HEADER).split(",") if x}
-
-
-def wants_load(headers: Mapping[str, str | bytes]) -> bool:
-    return _text(headers, LOAD_HEADER) in ("true", "extra")
-
-
-def wants_extra(headers: Mapping[str, str | bytes]) -> bool:
-    return _text(headers, LOAD_HEADER) == "extra"
-
-
-def destination(headers: Mapping[str, str | bytes]) -> str:
-    return _text(headers, DEST_HEADER)
 
 
 def is_balanced(headers: Mapping[str, str | bytes]) -> bool:
@@ -63,23 +79,22 @@ def is_balanced(headers: Mapping[str, str | bytes]) -> bool:
 
 def hop_metadata(
     *,
-    model_id: str,
     hops: int,
     dest: str,
     load: bool,
     exclude: Collection[str],
     extra: bool = False,
+    model_id: str | None = None,
 ) -> list[tuple[str, str | bytes]]:
+    """The headers of a request forwarded to instance `dest`; `model_id` only for a method
+    whose payload does not name the model (the receiver reads it from there)."""
     load_value = "extra" if extra else "true" if load else "false"
-    metadata: list[tuple[str, str | bytes]] = [
-        (HOP_HEADER, str(hops + 1)),
-        (DEST_HEADER, dest),
-        (LOAD_HEADER, load_value),
-    ]
-    if model_id.isascii():
-        metadata.append(("mm-model-id", model_id))
-    else:
-        metadata.append(("mm-model-id-bin", model_id.encode()))
+    metadata: list[tuple[str, str | bytes]] = [(HOP_HEADER, f"{hops + 1};{load_value};{dest}")]
+    if model_id is not None:
+        if model_id.isascii():
+            metadata.append(("mm-model-id", model_id))
+        else:
+            metadata.append(("mm-model-id-bin", model_id.encode()))
     if exclude:
         metadata.append((EXCLUDE_HEADER, ",".join(sorted(exclude))))
     return metadata

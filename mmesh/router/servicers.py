@@ -139,13 +139,13 @@ class ModelMeshServicer(mm_grpc.ModelMeshServicer):
         self, request: mm.EnsureLoadedRequest, context: Context
     ) -> mm.ModelStatusInfo:
         headers = dict(context.invocation_metadata() or ())
-        here = peers.hop_count(headers) > 0 and peers.destination(headers) == self.instance_id
+        hop = peers.hop_of(headers)
         view = await self.m.ensure_loaded(
             request.modelId,
             sync=request.sync,
             last_used_ms=request.lastUsedTime,
-            here=here,
-            extra=peers.wants_extra(headers),
+            here=hop.hops > 0 and hop.dest == self.instance_id,
+            extra=hop.wants_extra,
         )
         return status_to_proto(view)
 

@@ -16,6 +16,9 @@ As the container of a custom ServingRuntime it binds `--host` (default: env STUB
 disk (what the storage helper hands it); each load's path, key and bytes found there are
 reported under `received` in the stats.
 
+With `--record-headers` the names of the headers of each model's last inference are
+reported under `headers` (what a router passed on to its runtime).
+
 `--method-info SERVICE/METHOD=1.1` (repeatable) makes it report one more data-plane method
 with that model-id injection path in runtimeStatus, as the OVMS and TorchServe adapters do
 (`tensorflow.serving.PredictionService/Predict=1.1`); it answers that method by echoing the
@@ -64,6 +67,7 @@ class StubConfig:
     require_local_files: bool = False
     method_infos: dict[str, tuple[int, ...]] = field(default_factory=dict)
     """Extra data-plane methods (`service/method`) -> model-id injection path."""
+    record_headers: bool = False
 
 
 @dataclass
@@ -78,6 +82,8 @@ class StubState:
     infers: Counter[str] = field(default_factory=Counter)
     failed_loads: Counter[str] = field(default_factory=Counter)
     received: dict[str, dict[str, Any]] = field(default_factory=dict)
+    headers: dict[str, list[str]] = field(default_factory=dict)
+    """Model -> the header names of its last inference (with --record-headers)."""
     status_calls: int = 0
     loading_now: int = 0
     max_loading: int = 0
@@ -91,6 +97,7 @@ class StubState:
                 "infers": dict(self.infers),
                 "failed_loads": dict(self.failed_loads),
                 "received": dict(self.received),
+                "headers": dict(self.headers),
                 "status_calls": self.status_calls,
                 "max_loading": self.max_loading,
             }
@@ -210,16 +217,12 @@ def _bytes_under(path: str) -> int | None:
 
 
 class StubInference(v2_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, state: StubState) -> None:
+    def __init__(self, state: StubState, *, record_headers: bool = False) -> None:
         self.state = state
+        self.record_headers = record_headers
 
     def _require_loaded(self, name: str, context: grpc.ServicerContext) -> None:
-        with self.state.lock:
-            loaded = name in self.state.loaded
-            if loaded:
-                self.state.infers[name] += 1
-        if not loaded:
-            context.abort(grpc.StatusCode.NOT_FOUND, f"model {name} is not loaded")
+        _count_inference(self.state, name, context, self.record_headers)
 
     def ServerLive(
         self, request: v2.ServerLiveRequest, context: grpc.ServicerContext
@@ -283,20 +286,29 @@ class StubInference(v2_grpc.GRPCInferenceServiceServicer):
         return resp
 
 
+def _count_inference(
+    state: StubState, name: str, context: grpc.ServicerContext, record_headers: bool
+) -> None:
+    """Count an inference of `name`, or abort NOT_FOUND if it is not loaded."""
+    with state.lock:
+        loaded = name in state.loaded
+        if loaded:
+            state.infers[name] += 1
+            if record_headers:
+                state.headers[name] = sorted(k for k, _ in context.invocation_metadata())
+    if not loaded:
+        context.abort(grpc.StatusCode.NOT_FOUND, f"model {name} is not loaded")
+
+
 def _echo_handlers(
-    method_infos: dict[str, tuple[int, ...]], state: StubState
+    method_infos: dict[str, tuple[int, ...]], state: StubState, *, record_headers: bool = False
 ) -> list[grpc.GenericRpcHandler[bytes, bytes]]:
     """Each extra method echoes its request, once the model named at its path is loaded."""
 
     def echo(path: tuple[int, ...]) -> Any:
         def answer(request: bytes, context: grpc.ServicerContext) -> bytes:
             name = read_string_field(request, path) or ""
-            with state.lock:
-                loaded = name in state.loaded
-                if loaded:
-                    state.infers[name] += 1
-            if not loaded:
-                context.abort(grpc.StatusCode.NOT_FOUND, f"model {name} is not loaded")
+            _count_inference(state, name, context, record_headers)
             return request
 
         return grpc.unary_unary_rpc_method_handler(answer)
@@ -354,8 +366,10 @@ def serve(
         ],
     )
     rt_grpc.add_ModelRuntimeServicer_to_server(StubRuntime(config, state), server)
-    v2_grpc.add_GRPCInferenceServiceServicer_to_server(StubInference(state), server)
-    server.add_generic_rpc_handlers(_echo_handlers(config.method_infos, state))
+    inference = StubInference(state, record_headers=config.record_headers)
+    v2_grpc.add_GRPCInferenceServiceServicer_to_server(inference, server)
+    echo = _echo_handlers(config.method_infos, state, record_headers=config.record_headers)
+    server.add_generic_rpc_handlers(echo)
     server.add_insecure_port(f"{host}:{port}")
     if socket_path:
         server.add_insecure_port(f"unix:{socket_path}")
@@ -398,6 +412,11 @@ def main() -> None:
         default=[],
         help="SERVICE/METHOD=1.1: one more data-plane method and its model-id path",
     )
+    parser.add_argument(
+        "--record-headers",
+        action="store_true",
+        help="report the header names of each model's last inference under `headers`",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO)
     config = StubConfig(
@@ -410,6 +429,7 @@ def main() -> None:
         args.fail_pattern,
         args.require_local_files,
         dict(args.method_info),
+        args.record_headers,
     )
     serve(
         config,

@@ -219,6 +219,44 @@ def test_the_deadline_travels_to_the_peer_holding_the_model_and_its_runtime(
         assert m.infers(holder) == {"slow": 1}
 
 
+# --- headers through a peer ------------------------------------------------------------------
+
+ECHO = "tensorflow.serving.PredictionService/Predict"
+PEER_HEADERS = {"mm-hop", "mm-exclude", "mm-balanced"}
+
+
+def test_a_request_through_a_peer_reaches_the_runtime_with_the_clients_headers_only(
+    start_router: StartRouter, start_stub_runtime: StartStub, etcd_server: EtcdServer
+) -> None:
+    """The hops between routers travel in one header that stops at the holder: its runtime
+    gets the client's own headers and the model id, whether the payload names the model or
+    only a header does (then the peer gets the id from the sender)."""
+    stub_args = {pod: ("--record-headers", "--method-info", f"{ECHO}=1.1") for pod in PODS}
+    with mesh_of(start_router, start_stub_runtime, etcd_server, stub_args=stub_args) as m:
+        with m.client("pod-a") as a:
+            register(a, "held")
+            a.mesh.ensureLoaded(mm.EnsureLoadedRequest(modelId="held", sync=True), timeout=30)
+        holder = holder_of(m, "held")
+        ingress = next(pod for pod in PODS if pod != holder)
+        tenant = [("x-tenant", "t1")]
+        with m.client(ingress) as c:
+            by_payload = c.infer.ModelInfer(infer_request("held", 3.0), metadata=tenant, timeout=30)
+            by_header = c.infer.ModelInfer(
+                infer_request("", 4.0), metadata=[*tenant, ("mm-model-id", "held")], timeout=30
+            )
+            predict = c.channel.unary_unary(f"/{ECHO}")
+            spec = b"\x0a\x06\x0a\x04held"  # ModelSpec{name: "held"} in field 1
+            echoed = predict(spec, metadata=[*tenant, ("mm-model-id", "held")], timeout=30)
+        assert [
+            o.contents.fp32_contents[0] for o in (by_payload.outputs[0], by_header.outputs[0])
+        ] == [3.0, 4.0]
+        assert echoed == spec
+        assert m.infers(holder) == {"held": 3} and m.infers(ingress) == {}
+        seen = set(m.stubs[holder].stats()["headers"]["held"])
+        assert {"x-tenant", "mm-model-id"} <= seen
+        assert not seen & PEER_HEADERS, seen
+
+
 # --- ModelReady ---------------------------------------------------------------------------
 
 

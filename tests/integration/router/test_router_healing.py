@@ -159,7 +159,7 @@ def register(router: RouterProc, model: str, key: dict[str, object] | None = Non
 
 def load_extra_copy(router: RouterProc, model: str) -> None:
     """Ask one pod to load a copy even though another pod holds one (as scale-up does)."""
-    metadata = (("mm-hop", "1"), ("mm-dest", router.instance_id), ("mm-load", "extra"))
+    metadata = (("mm-hop", f"1;extra;{router.instance_id}"),)
     with clients(router) as c:
         c.mesh.ensureLoaded(
             mm.EnsureLoadedRequest(modelId=model, sync=True), metadata=metadata, timeout=15

@@ -23,6 +23,7 @@ from mmesh.core.records import (
 A = InstanceId("a1b2c3-xyz12")
 B = InstanceId("d4e5f6-uvw34")
 C = InstanceId("g7h8i9-rst56")
+D = InstanceId("j1k2l3-opq78")
 NOW = 1_700_000_000_000
 
 # ---------------------------------------------------------------- key layout
@@ -202,6 +203,26 @@ def test_copy_states_from_the_three_maps():
     assert states == {A: CopyState.LOADED, B: CopyState.LOADING, C: CopyState.FAILED}
     assert full_model().instances_in(CopyState.LOADING) == {B}
     assert ModelRecord("t").copy_states() == {}
+
+
+@pytest.mark.parametrize(
+    "record",
+    [
+        full_model(),
+        ModelRecord("t"),
+        # A copy loading again where its last load failed, and a stale loadedIn entry.
+        ModelRecord(
+            "t",
+            instance_ids={A: NOW, B: NOW},
+            loaded_in={B: NOW, C: NOW},
+            failed_in={A: NOW - 1, D: NOW},
+        ),
+    ],
+)
+def test_instances_in_each_state_are_those_copy_states_gives(record: ModelRecord) -> None:
+    states = record.copy_states()
+    for state in CopyState:
+        assert record.instances_in(state) == {i for i, s in states.items() if s is state}
 
 
 def test_copy_lifecycle_loading_loaded_unloaded():

@@ -9,7 +9,7 @@ from mmesh.router.inference import MIN_CALL_TIMEOUT_S, _Call
 
 def call_expiring_in(seconds: float | None) -> _Call:
     expires_at = None if seconds is None else time.monotonic() + seconds
-    return _Call("/inference.GRPCInferenceService/ModelInfer", "m", b"", {}, expires_at)
+    return _Call("/inference.GRPCInferenceService/ModelInfer", "m", b"", {}, expires_at, True)
 
 
 def test_the_limit_a_call_gets_shrinks_as_the_request_waits() -> None:

@@ -9,7 +9,7 @@ from typing import cast
 import pytest
 
 from mmesh.router.forwarding import Forwarder, Metadata
-from mmesh.router.peers import PeerPool
+from mmesh.router.peers import HOP_HEADER, Hop, PeerPool, hop_count, hop_metadata, hop_of
 
 
 class HeldPeer:
@@ -55,3 +55,37 @@ async def test_a_failed_call_leaves_the_count() -> None:
     with pytest.raises(ConnectionError):
         await pool.call("b", "127.0.0.1:1", "/m", b"x", (), None)
     assert dict(pool.inflight) == {"b": 0}
+
+
+# --- the hop header ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("load", "extra", "wants_load", "wants_extra"),
+    [(False, False, False, False), (True, False, True, False), (True, True, True, True)],
+)
+def test_the_hop_header_carries_the_count_the_load_and_the_destination(
+    load: bool, extra: bool, wants_load: bool, wants_extra: bool
+) -> None:
+    metadata = hop_metadata(hops=0, dest="pod;a-1", load=load, exclude=(), extra=extra)
+    assert [name for name, _ in metadata] == [HOP_HEADER]  # one header, no model id
+    hop = hop_of(dict(metadata))
+    assert (hop.hops, hop.dest) == (1, "pod;a-1")  # the destination may hold the separator
+    assert (hop.wants_load, hop.wants_extra) == (wants_load, wants_extra)
+
+
+def test_the_model_id_and_exclusions_travel_only_when_given() -> None:
+    metadata = dict(hop_metadata(hops=0, dest="b", load=False, exclude={"z", "c"}, model_id="m"))
+    assert metadata == {HOP_HEADER: "1;false;b", "mm-model-id": "m", "mm-exclude": "c,z"}
+    non_ascii = dict(hop_metadata(hops=0, dest="b", load=False, exclude=(), model_id="módel"))
+    assert non_ascii["mm-model-id-bin"] == "módel".encode()
+
+
+@pytest.mark.parametrize("raw", [None, "", "x;true;b", "-1;true;b"])
+def test_a_request_without_a_valid_hop_header_is_a_clients_own(raw: str | None) -> None:
+    hop = hop_of({} if raw is None else {HOP_HEADER: raw})
+    assert hop.hops == 0 and hop_count({} if raw is None else {HOP_HEADER: raw}) == 0
+
+
+def test_a_binary_hop_value_is_read_as_text() -> None:
+    assert hop_of({HOP_HEADER: b"2;extra;b"}) == Hop(2, "extra", "b")
