@@ -265,8 +265,13 @@ def _decode(data: bytes, fields: tuple[_Field, ...], key: str) -> dict[str, Any]
     return kwargs
 
 
+_EMPTY: Mapping[Any, Any] = MappingProxyType({})
+"""Every empty map of every record: each map is one more object the collector traverses in a
+full collection (a record's failure maps are nearly always empty)."""
+
+
 def _frozen(mapping: Mapping[InstanceId, Any]) -> Mapping[InstanceId, Any]:
-    return MappingProxyType(dict(mapping))
+    return MappingProxyType(dict(mapping)) if mapping else _EMPTY
 
 
 def _without(mapping: Mapping[InstanceId, Any], iid: InstanceId) -> dict[InstanceId, Any]:
