@@ -24,6 +24,7 @@ from mmesh.adapter.serverapi import METHOD_INFOS, TorchServePorts
 from mmesh.adapter.servicer import RuntimeLimits, RuntimeServicer
 from mmesh.adapter.servicer_helper import StorageHelperServicer
 from mmesh.adapter.settings import AdapterSettings, ServerType
+from mmesh.core.numbers import whole_number
 from mmesh.core.proto import model_runtime_pb2_grpc as rt_grpc
 
 logger = logging.getLogger(__name__)
@@ -68,7 +69,7 @@ def build_backend(settings: AdapterSettings) -> Backend:
 
 def _endpoint_port(endpoint: str) -> int | None:
     kind, _, value = endpoint.partition(":")
-    return int(value) if kind == "port" and value.isdigit() else None
+    return whole_number(value) if kind == "port" else None
 
 
 def build_puller(settings: AdapterSettings) -> Puller:

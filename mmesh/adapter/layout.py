@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mmesh.adapter.errors import InvalidModelRequest, UnsupportedModelType
+from mmesh.core.numbers import whole_number
 
 MLSERVER_IMPLEMENTATIONS: Mapping[str, str] = {
     "sklearn": "mlserver_sklearn.SKLearnModel",
@@ -123,7 +124,7 @@ def plan_triton_layout(
 ) -> TritonLayout:
     """Native Triton layouts (a config.pbtxt plus numeric version dirs) are kept and only
     renamed; a bare model file or directory is placed as version 1 with a generated config."""
-    versions = sorted(e for e in pulled_entries if e.isdigit())
+    versions = sorted(e for e in pulled_entries if whole_number(e) is not None)
     if pulled_is_dir and user_config is not None and versions:
         return TritonLayout(_rename_config(user_config, model_id), tuple((v, v) for v in versions))
     kind = TRITON_KINDS.get(fmt)
@@ -185,7 +186,7 @@ def plan_ovms_layout(
     becomes version 1; a single file goes into version 1 (an ONNX file as `model.onnx`).
     """
     if pulled_is_dir:
-        versions = [d for d in pulled_dirs if d.isdigit() and int(d) > 0]
+        versions = [d for d in pulled_dirs if whole_number(d)]
         if versions and len(versions) == len(pulled_dirs):
             latest = max(versions, key=int)
             return OvmsLayout(latest, latest, latest)

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 import grpc
 
 from mmesh.adapter.errors import RuntimeCallFailed, RuntimeUnavailable
+from mmesh.core.numbers import whole_number
 from mmesh.core.proto import model_runtime_pb2 as rt
 from mmesh.core.proto import model_runtime_pb2_grpc as rt_grpc
 
@@ -25,7 +26,7 @@ STATUS_TIMEOUT_S = 10.0
 def grpc_target(endpoint: str, host: str) -> str:
     """`port:8085` -> `<host>:8085`; `unix:/path` stays a unix target."""
     kind, _, value = endpoint.strip().partition(":")
-    if kind == "port" and value.isdigit():
+    if kind == "port" and whole_number(value) is not None:
         return f"{host}:{value}"
     if kind == "unix" and value.startswith("/"):
         return f"unix:{value}"

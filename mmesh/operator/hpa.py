@@ -25,6 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from mmesh.core.numbers import signed_whole_number
 from mmesh.operator.resources import OwnerReference, ServingRuntime
 
 AUTOSCALER_CLASS_ANNOTATION = "serving.kserve.io/autoscalerClass"
@@ -114,7 +115,7 @@ def _integer(
     if raw is None:
         return default
     text = str(raw).strip()
-    value = int(text) if text.lstrip("-").isdigit() else None
+    value = signed_whole_number(text)
     if value is None or value < low or (high is not None and value > high):
         wanted = f"an integer from {low} to {high}" if high is not None else f"an integer >= {low}"
         problems.append(f"annotation {key}={raw!r} must be {wanted}; using {default}")

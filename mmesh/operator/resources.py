@@ -34,6 +34,7 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 from pydantic_core import ErrorDetails, PydanticCustomError
 
+from mmesh.core.numbers import whole_number
 from mmesh.operator.errors import FailureReason, InvalidRuntime, InvalidSpec
 
 GROUP = "serving.kserve.io"
@@ -332,8 +333,9 @@ def _endpoint(value: object) -> object:
     if not isinstance(value, str):
         raise PydanticCustomError("string_type", "must be a string")
     scheme, _, rest = value.partition(":")
-    if scheme == "port" and rest.isdigit() and 0 < int(rest) < 65536:
-        return Endpoint(port=int(rest))
+    port = whole_number(rest) if scheme == "port" else None
+    if port is not None and 0 < port < 65536:
+        return Endpoint(port=port)
     if scheme == "unix" and rest.startswith("/"):
         return Endpoint(socket_path=rest)
     raise PydanticCustomError(

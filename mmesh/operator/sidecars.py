@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 
+from mmesh.core.numbers import whole_number
 from mmesh.operator.errors import InvalidRuntime
 from mmesh.operator.pod_parts import (
     LOCKED_DOWN,
@@ -103,9 +104,10 @@ def _concurrency_env(runtime: ServingRuntime) -> list[Manifest]:
         raw = runtime.meta.annotations.get(annotation)
         if raw is None:
             continue
-        if not raw.strip().isdigit():
+        value = whole_number(raw.strip())
+        if value is None:
             raise InvalidRuntime(runtime.name, f"annotation {annotation} must be an integer")
-        env.append(env_var(var, int(raw)))
+        env.append(env_var(var, value))
     return env
 
 

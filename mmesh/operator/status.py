@@ -33,6 +33,7 @@ from typing import Any
 
 from mmesh.core.failures import DEFAULT_FAILURE_EXPIRY_MS, is_live
 from mmesh.core.ids import InstanceId, ModelId
+from mmesh.core.numbers import whole_number
 from mmesh.core.records import CopyState, ModelRecord, VModelRecord
 from mmesh.operator.errors import FailureReason, InvalidSpec
 from mmesh.operator.service import Endpoints
@@ -139,7 +140,7 @@ def failure_expiry_ms(router_env: Mapping[str, str]) -> int:
     """The routers' failure expiry: MM_LOAD_FAILURE_EXPIRY_TIME_MS of the environment the
     operator gives them (`internalModelMeshEnvVars`), else their default."""
     text = router_env.get(FAILURE_EXPIRY_ENV, "").strip()
-    return int(text) if text.isdigit() and int(text) > 0 else DEFAULT_FAILURE_EXPIRY_MS
+    return whole_number(text) or DEFAULT_FAILURE_EXPIRY_MS
 
 
 def next_change_ms(

@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import TypeVar
 
+from mmesh.core.numbers import whole_number
 from mmesh.router.errors import InvalidRequest, RequestTimeout, RouterError
 
 TIMEOUT_HEADER = "mm-timeout-ms"
@@ -56,11 +57,12 @@ def request_deadline(
     raw = headers.get(TIMEOUT_HEADER)
     if raw is not None:
         text = _text(raw).strip()
-        if not text.isdigit() or int(text) == 0:
+        ms = whole_number(text)
+        if not ms:
             raise InvalidRequest(
                 f"{TIMEOUT_HEADER} must be a positive whole number of milliseconds, got {text!r}"
             )
-        candidates.append(Deadline(int(text) / 1000, f"{TIMEOUT_HEADER}={text}"))
+        candidates.append(Deadline(ms / 1000, f"{TIMEOUT_HEADER}={text}"))
     elif default_ms > 0:
         candidates.append(Deadline(default_ms / 1000, f"MM_INFERENCE_TIMEOUT_MS={default_ms}"))
     if client_remaining_s is not None:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from mmesh.core.numbers import whole_number
+
 
 class BadMetricsConfig(ValueError):
     pass
@@ -52,14 +54,15 @@ def parse_metrics(raw: str) -> MetricsConfig:
         if key:
             values[key] = value  # other reference keys (mem_detail, ...) are ignored
     port = values.get("port", "2112")
-    if not port.isdigit() or not 0 < int(port) < 65536:
+    number = whole_number(port)
+    if number is None or not 0 < number < 65536:
         raise BadMetricsConfig(f"MM_METRICS: port must be 1-65535, got {port!r}")
     scheme = values.get("scheme", "http")
     if scheme not in ("http", "https"):
         raise BadMetricsConfig(f"MM_METRICS: scheme must be http or https, got {scheme!r}")
     return MetricsConfig(
         enabled=True,
-        port=int(port),
+        port=number,
         https=scheme == "https",
         fq_names=_flag("fq_names", values.get("fq_names", "false")),
         per_model=_flag("per_model_metrics", values.get("per_model_metrics", "false")),

@@ -7,6 +7,7 @@ import asyncio
 from collections.abc import Awaitable, Callable, Collection, Mapping
 from typing import Any, NamedTuple, TypeVar
 
+from mmesh.core.numbers import whole_number
 from mmesh.core.records import Table
 from mmesh.router.certs import PeerCredentials
 from mmesh.router.errors import RuntimeUnavailable
@@ -62,7 +63,7 @@ def hop_of(headers: Mapping[str, str | bytes]) -> Hop:
         return NOT_FORWARDED
     count, _, rest = raw.partition(";")
     load, _, dest = rest.partition(";")
-    return Hop(int(count) if count.isdigit() else 0, load, dest)
+    return Hop(whole_number(count) or 0, load, dest)
 
 
 def hop_count(headers: Mapping[str, str | bytes]) -> int:

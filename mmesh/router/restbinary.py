@@ -17,6 +17,7 @@ import struct
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from mmesh.core.numbers import whole_number
 from mmesh.core.proto import grpc_predict_v2_pb2 as v2
 from mmesh.router import restconv
 from mmesh.router.errors import InvalidRequest, RouterError
@@ -44,11 +45,12 @@ def split_body(body: bytes, header_value: str | None) -> tuple[bytes, bytes]:
     if header_value is None:
         return body, b""
     text = header_value.strip()
-    if not text.isdigit() or int(text) > len(body):
+    size = whole_number(text)
+    if size is None or size > len(body):
         raise InvalidRequest(
             f"{HEADER} must be a byte count within the {len(body)}-byte body, got {text!r}"
         )
-    return body[: int(text)], body[int(text) :]
+    return body[:size], body[size:]
 
 
 def _inputs(doc: JsonObject) -> list[Any]:

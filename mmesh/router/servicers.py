@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 
+from mmesh.core.numbers import whole_number
 from mmesh.core.proto import grpc_predict_v2_pb2 as v2
 from mmesh.core.proto import model_mesh_pb2 as mm
 from mmesh.core.proto import model_mesh_pb2_grpc as mm_grpc
@@ -93,9 +94,10 @@ MIN_COPIES_HEADER = "mm-min-copies"
 def _min_copies(context: Context) -> int:
     value = dict(context.invocation_metadata() or ()).get(MIN_COPIES_HEADER, "0")
     text = value.decode() if isinstance(value, bytes) else str(value)
-    if not text.isdigit():
+    copies = whole_number(text)
+    if copies is None:
         raise InvalidRequest(f"{MIN_COPIES_HEADER} must be a non-negative integer, got {text!r}")
-    return int(text)
+    return copies
 
 
 def _info(msg: mm.ModelInfo) -> ModelInfo:

@@ -53,6 +53,8 @@ def test_ovms_plain_directory_is_version_1() -> None:
     assert layout == OvmsLayout("1", ".", "1")
     mixed = plan_ovms_layout("onnx", pulled_name="m", pulled_is_dir=True, pulled_dirs=["1", "x"])
     assert mixed == OvmsLayout("1", ".", "1")
+    odd = plan_ovms_layout("onnx", pulled_name="m", pulled_is_dir=True, pulled_dirs=["1", "①"])
+    assert odd == OvmsLayout("1", ".", "1")
 
 
 def test_ovms_config_round_trip_is_sorted_and_stable() -> None:

@@ -87,6 +87,18 @@ def test_max_scale_defaults_to_min_scale() -> None:
             Autoscaling("cpu", 80, 1, 1),
         ),
         (
+            "serving.kserve.io/min-scale",
+            "--2",
+            "annotation serving.kserve.io/min-scale='--2' must be an integer >= 1; using 1",
+            Autoscaling("cpu", 80, 1, 1),
+        ),
+        (
+            "serving.kserve.io/max-scale",
+            "²",
+            "annotation serving.kserve.io/max-scale='²' must be an integer >= 1; using 1",
+            Autoscaling("cpu", 80, 1, 1),
+        ),
+        (
             "serving.kserve.io/max-scale",
             "many",
             "annotation serving.kserve.io/max-scale='many' must be an integer >= 1; using 1",

@@ -221,6 +221,7 @@ def test_nothing_expires_without_failures() -> None:
         ({"MM_LOAD_FAILURE_EXPIRY_TIME_MS": " 5000 "}, 5_000),
         ({"MM_LOAD_FAILURE_EXPIRY_TIME_MS": "soon"}, 900_000),
         ({"MM_LOAD_FAILURE_EXPIRY_TIME_MS": "0"}, 900_000),
+        ({"MM_LOAD_FAILURE_EXPIRY_TIME_MS": "²"}, 900_000),
     ],
 )
 def test_failure_expiry_follows_the_routers_environment(env: dict[str, str], expected: int) -> None:

@@ -35,7 +35,7 @@ def test_a_shorter_client_deadline_wins() -> None:
     assert got == Deadline(1.0, "MM_INFERENCE_TIMEOUT_MS=1000")
 
 
-@pytest.mark.parametrize("value", ["0", "-5", "1.5", "soon", ""])
+@pytest.mark.parametrize("value", ["0", "-5", "1.5", "soon", "", "²"])
 def test_a_bad_header_is_invalid_argument(value: str) -> None:
     with pytest.raises(InvalidRequest, match="mm-timeout-ms must be a positive whole number"):
         request_deadline({"mm-timeout-ms": value}, default_ms=0, client_remaining_s=None)

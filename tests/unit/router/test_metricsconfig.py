@@ -30,6 +30,7 @@ def test_parses(raw: str, expected: MetricsConfig) -> None:
     [
         ("statsd:port=8126", "'statsd' is not supported"),
         ("prometheus:port=abc", "port must be 1-65535, got 'abc'"),
+        ("prometheus:port=²", "port must be 1-65535, got '²'"),
         ("prometheus:port=70000", "port must be 1-65535"),
         ("prometheus:scheme=ftp", "scheme must be http or https, got 'ftp'"),
         ("prometheus:per_model_metrics=yes", "per_model_metrics must be true or false"),

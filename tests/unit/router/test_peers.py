@@ -81,7 +81,7 @@ def test_the_model_id_and_exclusions_travel_only_when_given() -> None:
     assert non_ascii["mm-model-id-bin"] == "módel".encode()
 
 
-@pytest.mark.parametrize("raw", [None, "", "x;true;b", "-1;true;b"])
+@pytest.mark.parametrize("raw", [None, "", "x;true;b", "-1;true;b", "²;true;b"])
 def test_a_request_without_a_valid_hop_header_is_a_clients_own(raw: str | None) -> None:
     hop = hop_of({} if raw is None else {HOP_HEADER: raw})
     assert hop.hops == 0 and hop_count({} if raw is None else {HOP_HEADER: raw}) == 0

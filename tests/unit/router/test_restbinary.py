@@ -69,9 +69,10 @@ def test_sizes_that_do_not_add_up_are_invalid(size: int, tail: bytes, message: s
     assert message in str(err.value)
 
 
-def test_a_bad_header_is_invalid() -> None:
+@pytest.mark.parametrize("header", ["99", "-1", "²", "x"])
+def test_a_bad_header_is_invalid(header: str) -> None:
     with pytest.raises(InvalidRequest, match="Inference-Header-Content-Length"):
-        split_body(b"{}", "99")
+        split_body(b"{}", header)
 
 
 def answer() -> v2.ModelInferResponse:
