@@ -248,8 +248,9 @@ class InferenceRouter:
         names_model = named == model_id or (path is not None and path == extraction)
         expires_at = None if timeout_s is None else time.monotonic() + timeout_s
         call = _Call(method, model_id, payload, headers, expires_at, names_model)
-        if peers.hop_count(headers):
-            return self._serve_forwarded(call)
+        hop = peers.hop_of(headers)
+        if hop.hops:
+            return self._serve_forwarded(call, hop)
         if self.inflight.bounded:
             return self._route_admitted(call)
         return self._route(call)
@@ -271,11 +272,11 @@ class InferenceRouter:
         """The REST face's entry: the same path as a gRPC call."""
         return await self.invoke(method, request, headers)
 
-    async def _serve_forwarded(self, call: _Call) -> bytes:
+    async def _serve_forwarded(self, call: _Call, hop: peers.Hop) -> bytes:
         """A peer sent this request here: serve it from the local copy, or load one when the
         peer placed a new copy here; never forward again. A request for a copy this router
         does not hold is refused as "not held", after dropping its own stale claim."""
-        hops = _hops(call.headers)
+        hops = _hops(call.headers, hop)
         local = self.local.copy_state(call.model_id)
         decision = decide_forwarded(call.model_id, self.local.instance_id, local, hops)
         if isinstance(decision, Refuse):
@@ -613,8 +614,8 @@ def _forwarded_metadata(
     return metadata
 
 
-def _hops(headers: Mapping[str, str | bytes]) -> Hops:
-    hop = peers.hop_of(headers)
+def _hops(headers: Mapping[str, str | bytes], hop: peers.Hop) -> Hops:
+    """The request's routing headers; `hop`, its hop header, already read."""
     return Hops(
         forwarded=hop.hops > 0,
         dest=hop.dest,
