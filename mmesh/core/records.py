@@ -513,6 +513,11 @@ class InstanceRecord:
     """`labels`: e.g. "mt:sklearn", "pv:grpc-v2", "rt:mlserver-1.x"."""
     endpoint: str = ""
     """`ep` (ours): "host:port" where peer routers reach this instance's internal port."""
+    cold: bool = False
+    """`cold` (ours): the instance's model server has not finished a load since it (or the
+    router) started: its first load may take far longer than the next (a model server
+    starting its workers). Placement sends loads elsewhere until the instance has warmed
+    itself with one load of its own."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "labels", tuple(self.labels))  # a list would stay mutable
@@ -549,4 +554,5 @@ _INSTANCE_FIELDS = (
     _Field("zone", "zone", _as_str),
     _Field("labels", "labels", _as_str_tuple),
     _Field("endpoint", "ep", _as_str),
+    _Field("cold", "cold", _as_bool),
 )

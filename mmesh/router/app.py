@@ -53,6 +53,7 @@ from mmesh.router.servicers import add_servicers
 from mmesh.router.settings import RouterSettings
 from mmesh.router.tls import BadCertificate, ClientAuth
 from mmesh.router.usage import Usage
+from mmesh.router.warming import Warmer
 
 logger = logging.getLogger(__name__)
 
@@ -145,6 +146,7 @@ class OwnRecord:
             labels=self.labels,
             endpoint=self.endpoint,
             rpm=self.usage.rpm,
+            cold=local.cold,
         )
 
 
@@ -211,6 +213,7 @@ class Pod:
     forwarder: Forwarder
     pool: PeerPool
     healer: Healer
+    warmer: Warmer
     first_loads: FirstLoads
     management: Management
     cluster: ClusterView
@@ -411,6 +414,9 @@ async def build_pod(settings: RouterSettings, life: Lifecycle) -> Pod:
         changed=record_changed,
     )
     forwarder, pool = outbound(settings, tls, metrics)
+    warmer = Warmer(
+        local=local, registry=registry, live=cluster.live_ids, labels=settings.label_list
+    )
     healer = Healer(
         registry=registry,
         local=local,
@@ -419,6 +425,7 @@ async def build_pod(settings: RouterSettings, life: Lifecycle) -> Pod:
         failure_expiry_ms=settings.load_failure_expiry_ms,
         interval_s=settings.reconcile_interval_s,
         probe_interval_s=settings.runtime_check_interval_s,
+        on_runtime_lost=warmer.begin,
     )
     departures = Departures(functools.partial(_start_time_ms, registry))
     registry.on_change(departures.peer_changed)
@@ -462,6 +469,7 @@ async def build_pod(settings: RouterSettings, life: Lifecycle) -> Pod:
         forwarder=forwarder,
         pool=pool,
         healer=healer,
+        warmer=warmer,
         first_loads=first_loads,
         management=management,
         cluster=cluster,
@@ -550,11 +558,13 @@ async def serve(settings: RouterSettings) -> None:
         pod = await build_pod(settings, life)
     except (BadCertificate, StoreAuthFailed) as exc:
         raise SystemExit(f"mmesh router: {exc}") from exc
+    lost: list[str] = []
     try:
-        await pod.healer.startup()
+        lost = await pod.healer.startup()
     except StoreUnavailable as exc:
         logger.warning("start-up reconcile skipped (%s); the periodic one will repair", exc)
     await start_servers(pod)
+    pod.warmer.begin(lost)  # before the first record goes out: it says cold from the start
     await pod.membership.start()
     pod.janitor.start()
     pod.healer.start()
@@ -622,6 +632,7 @@ async def shutdown(pod: Pod) -> None:
         await pod.membership.publish_now()
     await pod.janitor.stop()
     await pod.healer.stop()
+    await pod.warmer.stop()
     await pod.first_loads.stop()
     await migrate_recent_models(pod, deadline - grace_s / 3)
     pod.life.migrated.set()

@@ -27,6 +27,7 @@ from collections.abc import Awaitable, Callable, Iterator, Sequence
 
 from mmesh.core.clock import now_ms
 from mmesh.core.errors import StoreUnavailable
+from mmesh.core.ids import InstanceId
 from mmesh.core.proto import grpc_predict_v2_pb2 as v2
 from mmesh.core.records import ModelRecord, Table, VModelRecord
 from mmesh.router.cluster import records
@@ -77,7 +78,10 @@ class Healer:
         failure_expiry_ms: int,
         interval_s: float,
         probe_interval_s: float = 5.0,
+        on_runtime_lost: Callable[[Sequence[str]], None] = lambda lost: None,
     ) -> None:
+        """`on_runtime_lost`: called with the copies the runtime turns out to have lost (it
+        restarted; its model server may be cold again), the most recently used first."""
         self.registry = registry
         self.local = local
         self.forwarder = forwarder
@@ -85,6 +89,7 @@ class Healer:
         self.failure_expiry_ms = failure_expiry_ms
         self.interval_s = interval_s
         self.probe_interval_s = min(probe_interval_s, interval_s)
+        self.on_runtime_lost = on_runtime_lost
         self._check: asyncio.Future[int] | None = None
         self._task: asyncio.Task[None] | None = None
 
@@ -98,17 +103,22 @@ class Healer:
 
     # --- start-up --------------------------------------------------------------------
 
-    async def startup(self) -> None:
-        """Settle the claims of this instance id's previous life before serving."""
+    async def startup(self) -> list[str]:
+        """Settle the claims of this instance id's previous life before serving; the copies
+        that life held and this one lost, the most recently loaded first."""
+        me = InstanceId(self.me)
         claimed = sorted(
-            model_id
-            for model_id, rec in records(self.registry.models)
-            if self.me in rec.instance_ids
+            (
+                (rec.instance_ids[me], model_id)
+                for model_id, rec in records(self.registry.models)
+                if me in rec.instance_ids
+            ),
+            reverse=True,
         )
         if not claimed:
-            return
-        adopted = dropped = 0
-        for model_id in claimed:
+            return []
+        adopted, lost = 0, []
+        for _, model_id in claimed:
             record = self.registry.models.get(model_id)
             if record is None:
                 continue
@@ -121,7 +131,7 @@ class Healer:
                     with contextlib.suppress(RouterError):
                         await self.local.runtime.unload(model_id, timeout_s=PROBE_TIMEOUT_S)
                 await self._apply(model_id, RepairKind.STARTUP_CLAIM)
-                dropped += 1
+                lost.append(model_id)
         self.local.changed()
         logger.info(
             "start-up: %d copy claims of %s found in the registry; the runtime still held "
@@ -129,8 +139,9 @@ class Healer:
             len(claimed),
             self.me,
             adopted,
-            dropped,
+            len(lost),
         )
+        return lost
 
     # --- periodic --------------------------------------------------------------------
 
@@ -276,6 +287,7 @@ class Healer:
             ", ".join(dropped[:10]) + (", ..." if len(dropped) > 10 else ""),
         )
         self.local.changed()
+        self.on_runtime_lost(dropped)
         results = await asyncio.gather(
             *(self._apply(m, RepairKind.RUNTIME_LOST) for m in dropped), return_exceptions=True
         )

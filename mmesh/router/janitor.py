@@ -371,7 +371,11 @@ class Janitor:
         """Models used recently but loaded nowhere go into free space before a request has
         to wait for them."""
         size = bytes_to_units(self.router.local.info.default_model_size_bytes)
-        roomy = {i: r for i, r in serving(survey.live).items() if r.free_units >= 2 * size}
+        # A cold instance's free space is not offered: it warms itself with such a model,
+        # and placement would put this load on a warm pod, evicting there.
+        roomy = {
+            i: r for i, r in serving(survey.live).items() if r.free_units >= 2 * size and not r.cold
+        }
         started = 0
         for _, model_id in sorted(survey.recent_unloaded, reverse=True):
             record = self.registry.models.get(model_id)

@@ -96,6 +96,15 @@ class LocalModels:
         self._unrecorded: set[str] = set()
         """Copies loaded while etcd was away, not in the registry yet."""
         self._recorder: asyncio.Task[None] | None = None
+        self.cold = False
+        """The model server may not have finished a load since it started (see
+        mmesh.router.warming); the first load that ends here clears it."""
+
+    def warmed(self) -> None:
+        """The model server is warm (or counts as warm): placement may send loads here."""
+        if self.cold:
+            self.cold = False
+            self.changed()
 
     def changed(self) -> None:
         """The cache or the loads in progress changed: refresh the gauges, then tell the
@@ -256,9 +265,11 @@ class LocalModels:
             future.set_exception(exc)
         except Exception as exc:  # noqa: BLE001 - task top level: every failure is recorded
             error = exc if isinstance(exc, RouterError) else LoadFailed(str(exc))
+            self.cold = False  # the runtime judged the model: its first load is behind it
             await self._record_failure(model_id, str(error))
             future.set_exception(error)
         else:
+            self.cold = False
             self.metrics.load_ms.observe((time.monotonic() - started) * 1000)
             future.set_result(None)
         finally:

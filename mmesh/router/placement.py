@@ -3,8 +3,10 @@
 Hit path: among live instances holding a loaded copy, the least busy one (fewest requests
 this router has in flight to it, then the lowest request rate). Miss path: among live
 instances that satisfy the model's label constraints and are not shutting down, excluded
-or failed for the model: a zone that holds no copy yet before one that does; then the one
-where the load starts soonest (fewest waves of loads queued ahead of it: loads in progress
+or failed for the model: a zone that holds no copy yet before one that does; then one whose
+model server is warm (a `cold` one, just started, may take many times longer over its first
+load, and warms itself with a load of its own meanwhile); then the one where the load starts
+soonest (fewest waves of loads queued ahead of it: loads in progress
 over loading threads); then one with room; when every candidate is full, the one whose next
 victim is worth least (`lruTime`: its least recently used model, or under the value policy
 its least valuable one, as an equivalent last use), so the mesh evicts its globally least
@@ -103,11 +105,12 @@ def load_waves(rec: InstanceRecord) -> int:
 
 def _rank(
     rec: InstanceRecord, size_units: int, copy_zones: set[str]
-) -> tuple[int, int, int, int, int, int, int, int]:
+) -> tuple[int, int, int, int, int, int, int, int, int]:
     full = rec.free_units < size_units
     lru = rec.lru_time_ms if rec.lru_time_ms is not None else 0
     return (
         int(bool(rec.zone) and rec.zone in copy_zones),
+        int(rec.cold),
         load_waves(rec),
         int(full),
         lru if full else 0,

@@ -16,6 +16,9 @@ As the container of a custom ServingRuntime it binds `--host` (default: env STUB
 disk (what the storage helper hands it); each load's path, key and bytes found there are
 reported under `received` in the stats.
 
+With `--first-load-delay-ms N` the first load after start takes N ms more and loads that
+arrive meanwhile wait for it, as a model server that starts its workers on its first load.
+
 With `--record-headers` the names of the headers of each model's last inference are
 reported under `headers` (what a router passed on to its runtime).
 
@@ -68,6 +71,9 @@ class StubConfig:
     method_infos: dict[str, tuple[int, ...]] = field(default_factory=dict)
     """Extra data-plane methods (`service/method`) -> model-id injection path."""
     record_headers: bool = False
+    first_load_delay_ms: int = 0
+    """The first load after start takes this long more, and loads that arrive meanwhile wait
+    for it (a model server starting its workers)."""
 
 
 @dataclass
@@ -85,6 +91,8 @@ class StubState:
     headers: dict[str, list[str]] = field(default_factory=dict)
     """Model -> the header names of its last inference (with --record-headers)."""
     status_calls: int = 0
+    started_loading: bool = False
+    warm: threading.Event = field(default_factory=threading.Event)
     loading_now: int = 0
     max_loading: int = 0
 
@@ -159,6 +167,7 @@ class StubRuntime(rt_grpc.ModelRuntimeServicer):
             self.state.loading_now += 1
             self.state.max_loading = max(self.state.max_loading, self.state.loading_now)
         try:
+            self._warm_up()
             time.sleep(float(over.get("delay_ms", self.config.load_delay_ms)) / 1000)
         finally:
             with self.state.lock:
@@ -173,6 +182,17 @@ class StubRuntime(rt_grpc.ModelRuntimeServicer):
             self.state.loaded[request.modelId] = size
             self.state.infer_delay_s[request.modelId] = float(over.get("infer_delay_ms", 0)) / 1000
         return rt.LoadModelResponse(sizeInBytes=size)
+
+    def _warm_up(self) -> None:
+        """The first load pays `first_load_delay_ms`; the others wait for it to end."""
+        with self.state.lock:
+            first = not self.state.started_loading
+            self.state.started_loading = True
+        if first:
+            time.sleep(self.config.first_load_delay_ms / 1000)
+            self.state.warm.set()
+        else:
+            self.state.warm.wait()
 
     def _pattern_failure(self, model_id: str) -> str | None:
         pattern = self.config.fail_pattern
@@ -417,6 +437,12 @@ def main() -> None:
         action="store_true",
         help="report the header names of each model's last inference under `headers`",
     )
+    parser.add_argument(
+        "--first-load-delay-ms",
+        type=int,
+        default=0,
+        help="the first load takes this long more; loads meanwhile wait for it",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO)
     config = StubConfig(
@@ -430,6 +456,7 @@ def main() -> None:
         args.require_local_files,
         dict(args.method_info),
         args.record_headers,
+        args.first_load_delay_ms,
     )
     serve(
         config,

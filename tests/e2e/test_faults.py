@@ -11,7 +11,10 @@ the tutorial's ModelInfer through the forwarded 8033:
 Each case applies one fault to both runtimes at once (one pod of each, the pod holding the
 most copies): SIGKILL `mm`; `mm` of every pod in turn, 10 s apart; the model server; the
 adapter; all containers of a pod; `kubectl delete pod`; etcd killed and started again on its
-data 6 s later; the operator killed. It records, per workload: the longest time with no
+data 6 s later; the operator killed. Then faults in a row, where one fault lands while the
+mesh is still healing from the one before: `mm` killed again while it starts; `mm` killed while
+etcd is down; the model server killed and its `mm` a second later; every `mm` of both runtimes
+at once; etcd restarted twice, 3 s apart. It records, per workload: the longest time with no
 successful answer, the failed requests, when the last one failed, and how long until the
 InferenceService status is true again: READY True, every copy the registry claims really held
 by that pod's model server (V2 RepositoryIndex, asked before and after the records are read),
@@ -33,7 +36,7 @@ import os
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -102,6 +105,8 @@ POLL_S = 1.5
 RepositoryIndex per pod; the emulated API is one Python process)."""
 ETCD_DOWN_S = 6.0
 TURN_S = 10.0
+STARTING_S = 1.0
+"""How long after its restart `mm` is killed again: it is starting, not yet ready."""
 
 
 # ---------------------------------------------------------------- traffic
@@ -456,6 +461,63 @@ def kill_operator(cluster: Cluster) -> None:
     cluster.control_call("/operator/kill")
 
 
+def mm_pids(cluster: Cluster, pods: Collection[str]) -> dict[str, int | None]:
+    """The pid of each pod's running `mm` container (None while it is down)."""
+    running = cluster.control_call("/processes", method="GET")["pods"]
+    return {pod: (running.get(pod) or {}).get("mm") for pod in pods}
+
+
+def kill_mm_while_it_starts(cluster: Cluster) -> None:
+    """SIGKILL `mm`, and again as soon as it has started once more (before it is ready)."""
+    pods = list(victims(cluster).values())
+    first = {pod: cluster.kill_container(pod, "mm") for pod in pods}
+
+    def restarted() -> bool:
+        now = mm_pids(cluster, pods)
+        return all(now[pod] not in (None, first[pod]) for pod in pods)
+
+    cluster.wait(restarted, 30, "mm started again")
+    time.sleep(STARTING_S)
+    for pod in pods:
+        cluster.kill_container(pod, "mm")
+
+
+def kill_mm_while_etcd_is_down(cluster: Cluster) -> None:
+    """etcd goes away; `mm` of the busiest pods is SIGKILLed while it is away (it restarts
+    with no etcd to register in); etcd comes back."""
+    pods = list(victims(cluster).values())
+    cluster.control_call("/etcd/kill")
+    time.sleep(1.0)
+    for pod in pods:
+        cluster.kill_container(pod, "mm")
+    time.sleep(ETCD_DOWN_S)
+    cluster.control_call("/etcd/start")
+
+
+def kill_model_server_then_mm(cluster: Cluster) -> None:
+    """The model server dies; its router dies a moment later, before it has repaired."""
+    pods = list(victims(cluster).values())
+    for pod in pods:
+        cluster.kill_container(pod, "mlserver")
+    time.sleep(1.0)
+    for pod in pods:
+        cluster.kill_container(pod, "mm")
+
+
+def kill_every_mm_at_once(cluster: Cluster) -> None:
+    """Every router of both runtimes at the same moment: no copy is reachable for a while."""
+    for workload in WORKLOADS:
+        for pod in running_pods(cluster, workload.runtime):
+            cluster.kill_container(pod, "mm")
+
+
+def restart_etcd_twice(cluster: Cluster) -> None:
+    """etcd restarts, and goes away again 3 s after it came back."""
+    restart_etcd(cluster)
+    time.sleep(3.0)
+    restart_etcd(cluster)
+
+
 FAULTS: dict[str, Callable[[Cluster], None]] = {
     "mm": lambda c: kill(c, ("mm",))(),
     "mm in every pod": kill_mm_in_turn,
@@ -465,6 +527,11 @@ FAULTS: dict[str, Callable[[Cluster], None]] = {
     "kubectl delete pod": delete_pod,
     "etcd restart": restart_etcd,
     "operator": kill_operator,
+    "mm, again while it starts": kill_mm_while_it_starts,
+    "mm while etcd is down": kill_mm_while_etcd_is_down,
+    "model server, then mm": kill_model_server_then_mm,
+    "every mm at once": kill_every_mm_at_once,
+    "etcd restart twice": restart_etcd_twice,
 }
 
 
@@ -637,6 +704,23 @@ def test_a_killed_operator_changes_nothing_for_traffic(faults: Faults) -> None:
         assert row["failed"] == 0, row
         assert row["no_answer_s"] <= 3.0, row
         check_recovered(row)
+    assert_registrations(faults.cluster)
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [
+        "mm, again while it starts",
+        "mm while etcd is down",
+        "model server, then mm",
+        "every mm at once",
+        "etcd restart twice",
+    ],
+)
+def test_faults_in_a_row_heal(faults: Faults, fault: str) -> None:
+    rows = run_case(faults, fault)
+    for row in rows.values():
+        check_recovered(row, from_s=row["fault_s"])
     assert_registrations(faults.cluster)
 
 

@@ -124,11 +124,11 @@ class Mesh:
         cmd = [str(ETCDCTL_BIN), f"--endpoints={self.etcd.endpoint}", "put", key, value.decode()]
         subprocess.run(cmd, env=env, check=True, capture_output=True, timeout=10)
 
-    def stored(self, model: str) -> dict[str, object]:
+    def stored(self, model: str, table: str = "registry") -> dict[str, object]:
         env = {**os.environ, "ETCDCTL_API": "3"}
         cmd = [str(ETCDCTL_BIN), f"--endpoints={self.etcd.endpoint}", "get", "--print-value-only"]
         out = subprocess.run(
-            [*cmd, f"{self.base}/registry/{model}"],
+            [*cmd, f"{self.base}/{table}/{model}"],
             env=env,
             check=True,
             capture_output=True,
@@ -246,6 +246,44 @@ def test_a_runtime_that_lost_its_models_is_noticed_with_no_request_and_all_claim
         for model in models:
             assert infer(a, model) == model
             assert mesh.claims(model) == mesh.held_by(model) != set()
+
+
+def test_a_restarted_model_server_warms_itself_while_loads_go_to_the_warm_pod(
+    mesh: Mesh, tmp_path: Path
+) -> None:
+    """Pod A's router and model server restart; the model server's first load takes 3 s
+    (MLServer starting its workers took 6-15 s in the fault matrix, and requests placed on
+    the empty, restarted pod timed out behind it). Pod A says it is cold and warms itself
+    with the model it held, which nobody holds now; a new model requested meanwhile loads
+    on the warm pod B and answers at once, though B holds more models and A, loading two at
+    a time, has a free loading slot."""
+    a, b = mesh.routers["pod-a"], mesh.routers["pod-b"]
+    for model in ("hot", "fresh", "b1", "b2"):
+        register(a, model)
+    assert infer(a, "hot") == "hot"
+    assert mesh.held_by("hot") == {"pod-a"}
+    for model in ("b1", "b2"):
+        load_extra_copy(b, model)
+    assert mesh.held_by("b1") == mesh.held_by("b2") == {"pod-b"}
+
+    mesh.kill("pod-a")
+    stub = mesh.stubs["pod-a"]
+    os.kill(stub.pid, signal.SIGKILL)
+    slow_start = ("--first-load-delay-ms", "3000", "--loading-concurrency", "2")
+    with stub_runtime_process(tmp_path, *slow_start, port=stub.port, stats_port=stub.stats_port):
+        mesh.start("pod-a")
+        assert mesh.stored("pod-a", "instances").get("cold") is True
+        started = time.monotonic()
+        assert infer(b, "fresh", timeout_s=10) == "fresh"
+        answered_s = time.monotonic() - started
+        print(f"a new model answered {answered_s:.2f} s after the restart, pod A cold")
+        assert answered_s < 1.5
+        assert mesh.held_by("fresh") == {"pod-b"}
+
+        wait_for(lambda: "cold" not in mesh.stored("pod-a", "instances"), 10, "pod A warm")
+        assert mesh.held_by("hot") == {"pod-a"}  # its warm-up load
+        assert mesh.claims("hot") == {"pod-a"}
+        assert infer(b, "hot") == "hot"
 
 
 def test_a_new_inference_service_is_loaded_with_no_request(mesh: Mesh) -> None:

@@ -383,6 +383,12 @@ def test_instance_record_json_names_and_round_trip():
     assert InstanceRecord.from_json(record.to_json()) == record
 
 
+def test_a_cold_instance_says_so_and_a_record_without_the_field_is_warm():
+    assert json.loads(InstanceRecord(cold=True).to_json()) == {"cold": True}
+    assert InstanceRecord.from_json(InstanceRecord(cold=True).to_json()).cold
+    assert not InstanceRecord.from_json(full_instance().to_json()).cold  # the reference's
+
+
 def test_empty_instance_has_no_lru_time():
     assert InstanceRecord().to_json() == b"{}"
     assert InstanceRecord.from_json(b"{}").lru_time_ms is None

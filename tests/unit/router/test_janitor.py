@@ -335,3 +335,22 @@ async def test_recent_models_load_into_free_space_only_on_pods_that_fit_them(
     janitor.load_proactively(survey)
     await settle()
     assert router.asked == [("m", True)]
+
+
+async def test_free_space_on_a_cold_pod_is_no_reason_to_load(
+    kv: MemoryKV, registry: Registry, router: FakeRouter
+) -> None:
+    """A cold pod warms itself with such a model; the leader's load would go to a warm pod
+    (placement ranks cold ones last) and evict there."""
+    await put_model(kv, registry, "m", ModelRecord(model_type="mt:sklearn", last_used_ms=now_ms()))
+    janitor = make_janitor(registry, router, Usage())
+    cold = InstanceRecord(labels=["mt:sklearn"], capacity_units=1000, cold=True)
+    full = InstanceRecord(labels=["mt:sklearn"], capacity_units=1000, used_units=1000)
+    survey = Survey(live={"b": cold, "c": full}, recent_unloaded=[(now_ms(), "m")])
+    janitor.load_proactively(survey)
+    await settle()
+    assert router.asked == []
+    survey.live["b"] = InstanceRecord(labels=["mt:sklearn"], capacity_units=1000)
+    janitor.load_proactively(survey)
+    await settle()
+    assert router.asked == [("m", True)]

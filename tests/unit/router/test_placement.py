@@ -49,6 +49,7 @@ def _inst(
     zone: str = "",
     labels: tuple[str, ...] = (),
     down: bool = False,
+    cold: bool = False,
 ) -> InstanceRecord:
     return InstanceRecord(
         capacity_units=100,
@@ -59,6 +60,7 @@ def _inst(
         zone=zone,
         labels=labels,
         shutting_down=down,
+        cold=cold,
     )
 
 
@@ -182,6 +184,22 @@ PLACE_CASES = [
         "not on an instance shutting down",
         {"a": _inst(down=True), "b": _inst(free=20, count=4)},
         "b",
+    ),
+    PlaceCase(
+        "a warm instance before a cold one, even a full one that must evict",
+        {"a": _inst(cold=True), "b": _inst(free=0, lru=NOW - 10, count=9)},
+        "b",
+    ),
+    PlaceCase(
+        "every instance cold: ranked as if all were warm",
+        {"a": _inst(cold=True, free=5), "b": _inst(cold=True, free=50)},
+        "b",
+    ),
+    PlaceCase(
+        "a cold instance when the warm one is ruled out",
+        {"a": _inst(cold=True), "b": _inst()},
+        "a",
+        exclude=("b",),
     ),
     PlaceCase("not where excluded", {"a": _inst(), "b": _inst(count=4)}, "b", exclude=("a",)),
     PlaceCase(
