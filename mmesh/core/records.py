@@ -514,10 +514,10 @@ class InstanceRecord:
     endpoint: str = ""
     """`ep` (ours): "host:port" where peer routers reach this instance's internal port."""
     cold: bool = False
-    """`cold` (ours): the instance's model server has not finished a load since it (or the
-    router) started: its first load may take far longer than the next (a model server
-    starting its workers). Placement sends loads elsewhere until the instance has warmed
-    itself with one load of its own."""
+    """`cold` (ours): the instance's model server restarted (or its router did, losing its
+    copies) and has not finished a load since: its first load may take far longer than the
+    next (a model server starting its workers). Placement sends loads elsewhere until the
+    instance has warmed it with a trial load."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "labels", tuple(self.labels))  # a list would stay mutable

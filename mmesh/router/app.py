@@ -414,9 +414,7 @@ async def build_pod(settings: RouterSettings, life: Lifecycle) -> Pod:
         changed=record_changed,
     )
     forwarder, pool = outbound(settings, tls, metrics)
-    warmer = Warmer(
-        local=local, registry=registry, live=cluster.live_ids, labels=settings.label_list
-    )
+    warmer = Warmer(local=local, registry=registry, labels=settings.label_list)
     healer = Healer(
         registry=registry,
         local=local,

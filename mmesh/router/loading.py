@@ -393,6 +393,31 @@ class LocalModels:
         self.metrics.sizing_ms.observe((time.monotonic() - started) * 1000)
         return size or self.info.default_model_size_bytes
 
+    async def trial_load(self, trial_id: str, record: ModelRecord) -> None:
+        """Load `record`'s model under `trial_id`, which nothing routes to, and unload it:
+        the model server's first load is then behind it (mmesh.router.warming). The
+        instance is warm afterwards, whatever the runtime made of the model, unless the
+        runtime never saw the load (RuntimeUnavailable)."""
+        timeout_s = self.info.load_timeout_ms / 1000
+        key = record.encoded_key or ""
+        started = time.monotonic()
+        async with self._slots:
+            try:
+                await self.runtime.load(
+                    trial_id, record.model_type, record.model_path, key, timeout_s=timeout_s
+                )
+            except RuntimeUnavailable:
+                raise
+            except RouterError as exc:
+                logger.info("warm-up load failed (the model server is warm all the same): %s", exc)
+            finally:
+                with contextlib.suppress(RouterError):
+                    await self.runtime.unload(trial_id, timeout_s=timeout_s)
+        logger.info(
+            "model server warmed by a trial load in %.0f ms", (time.monotonic() - started) * 1000
+        )
+        self.warmed()
+
     async def _runtime_load(self, model_id: str, record: ModelRecord) -> int:
         timeout_s = self.info.load_timeout_ms / 1000
         try:

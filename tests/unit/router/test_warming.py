@@ -1,6 +1,7 @@
-"""A cold instance warms its model server with one load of its own (mmesh.router.warmup's
-choice, mmesh.router.warming's shell on LocalModels over MemoryKV + Registry and a fake
-runtime), and never stays cold: nothing to load, or loads that do not happen, make it warm."""
+"""A cold instance warms its model server with a trial load that nothing routes to
+(mmesh.router.warmup's choice, mmesh.router.warming's shell on LocalModels over MemoryKV +
+Registry and a fake runtime), and never stays cold: nothing to load, or a runtime that never
+answers, make it warm."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import pytest
 from mmesh.core.clock import now_ms
 from mmesh.core.ids import InstanceId
 from mmesh.core.records import ModelRecord
+from mmesh.router import warming
 from mmesh.router.cache import EvictionPolicy, LocalCache
 from mmesh.router.errors import LoadFailed, RuntimeUnavailable
 from mmesh.router.loading import LocalModels
@@ -19,17 +21,19 @@ from mmesh.router.metrics import RouterMetrics
 from mmesh.router.registry import Registry
 from mmesh.router.runtime_client import RuntimeClient, RuntimeInfo
 from mmesh.router.warming import Warmer
-from mmesh.router.warmup import RECENT_MS, worth_warming
+from mmesh.router.warmup import allowed_here, first_allowed, trial_id
 
-HERE, PEER = "here", "peer"
+HERE = "here"
+TRIAL = trial_id(HERE)
 SIZE = 64 * 1024
-NOW = 1_700_000_000_000
 LABELS = ("mt:stub", "rt:stub")
 
 
 class FakeRuntime:
     def __init__(self, fail: dict[str, Exception] | None = None) -> None:
-        self.loaded: list[str] = []
+        self.loaded: list[tuple[str, str]] = []
+        """(id loaded, model path)"""
+        self.unloaded: list[str] = []
         self.fail = fail or {}
         self.release = asyncio.Event()
         self.release.set()
@@ -37,15 +41,16 @@ class FakeRuntime:
     async def predict_size(self, model_id: str, *_: str) -> int:
         return SIZE
 
-    async def load(self, model_id: str, *_: str, timeout_s: float) -> int:
+    async def load(self, model_id: str, _type: str, path: str, _key: str, timeout_s: float) -> int:
         await self.release.wait()
-        if model_id in self.fail:
-            raise self.fail[model_id]
-        self.loaded.append(model_id)
+        failure = self.fail.get(path)
+        if failure is not None:
+            raise failure
+        self.loaded.append((model_id, path))
         return SIZE
 
     async def unload(self, model_id: str, *, timeout_s: float) -> None:
-        pass
+        self.unloaded.append(model_id)
 
 
 def local_models(registry: Registry, runtime: FakeRuntime) -> LocalModels:
@@ -58,24 +63,24 @@ def local_models(registry: Registry, runtime: FakeRuntime) -> LocalModels:
         metrics=RouterMetrics(),
         policy=EvictionPolicy(min_churn_age_ms=0),
         failure_expiry_ms=900_000,
-        is_live=lambda iid: iid in (HERE, PEER),
+        is_live=lambda iid: iid == HERE,
         on_change=lambda: None,
     )
 
 
-async def register(registry: Registry, model_id: str, record: ModelRecord) -> None:
-    await registry.update_model(model_id, lambda _: record)
+def model(path: str, used_ago_ms: int | None = None, model_type: str = "stub") -> ModelRecord:
+    used = 0 if used_ago_ms is None else now_ms() - used_ago_ms
+    return ModelRecord(model_type, model_path=path, last_used_ms=used)
 
 
-def used(ago_ms: int, **kwargs: object) -> ModelRecord:
-    return ModelRecord("stub", last_used_ms=now_ms() - ago_ms, **kwargs)  # type: ignore[arg-type]
+async def register(registry: Registry, *models: ModelRecord) -> None:
+    for record in models:
+        await registry.update_model(record.model_path, lambda _, r=record: r)
 
 
-async def warm_up(
-    registry: Registry, runtime: FakeRuntime, lost: tuple[str, ...] = ()
-) -> LocalModels:
+async def warm_up(registry: Registry, runtime: FakeRuntime, lost: list[str]) -> LocalModels:
     local = local_models(registry, runtime)
-    warmer = Warmer(local=local, registry=registry, live=lambda: {HERE, PEER}, labels=LABELS)
+    warmer = Warmer(local=local, registry=registry, labels=LABELS)
     warmer.begin(lost)
     assert local.cold
     async with asyncio.timeout(5):
@@ -84,141 +89,173 @@ async def warm_up(
     return local
 
 
-async def test_a_cold_instance_loads_the_most_recently_used_model_nobody_holds(
+async def test_a_trial_load_of_a_lost_copy_warms_the_model_server_and_keeps_nothing(
     registry: Registry,
 ) -> None:
-    await register(registry, "older", used(60_000))
-    await register(registry, "held", used(1_000).with_copy_loaded(InstanceId(PEER), now_ms()))
-    await register(registry, "newest", used(5_000))
+    await register(registry, model("recent", used_ago_ms=1_000), model("lost"))
     runtime = FakeRuntime()
 
-    local = await warm_up(registry, runtime)
+    local = await warm_up(registry, runtime, ["gone-since", "lost"])
 
-    assert runtime.loaded == ["newest"] and local.is_loaded("newest")
+    assert runtime.loaded == [(TRIAL, "lost")] and runtime.unloaded == [TRIAL]
+    assert local.cache.count == 0 and not local.is_loaded("lost")
 
 
-async def test_a_copy_it_lost_comes_first_though_the_registry_never_saw_it_used(
+async def test_with_no_lost_copy_registered_the_most_recently_used_model_is_tried(
     registry: Registry,
 ) -> None:
-    """The registry learns a last use when a copy unloads: one lost in a crash looks unused."""
-    await register(registry, "recent", used(1_000))
-    await register(registry, "taken", ModelRecord("stub").with_copy_loaded(InstanceId(PEER), 1))
-    await register(registry, "crashed", ModelRecord("stub"))
+    await register(
+        registry,
+        model("older", used_ago_ms=60_000),
+        model("newest", used_ago_ms=1_000),
+        model("onnx", used_ago_ms=10, model_type="mt:onnx"),
+    )
     runtime = FakeRuntime()
 
-    await warm_up(registry, runtime, lost=("taken", "crashed"))
+    await warm_up(registry, runtime, ["deleted"])
 
-    assert runtime.loaded == ["crashed"]  # "taken": a live peer holds it now
+    assert runtime.loaded == [(TRIAL, "newest")]
 
 
-async def test_the_instance_stays_cold_until_the_warm_up_load_ends(registry: Registry) -> None:
-    await register(registry, "m", used(1_000))
+async def test_the_instance_stays_cold_until_the_trial_load_ends(registry: Registry) -> None:
+    await register(registry, model("m"))
     runtime = FakeRuntime()
     runtime.release.clear()
     local = local_models(registry, runtime)
-    warmer = Warmer(local=local, registry=registry, live=lambda: {HERE}, labels=LABELS)
-    warmer.begin()
+    warmer = Warmer(local=local, registry=registry, labels=LABELS)
+    warmer.begin(["m"])
     await asyncio.sleep(0.1)
-    assert local.cold and local.loading_count() == 1
+    assert local.cold
 
     runtime.release.set()
     async with asyncio.timeout(5):
         await warmer.wait()
-    assert not local.cold and local.is_loaded("m")
+    assert not local.cold
 
 
-async def test_with_nothing_worth_loading_the_instance_is_warm_at_once(
-    registry: Registry,
-) -> None:
-    await register(registry, "never-used", ModelRecord("stub"))
-    await register(registry, "long-ago", used(RECENT_MS + 60_000))
+async def test_nothing_lost_means_not_cold_and_no_load(registry: Registry) -> None:
+    await register(registry, model("m", used_ago_ms=1_000))
     runtime = FakeRuntime()
+    local = local_models(registry, runtime)
 
-    await warm_up(registry, runtime)
+    Warmer(local=local, registry=registry, labels=LABELS).begin([])
+
+    assert not local.cold and runtime.loaded == []
+
+
+async def test_a_model_the_runtime_refuses_still_warms_it(registry: Registry) -> None:
+    await register(registry, model("broken"))
+    runtime = FakeRuntime(fail={"broken": LoadFailed("corrupt model file")})
+
+    await warm_up(registry, runtime, ["broken"])
+
+    assert runtime.unloaded == [TRIAL]
+
+
+async def test_a_runtime_that_never_answers_leaves_the_instance_warm_in_the_end(
+    registry: Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(warming, "RUNTIME_RETRY_S", 0.01)
+    await register(registry, model("m"))
+    runtime = FakeRuntime(fail={"m": RuntimeUnavailable("connection refused")})
+
+    await warm_up(registry, runtime, ["m"])
 
     assert runtime.loaded == []
 
 
-async def test_a_warm_up_that_cannot_happen_leaves_the_instance_warm_all_the_same(
+async def test_a_load_that_ends_here_ends_the_cold_start_even_if_it_fails(
     registry: Registry,
 ) -> None:
-    await register(registry, "a", used(1_000))
-    await register(registry, "b", used(2_000))
-    unreachable = RuntimeUnavailable("model server at 127.0.0.1:1 is unavailable")
-    runtime = FakeRuntime(fail={"a": unreachable, "b": unreachable})
-
-    local = await warm_up(registry, runtime)
-
-    assert runtime.loaded == [] and local.cache.count == 0
-
-
-async def test_a_model_that_fails_to_load_ends_the_cold_start(registry: Registry) -> None:
-    await register(registry, "broken", used(1_000))
+    await register(registry, model("broken"))
     runtime = FakeRuntime(fail={"broken": LoadFailed("corrupt model file")})
     local = local_models(registry, runtime)
     local.cold = True
 
     with pytest.raises(LoadFailed):
-        await local.ensure_loaded("broken", used(1_000))
+        await local.ensure_loaded("broken", model("broken"))
 
     assert not local.cold  # the model server judged it: its first load is behind it
 
 
 async def test_a_load_the_runtime_never_saw_leaves_the_instance_cold(registry: Registry) -> None:
-    await register(registry, "m", used(1_000))
+    await register(registry, model("m"))
     runtime = FakeRuntime(fail={"m": RuntimeUnavailable("connection refused")})
     local = local_models(registry, runtime)
     local.cold = True
 
     with pytest.raises(RuntimeUnavailable):
-        await local.ensure_loaded("m", used(1_000))
+        await local.ensure_loaded("m", model("m"))
 
     assert local.cold
 
 
 async def test_copies_the_runtime_kept_mean_it_is_warm(registry: Registry) -> None:
-    await register(registry, "kept", used(1_000))
-    await register(registry, "other", used(500))
+    await register(registry, model("kept"), model("lost"))
     runtime = FakeRuntime()
     local = local_models(registry, runtime)
     assert local.adopt("kept", SIZE)
-    warmer = Warmer(local=local, registry=registry, live=lambda: {HERE}, labels=LABELS)
+    warmer = Warmer(local=local, registry=registry, labels=LABELS)
 
-    warmer.begin()
-    await asyncio.sleep(0.1)
+    warmer.begin(["lost"])
+    async with asyncio.timeout(5):
+        await warmer.wait()
 
     assert not local.cold and runtime.loaded == []
-    await warmer.stop()
+
+
+async def test_a_load_still_under_way_is_no_sign_of_a_warm_model_server(
+    registry: Registry,
+) -> None:
+    """Loads queued before the runtime turned out to have restarted wait behind its first."""
+    await register(registry, model("queued"), model("lost"))
+    runtime = FakeRuntime()
+    runtime.release.clear()
+    local = local_models(registry, runtime)
+    queued = asyncio.ensure_future(local.ensure_loaded("queued", model("queued")))
+    await asyncio.sleep(0.05)
+    warmer = Warmer(local=local, registry=registry, labels=LABELS)
+
+    warmer.begin(["lost"])
+    await asyncio.sleep(0.05)
+    assert local.cold
+
+    runtime.release.set()
+    async with asyncio.timeout(5):
+        await queued
+        await warmer.wait()
+    assert not local.cold
 
 
 # ---------------------------------------------------------------- the choice (pure)
 
 
 @pytest.mark.parametrize(
-    ("record", "worth"),
+    ("record", "allowed"),
     [
-        (ModelRecord("stub", last_used_ms=NOW - 1_000), True),
-        (ModelRecord("stub"), False),
-        (ModelRecord("stub", last_used_ms=NOW - RECENT_MS - 1), False),
-        (ModelRecord("stub", last_used_ms=NOW - 1).with_copy_loaded(InstanceId(PEER), NOW), False),
-        (ModelRecord("stub", last_used_ms=NOW - 1).with_copy_loaded(InstanceId("gone"), NOW), True),
-        (
-            ModelRecord("stub", last_used_ms=NOW - 1).with_copy_failed(InstanceId(HERE), "x", NOW),
-            False,
-        ),
-        (ModelRecord("mt:onnx", last_used_ms=NOW - 1), False),
+        (ModelRecord("stub"), True),
+        (ModelRecord("mt:stub"), True),
+        (ModelRecord("mt:onnx"), False),
+        (ModelRecord("stub").with_copy_failed(InstanceId(HERE), "corrupt", 1), False),
+        (ModelRecord("stub").with_copy_failed(InstanceId("peer"), "corrupt", 1), True),
     ],
     ids=[
-        "used lately, held nowhere",
-        "never used",
-        "used over an hour ago",
-        "a live peer holds it",
-        "only a departed instance held it",
-        "it failed to load here",
-        "another runtime's model type",
+        "no labels asked",
+        "its labels",
+        "another runtime's type",
+        "failed here",
+        "failed on a peer",
     ],
 )
-def test_worth_warming(record: ModelRecord, worth: bool) -> None:
-    live = {HERE, PEER}
-    since = NOW - RECENT_MS
-    assert worth_warming(record, me=HERE, live=live, labels=LABELS, since_ms=since) is worth
+def test_allowed_here(record: ModelRecord, allowed: bool) -> None:
+    assert allowed_here(record, me=HERE, labels=LABELS) is allowed
+
+
+def test_first_allowed_skips_models_gone_and_models_not_allowed() -> None:
+    onnx, stub = ModelRecord("mt:onnx"), ModelRecord("stub", model_path="p")
+    assert first_allowed([None, onnx, stub], me=HERE, labels=LABELS) is stub
+    assert first_allowed([None, onnx], me=HERE, labels=LABELS) is None
+
+
+def test_a_trial_id_is_no_model_of_the_registry() -> None:
+    assert trial_id("pod-a") == "mmesh-warmup__pod-a"
