@@ -415,6 +415,7 @@ async def build_pod(settings: RouterSettings, life: Lifecycle) -> Pod:
     )
     forwarder, pool = outbound(settings, tls, metrics)
     warmer = Warmer(local=local, registry=registry, labels=settings.label_list)
+    local.on_unreachable = warmer.runtime_unreachable
     healer = Healer(
         registry=registry,
         local=local,

@@ -456,6 +456,9 @@ class InferenceRouter:
                 response = await self.forwarder.call(
                     call.method, call.payload, metadata, call.timeout_s
                 )
+        except RuntimeUnavailable:
+            self.local.on_unreachable()  # down or starting: cold once it is back
+            raise
         except ModelNotHere:
             # The runtime lost a copy this router holds: it may have lost them all.
             await self.healer.runtime_lost(call.model_id)

@@ -99,6 +99,8 @@ class LocalModels:
         self.cold = False
         """The model server may not have finished a load since it started (see
         mmesh.router.warming); the first load that ends here clears it."""
+        self.on_unreachable: Callable[[], None] = lambda: None
+        """Called when the runtime does not answer a load (wired to the `Warmer`)."""
 
     def warmed(self) -> None:
         """The model server is warm (or counts as warm): placement may send loads here."""
@@ -262,6 +264,7 @@ class LocalModels:
             # goes; the request tries another instance or waits for the runtime to return.
             await self._abandon(model_id)
             logger.warning("load of %s abandoned, the runtime is unreachable: %s", model_id, exc)
+            self.on_unreachable()
             future.set_exception(exc)
         except Exception as exc:  # noqa: BLE001 - task top level: every failure is recorded
             error = exc if isinstance(exc, RouterError) else LoadFailed(str(exc))

@@ -1,7 +1,8 @@
 """This instance warms its own model server after a restart, so no request pays that first load.
 
-When the router starts with copies of its earlier life to drop (its container restarted), and
-whenever its runtime turns out to have lost its models (the model server restarted), the
+When the router starts with copies of its earlier life to drop (its container restarted),
+whenever its runtime turns out to have lost its models (the model server restarted), and
+whenever a load or a request finds the model server unreachable (down or starting), the
 instance is `cold`: its published record says so and placement sends new copies to warm
 pods. `Warmer` then makes the model server's first load happen at once, as a trial load that
 nothing routes to (mmesh.router.warmup). The instance is warm again when that load ends,
@@ -14,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Collection, Sequence
 
 from mmesh.core.records import ModelRecord
@@ -26,8 +28,8 @@ from mmesh.router.warmup import allowed_here, first_allowed, trial_id
 
 logger = logging.getLogger(__name__)
 
-RUNTIME_ATTEMPTS = 10
-"""Tries of the trial load while the runtime does not answer (it is still starting)."""
+RUNTIME_WAIT_S = 90.0
+"""How long the trial load keeps trying while the runtime does not answer (it is starting)."""
 RUNTIME_RETRY_S = 1.0
 SCAN_SHARE = 0.5
 """The part of the event loop the registry scan may take while it runs."""
@@ -43,12 +45,20 @@ class Warmer:
     def begin(self, lost: Sequence[str]) -> None:
         """The model server may be cold (it lost the copies `lost`, most recently used
         first): say so, and warm it with a trial load. Nothing to do when nothing was lost."""
-        if not lost:
-            return
+        if lost:
+            self._start(tuple(lost), kept_means_warm=True)
+
+    def runtime_unreachable(self) -> None:
+        """A load or a request found the model server unreachable: it is down or starting,
+        and cold once back, though the copies it held may not be known lost yet."""
+        self._start(tuple(self.local.newest_loaded()), kept_means_warm=False)
+
+    def _start(self, lost: tuple[str, ...], *, kept_means_warm: bool) -> None:
         self.local.cold = True
         self.local.changed()
         if self._task is None or self._task.done():
-            self._task = asyncio.create_task(self._warm(tuple(lost)), name="warm-up")
+            warm = self._warm(lost, kept_means_warm=kept_means_warm)
+            self._task = asyncio.create_task(warm, name="warm-up")
 
     async def wait(self) -> None:
         """Return once the warm-up in progress, if any, has ended."""
@@ -61,19 +71,17 @@ class Warmer:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
-    async def _warm(self, lost: tuple[str, ...]) -> None:
+    async def _warm(self, lost: tuple[str, ...], *, kept_means_warm: bool) -> None:
         try:
-            if self.local.newest_loaded(1):  # a copy the runtime kept: it is not cold
+            if kept_means_warm and self.local.newest_loaded(1):  # the runtime kept a copy
                 return
             record = await self._trial_model(lost)
             if record is None:
                 return
-            for _ in range(RUNTIME_ATTEMPTS):
-                if not self.local.cold:  # a load of its own ended first
-                    return
+            give_up = time.monotonic() + RUNTIME_WAIT_S
+            while self.local.cold and time.monotonic() < give_up:
                 try:
                     await self.local.trial_load(trial_id(self.local.instance_id), record)
-                    return
                 except RuntimeUnavailable as exc:
                     logger.info("warm-up load waits for the runtime: %s", exc)
                     await asyncio.sleep(RUNTIME_RETRY_S)

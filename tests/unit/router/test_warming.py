@@ -156,6 +156,7 @@ async def test_a_runtime_that_never_answers_leaves_the_instance_warm_in_the_end(
     registry: Registry, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(warming, "RUNTIME_RETRY_S", 0.01)
+    monkeypatch.setattr(warming, "RUNTIME_WAIT_S", 0.2)
     await register(registry, model("m"))
     runtime = FakeRuntime(fail={"m": RuntimeUnavailable("connection refused")})
 
@@ -259,3 +260,38 @@ def test_first_allowed_skips_models_gone_and_models_not_allowed() -> None:
 
 def test_a_trial_id_is_no_model_of_the_registry() -> None:
     assert trial_id("pod-a") == "mmesh-warmup__pod-a"
+
+
+async def test_an_unreachable_runtime_makes_it_cold_until_a_trial_load_gets_through(
+    registry: Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The model server restarted: the copies it held are not known lost yet, and loads
+    sent now would wait behind its first one."""
+    monkeypatch.setattr(warming, "RUNTIME_RETRY_S", 0.01)
+    await register(registry, model("held"), model("other", used_ago_ms=10))
+    runtime = FakeRuntime(fail={"held": RuntimeUnavailable("connection refused")})
+    local = local_models(registry, runtime)
+    assert local.adopt("held", SIZE)
+    warmer = Warmer(local=local, registry=registry, labels=LABELS)
+
+    warmer.runtime_unreachable()
+    await asyncio.sleep(0.05)
+    assert local.cold  # a copy it holds is no proof of a warm model server here
+
+    del runtime.fail["held"]  # the model server is back
+    async with asyncio.timeout(5):
+        await warmer.wait()
+    assert not local.cold and runtime.loaded == [(TRIAL, "held")]
+
+
+async def test_a_load_the_runtime_does_not_answer_calls_out(registry: Registry) -> None:
+    await register(registry, model("m"))
+    runtime = FakeRuntime(fail={"m": RuntimeUnavailable("connection refused")})
+    local = local_models(registry, runtime)
+    called: list[bool] = []
+    local.on_unreachable = lambda: called.append(True)
+
+    with pytest.raises(RuntimeUnavailable):
+        await local.ensure_loaded("m", model("m"))
+
+    assert called == [True]
