@@ -57,6 +57,11 @@ from mmesh.router.warming import Warmer
 
 logger = logging.getLogger(__name__)
 
+STARTUP_STORE_WAIT_S = 60.0
+"""How long a starting router waits for etcd before it exits (liveness waits 90 s)."""
+STARTUP_STORE_RETRY_S = 0.5
+MAX_STARTUP_STORE_RETRY_S = 5.0
+
 
 @dataclass
 class Lifecycle:
@@ -246,15 +251,42 @@ async def with_node_zone(settings: RouterSettings) -> RouterSettings:
 
 
 async def open_registry(settings: RouterSettings) -> tuple[EtcdKV, Registry]:
-    conn = settings.etcd_connection()
-    kv = await EtcdKV.connect(conn)
-    registry = Registry(kv, KeyLayout(conn.root_prefix, settings.service_name))
-    await registry.start()
+    """Connect and mirror the registry. While etcd does not answer (it restarts), try again
+    for up to STARTUP_STORE_WAIT_S, well within the liveness probe's initial delay: a
+    router that exited would wait out the kubelet's growing restart back-off instead."""
+    give_up = time.monotonic() + STARTUP_STORE_WAIT_S
+    pause = STARTUP_STORE_RETRY_S
+    while True:
+        try:
+            kv, registry = await _mirror_registry(settings)
+            break
+        except StoreAuthFailed:
+            raise  # waiting will not mend a wrong password
+        except StoreUnavailable as exc:
+            if time.monotonic() + pause > give_up:
+                raise StoreUnavailable(
+                    f"etcd did not answer for {STARTUP_STORE_WAIT_S:.0f} s at start: {exc}"
+                ) from exc
+            logger.warning("etcd does not answer at start (%s); trying again in %.1f s", exc, pause)
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, MAX_STARTUP_STORE_RETRY_S)
     # The mirror of a large registry is hundreds of thousands of long-lived objects; left in
     # the collector's generations, every full collection traverses them all and stalls
     # requests for 100+ ms. They are acyclic data that live as long as the process.
     gc.collect()
     gc.freeze()
+    return kv, registry
+
+
+async def _mirror_registry(settings: RouterSettings) -> tuple[EtcdKV, Registry]:
+    conn = settings.etcd_connection()
+    kv = await EtcdKV.connect(conn)
+    registry = Registry(kv, KeyLayout(conn.root_prefix, settings.service_name))
+    try:
+        await registry.start()
+    except BaseException:
+        await kv.close()
+        raise
     return kv, registry
 
 
@@ -555,7 +587,7 @@ async def serve(settings: RouterSettings) -> None:
         loop.add_signal_handler(sig, life.stop.set)
     try:
         pod = await build_pod(settings, life)
-    except (BadCertificate, StoreAuthFailed) as exc:
+    except (BadCertificate, StoreAuthFailed, StoreUnavailable) as exc:
         raise SystemExit(f"mmesh router: {exc}") from exc
     lost: list[str] = []
     try:
@@ -563,7 +595,7 @@ async def serve(settings: RouterSettings) -> None:
     except StoreUnavailable as exc:
         logger.warning("start-up reconcile skipped (%s); the periodic one will repair", exc)
     await start_servers(pod)
-    pod.warmer.begin(lost)  # before the first record goes out: it says cold from the start
+    pod.warmer.begin_at_start(lost)  # before the first record goes out: it says cold
     await pod.membership.start()
     pod.janitor.start()
     pod.healer.start()

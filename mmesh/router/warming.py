@@ -1,6 +1,6 @@
 """This instance warms its own model server after a restart, so no request pays that first load.
 
-When the router starts with copies of its earlier life to drop (its container restarted),
+When the router starts (a new pod's model server is as cold as a restarted one's),
 whenever its runtime turns out to have lost its models (the model server restarted), and
 whenever a load or a request finds the model server unreachable (down or starting), the
 instance is `cold`: its published record says so and placement sends new copies to warm
@@ -47,6 +47,12 @@ class Warmer:
         first): say so, and warm it with a trial load. Nothing to do when nothing was lost."""
         if lost:
             self._start(tuple(lost), kept_means_warm=True)
+
+    def begin_at_start(self, lost: Sequence[str]) -> None:
+        """The router starts: its model server may have started with it (a new pod, a
+        replaced one) or before it. Warm it unless it kept a copy or nothing is registered
+        that it could load."""
+        self._start(tuple(lost), kept_means_warm=True)
 
     def runtime_unreachable(self) -> None:
         """A load or a request found the model server unreachable: it is down or starting,

@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
@@ -49,6 +50,34 @@ def etcd_keys(endpoint: str, prefix: str) -> dict[str, dict[str, object]]:
     ).stdout.splitlines()
     pairs = {out[i]: out[i + 1] for i in range(0, len(out) - 1, 2)}
     return {k: json.loads(v) for k, v in pairs.items() if not k.endswith("/leader")}
+
+
+def test_a_router_started_while_etcd_is_down_waits_for_it_and_serves(
+    tmp_path: Path, start_router: StartRouter, start_stub_runtime: StartStub
+) -> None:
+    """A new pod scheduled during an etcd restart: the router used to exit with a traceback
+    and, on a real kubelet, wait out a growing restart back-off after etcd was back."""
+    with RestartableEtcd(tmp_path) as restartable:
+        later = threading.Timer(3.0, restartable.start)
+        later.start()
+        try:
+            with (
+                start_stub_runtime() as stub,
+                start_router(
+                    etcd_endpoint=f"127.0.0.1:{restartable.client_port}", runtime_port=stub.port
+                ) as router,
+                clients(router) as c,
+            ):
+                c.mesh.registerModel(
+                    mm.RegisterModelRequest(modelId="m", modelInfo=mm.ModelInfo(type="stub")),
+                    timeout=10,
+                )
+                assert c.infer.ModelInfer(request("m"), timeout=10).model_name == "m"
+                log = router.log.read_text()
+                assert "etcd does not answer at start" in log
+                assert "Traceback" not in log
+        finally:
+            later.join()
 
 
 def test_warm_requests_survive_an_etcd_restart_and_registrations_stay(

@@ -133,6 +133,35 @@ async def test_the_instance_stays_cold_until_the_trial_load_ends(registry: Regis
     assert not local.cold
 
 
+async def test_a_new_pod_warms_with_the_most_recently_used_model_it_may_serve(
+    registry: Registry,
+) -> None:
+    """A replaced pod's model server is as cold as a restarted one's."""
+    await register(registry, model("older", used_ago_ms=60_000), model("newest", used_ago_ms=10))
+    runtime = FakeRuntime()
+    local = local_models(registry, runtime)
+    warmer = Warmer(local=local, registry=registry, labels=LABELS)
+
+    warmer.begin_at_start([])
+    assert local.cold
+    async with asyncio.timeout(5):
+        await warmer.wait()
+
+    assert not local.cold and runtime.loaded == [(TRIAL, "newest")]
+
+
+async def test_a_new_pod_with_nothing_registered_is_not_held_back(registry: Registry) -> None:
+    runtime = FakeRuntime()
+    local = local_models(registry, runtime)
+    warmer = Warmer(local=local, registry=registry, labels=LABELS)
+
+    warmer.begin_at_start([])
+    async with asyncio.timeout(5):
+        await warmer.wait()
+
+    assert not local.cold and runtime.loaded == []
+
+
 async def test_nothing_lost_means_not_cold_and_no_load(registry: Registry) -> None:
     await register(registry, model("m", used_ago_ms=1_000))
     runtime = FakeRuntime()
