@@ -31,6 +31,7 @@ from mmesh.router.certs import CertFiles, PeerCredentials, ServerContext, server
 from mmesh.router.cluster import ClusterView
 from mmesh.router.copies import CopyPolicy, is_min_copy
 from mmesh.router.dataplane import DataPlane, RuntimeCallObserver
+from mmesh.router.departed import RecentDepartures
 from mmesh.router.errors import RouterError
 from mmesh.router.eviction import PolicyKind, Scoring
 from mmesh.router.forwarding import Forwarder
@@ -460,6 +461,8 @@ async def build_pod(settings: RouterSettings, life: Lifecycle) -> Pod:
     )
     departures = Departures(functools.partial(_start_time_ms, registry))
     registry.on_change(departures.peer_changed)
+    departed = RecentDepartures(registry.instances.get, cluster.registered())
+    registry.on_change(departed.changed)
     router = InferenceRouter(
         registry=registry,
         cluster=cluster,
@@ -472,6 +475,7 @@ async def build_pod(settings: RouterSettings, life: Lifecycle) -> Pod:
         self_record=own_record,
         inflight=InflightLimiter(settings.max_inflight_per_model),
         departures=departures,
+        departed=departed,
     )
     first_loads, management, janitor = cluster_duties(
         settings,

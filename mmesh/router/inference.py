@@ -27,10 +27,12 @@ from typing import NamedTuple
 
 from mmesh.core.clock import now_ms
 from mmesh.core.ids import InstanceId
+from mmesh.core.labels import required_labels
 from mmesh.core.proto import model_mesh_pb2 as mm
 from mmesh.core.records import InstanceRecord, ModelRecord, bytes_to_units
 from mmesh.router import peers, wire
 from mmesh.router.cluster import ClusterView
+from mmesh.router.departed import RecentDepartures
 from mmesh.router.errors import (
     CopyNotHeld,
     InvalidRequest,
@@ -130,10 +132,14 @@ class InferenceRouter:
         self_record: Callable[[], InstanceRecord],
         inflight: InflightLimiter,
         departures: peers.Departures,
+        departed: RecentDepartures,
     ) -> None:
         self.healer = healer
         self.departures = departures
         """Ends calls to a peer that went away (a registry listener, wired by the app)."""
+        self.departed = departed
+        """Peers that left lately (a registry listener): worth waiting for when no live
+        instance may load a model."""
         self.usage = usage
         self.registry = registry
         self.cluster = cluster
@@ -326,7 +332,7 @@ class InferenceRouter:
                 isinstance(decision, Refuse)
                 and decision.kind is RefuseKind.NO_CAPACITY
                 and time.monotonic() + pause < wait_until
-                and worth_waiting(record, view, ruled_out)
+                and (worth_waiting(record, view, ruled_out) or self._returning(record))
             ):
                 logger.info("model %s: %s; deciding again in %.2f s", call.model_id,
                             decision.reason, pause)  # fmt: skip
@@ -335,6 +341,7 @@ class InferenceRouter:
                 exclude &= ruled_out  # transient failures may have passed
                 iterations = 0
                 continue
+            self._raise_if_returning(decision, record)
             try:
                 return await self._act(call, decision, exclude)
             except _Attempt as failed:
@@ -356,6 +363,22 @@ class InferenceRouter:
             f"{peers.MAX_ITERATIONS} retry iterations exhausted for model {call.model_id}: "
             f"{last_error}"
         )
+
+    def _returning(self, record: ModelRecord) -> bool:
+        """Instances that may serve the model left lately: they are likely restarting."""
+        return bool(self.departed.left_lately(required_labels(record.model_type)))
+
+    def _raise_if_returning(self, decision: Decision, record: ModelRecord) -> None:
+        """Nowhere to load, and the wait is over, while instances that may serve the model
+        left lately: UNAVAILABLE (they are restarting), naming them, not RESOURCE_EXHAUSTED."""
+        if not isinstance(decision, Refuse) or decision.kind is not RefuseKind.NO_CAPACITY:
+            return
+        left = self.departed.left_lately(required_labels(record.model_type))
+        if left:
+            raise RuntimeUnavailable(
+                f"{decision.reason}; {len(left)} instances that may serve it left within the "
+                f"last {self.departed.window_s:.0f} s and are not back: {', '.join(left)}"
+            )
 
     def _wait_budget_s(self, call: _Call) -> float:
         """How long a call may wait for somewhere to load: the load timeout, and never past

@@ -9,16 +9,18 @@ import signal
 import subprocess
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from pathlib import Path
 
 import grpc
+import pytest
 
 from mmesh.core.proto import grpc_predict_v2_pb2 as v2
 from mmesh.core.proto import model_mesh_pb2 as mm
 from tests.fixtures.etcd import ETCDCTL_BIN, EtcdServer, RestartableEtcd
-from tests.fixtures.router import RouterProc, clients
+from tests.fixtures.router import RouterProc, clients, router_process
 from tests.fixtures.runtimes import StubRuntimeProc
 
 StartRouter = Callable[..., AbstractContextManager[RouterProc]]
@@ -78,6 +80,67 @@ def test_a_router_started_while_etcd_is_down_waits_for_it_and_serves(
                 assert "Traceback" not in log
         finally:
             later.join()
+
+
+def test_a_request_waits_while_every_pod_that_may_serve_its_model_restarts(
+    tmp_path: Path, etcd_server: EtcdServer, start_stub_runtime: StartStub
+) -> None:
+    """The fault matrix's "every mm at once": while the only pod whose labels fit the model
+    restarts, its instance record expires and no live instance may load the model. Pod A
+    used to answer RESOURCE_EXHAUSTED ("no running instances that meet the label
+    requirements") at once; now the request waits for the pod to come back, within its
+    deadline."""
+    prefix = f"/back-{uuid.uuid4().hex[:8]}"
+    record_b = f"{prefix}/mm/modelmesh-serving/instances/pod-b"
+    ttl = {"MM_INSTANCE_LEASE_TTL_SECS": "3"}
+    with contextlib.ExitStack() as stack:
+        stub_a, stub_b = (
+            stack.enter_context(start_stub_runtime()),
+            stack.enter_context(start_stub_runtime()),
+        )
+
+        def start(pod: str, stub: StubRuntimeProc, labels: str) -> RouterProc:
+            life = tmp_path / f"{pod}-{time.monotonic_ns()}"
+            life.mkdir()
+            return stack.enter_context(
+                router_process(
+                    life,
+                    etcd_endpoint=etcd_server.endpoint,
+                    runtime_port=stub.port,
+                    root_prefix=prefix,
+                    instance_id=pod,
+                    env={**ttl, "MM_LABELS": labels},
+                )
+            )
+
+        a = start("pod-a", stub_a, "rt:a")
+        b = start("pod-b", stub_b, "rt:b")
+        with clients(a) as c:
+            info = mm.ModelInfo(type="rt:b")
+            c.mesh.registerModel(mm.RegisterModelRequest(modelId="m", modelInfo=info), timeout=10)
+            assert c.infer.ModelInfer(request("m"), timeout=10).model_name == "m"
+            assert "m" in stub_b.stats()["loaded"]
+
+            os.kill(b.pid, signal.SIGKILL)
+            deadline = time.monotonic() + 15
+            while record_b in etcd_keys(etcd_server.endpoint, record_b):
+                assert time.monotonic() < deadline, "pod B's record never expired"
+                time.sleep(0.2)
+            with pytest.raises(grpc.RpcError) as short:  # a deadline too short to wait it out
+                c.infer.ModelInfer(request("m"), timeout=2)
+            assert short.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert "left within the last 60 s and are not back: pod-b" in str(short.value.details())
+            comeback = threading.Timer(3.0, lambda: start("pod-b", stub_b, "rt:b"))
+            comeback.start()
+            try:
+                sent = time.monotonic()
+                assert c.infer.ModelInfer(request("m"), timeout=30).model_name == "m"
+                waited = time.monotonic() - sent
+            finally:
+                comeback.join()
+        print(f"answered {waited:.1f} s later, once pod B was back")
+        assert waited > 2.5
+        assert "m" in stub_b.stats()["loaded"]
 
 
 def test_warm_requests_survive_an_etcd_restart_and_registrations_stay(
