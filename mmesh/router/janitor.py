@@ -371,8 +371,8 @@ class Janitor:
         """Models used recently but loaded nowhere go into free space before a request has
         to wait for them."""
         size = bytes_to_units(self.router.local.info.default_model_size_bytes)
-        # A cold instance's free space is not offered: it warms itself with such a model,
-        # and placement would put this load on a warm pod, evicting there.
+        # A cold instance's free space is not offered: placement would put the load on a
+        # warm pod (the cold one is warming up: mmesh.router.warming) and evict there.
         roomy = {
             i: r for i, r in serving(survey.live).items() if r.free_units >= 2 * size and not r.cold
         }

@@ -4,7 +4,7 @@ Hit path: among live instances holding a loaded copy, the least busy one (fewest
 this router has in flight to it, then the lowest request rate). Miss path: among live
 instances that satisfy the model's label constraints and are not shutting down, excluded
 or failed for the model: a zone that holds no copy yet before one that does; then one whose
-model server is warm (a `cold` one, just restarted, may take many times longer over its first
+model server is warm (a `cold` one, just started, may take many times longer over its first
 load, and warms itself with a trial load meanwhile); then the one where the load starts
 soonest (fewest waves of loads queued ahead of it: loads in progress
 over loading threads); then one with room; when every candidate is full, the one whose next
