@@ -68,6 +68,7 @@ from mesh import UNIT, Mesh, Stub, connect, running_mesh, seed_async
 from meshload import zipf_sequence
 
 from mmesh.local.processes import http_ok, port_open
+from mmesh.router.warmup import TRIAL_PREFIX  # a router's warm-up at start: not a miss
 
 SLOTS = 20
 MODELS = 400
@@ -179,7 +180,7 @@ def run_mode(
     out: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
     stats = [s.stats() for s in stubs]
     mesh.stop(*(r.proc for r in reversed(routers)), *(s.proc for s in stubs))
-    loads = [sum(s["loads"].values()) for s in stats]
+    loads = [sum(n for m, n in s["loads"].items() if not m.startswith(TRIAL_PREFIX)) for s in stats]
     mean = sum(loads) / len(loads)
     out.update(
         mode=mode,
