@@ -332,7 +332,7 @@ class InferenceRouter:
                 isinstance(decision, Refuse)
                 and decision.kind is RefuseKind.NO_CAPACITY
                 and time.monotonic() + pause < wait_until
-                and (worth_waiting(record, view, ruled_out) or self._returning(record))
+                and (worth_waiting(record, view, ruled_out) or bool(self._returning(record)))
             ):
                 logger.info("model %s: %s; deciding again in %.2f s", call.model_id,
                             decision.reason, pause)  # fmt: skip
@@ -364,16 +364,16 @@ class InferenceRouter:
             f"{last_error}"
         )
 
-    def _returning(self, record: ModelRecord) -> bool:
-        """Instances that may serve the model left lately: they are likely restarting."""
-        return bool(self.departed.left_lately(required_labels(record.model_type)))
+    def _returning(self, record: ModelRecord) -> list[str]:
+        """Instances that may serve the model and left lately: they are likely restarting."""
+        return self.departed.left_lately(required_labels(record.model_type))
 
     def _raise_if_returning(self, decision: Decision, record: ModelRecord) -> None:
         """Nowhere to load, and the wait is over, while instances that may serve the model
         left lately: UNAVAILABLE (they are restarting), naming them, not RESOURCE_EXHAUSTED."""
         if not isinstance(decision, Refuse) or decision.kind is not RefuseKind.NO_CAPACITY:
             return
-        left = self.departed.left_lately(required_labels(record.model_type))
+        left = self._returning(record)
         if left:
             raise RuntimeUnavailable(
                 f"{decision.reason}; {len(left)} instances that may serve it left within the "
